@@ -1,0 +1,34 @@
+# The two commands a new user needs: `make demo` and `make test`.
+# Both create .venv and install vitpipe into it on first use (pip; torch resolves from a
+# range, see pyproject.toml).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Whole test suite against real local services (Ray, mlflow server, S3 on loopback).
+# pytest's exit code 5 (nothing collected) is turned into a failure.
+test: $(STAMP)
+	$(PY) -m pytest tests -q -p no:cacheprovider; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
+	  exit $$rc
+
+demo: $(STAMP)
+	$(PY) -m pipelines.demo
+
+bench: $(STAMP)
+	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf .demo build *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""Contracts shared by every stage: checkpoints, typed configs, devices and precision."""

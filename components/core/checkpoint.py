@@ -1,0 +1,131 @@
+"""The checkpoint contract: what training writes and registry, serving and fine-tuning read.
+
+A checkpoint is a directory holding
+
+- ``model.safetensors``: the model's ``state_dict`` (tensors only, never pickled);
+- ``vitpipe.json``: :class:`CheckpointMeta`, enough to rebuild the model without the
+  training code's objects (model name and build config, class names, image and patch size,
+  normalisation, data fingerprint, step, metrics).
+
+Resume state (optimizer, scheduler, data position) lives beside these files and is written
+by ``components.training``; it follows the same rule: safetensors + JSON, nothing pickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING as _MISSING
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "vitpipe.json"
+FORMAT_VERSION = 1
+
+Task = Literal["classification", "detection"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing, incomplete or not of the expected kind."""
+
+
+@dataclass
+class CheckpointMeta:
+    """Everything needed to rebuild and feed a model, stored as ``vitpipe.json``.
+
+    ``model_config`` holds the keyword arguments of ``components.models.build_model``
+    (``num_classes``, ``img_size`` and any overrides), so ``build_model(model_name,
+    **model_config)`` rebuilds the architecture exactly.
+    """
+
+    model_name: str
+    task: Task
+    model_config: dict[str, Any]
+    class_names: list[str]
+    image_size: int
+    patch_size: int
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    data_fingerprint: str = ""
+    step: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "CheckpointMeta":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise CheckpointError(f"{META_FILE} has unknown keys {unknown}")
+        missing = sorted(
+            k for k, f in cls.__dataclass_fields__.items()
+            if k not in raw and f.default is f.default_factory is _MISSING
+        )
+        if missing:
+            raise CheckpointError(f"{META_FILE} lacks required keys {missing}")
+        meta = cls(**raw)
+        meta.mean = tuple(meta.mean)  # type: ignore[assignment]
+        meta.std = tuple(meta.std)  # type: ignore[assignment]
+        if meta.task not in ("classification", "detection"):
+            raise CheckpointError(f"{META_FILE}: unknown task {meta.task!r}")
+        if meta.format_version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{META_FILE} has format_version {meta.format_version}; this vitpipe reads "
+                f"up to {FORMAT_VERSION}: upgrade vitpipe"
+            )
+        return meta
+
+
+def save_checkpoint(
+    directory: str | Path, state_dict: dict[str, torch.Tensor], meta: CheckpointMeta
+) -> Path:
+    """Write ``state_dict`` and ``meta`` into ``directory`` (created if needed)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    save_file(_unshare(tensors), str(directory / WEIGHTS_FILE))
+    (directory / META_FILE).write_text(meta.to_json())
+    return directory
+
+
+def read_meta(directory: str | Path) -> CheckpointMeta:
+    """Read only ``vitpipe.json`` of a checkpoint directory."""
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a vitpipe checkpoint: no {META_FILE}")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+    return CheckpointMeta.from_dict(raw)
+
+
+def load_checkpoint(
+    directory: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
+    """Read a checkpoint directory: ``(state_dict, meta)``. Never unpickles anything."""
+    meta = read_meta(directory)
+    weights = Path(directory) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{directory} is not a vitpipe checkpoint: no {WEIGHTS_FILE}")
+    return load_file(str(weights), device=str(map_location)), meta
+
+
+def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share storage (tied weights): clone the repeats."""
+    seen: set[int] = set()
+    out = {}
+    for key, value in tensors.items():
+        ptr = value.untyped_storage().data_ptr() if value.numel() else -1
+        out[key] = value.clone() if ptr in seen else value
+        if ptr != -1:
+            seen.add(ptr)
+    return out

@@ -1,0 +1,1 @@
+"""Tracking: MLflow runs, model packaging, registration, promotion and its history."""
