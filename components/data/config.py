@@ -1,0 +1,101 @@
+"""``DataConfig``: where the data is, what the model sees, how it is augmented and scheduled.
+
+Paths are local paths or URIs that ``pyarrow.fs.FileSystem.from_uri`` understands
+(``file://``, ``s3://``, ``gs://``). Either give ``root`` (the synthetic dataset's layout)
+or explicit per-split paths in ``splits``; an explicit split entry wins over ``root``.
+
+``root`` layout: COCO ``annotations/instances_<split>.json`` + ``images/<split>/``;
+ImageFolder ``imagefolder/<split>/<class>/*`` if that folder exists, else
+``<split>/<class>/*``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from components.core.config import StrictModel
+
+
+class SplitPaths(StrictModel):
+    """One split's files: COCO needs ``annotations`` + ``images``; ImageFolder ``images``."""
+
+    annotations: str | None = None  # COCO instances JSON
+    images: str  # COCO image root, or the ImageFolder split folder (class subfolders)
+
+
+class AugmentConfig(StrictModel):
+    """Training augmentation (albumentations); eval never augments."""
+
+    enabled: bool = True
+    hflip: float = Field(0.5, ge=0, le=1)  # probability
+    vflip: float = Field(0.0, ge=0, le=1)
+    scale: tuple[float, float] = (0.6, 1.0)  # RandomResizedCrop area fraction
+    ratio: tuple[float, float] = (0.75, 1.3333)  # RandomResizedCrop aspect range
+    brightness: float = Field(0.3, ge=0)
+    contrast: float = Field(0.3, ge=0)
+    saturation: float = Field(0.3, ge=0)
+    hue: float = Field(0.05, ge=0, le=0.5)
+    color_p: float = Field(0.8, ge=0, le=1)  # probability of colour jitter
+    min_visibility: float = Field(0.3, ge=0, le=1)  # boxes keeping less of their area are dropped
+    min_box_pixels: float = Field(2.0, ge=0)  # ... and boxes narrower than this (model pixels)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "AugmentConfig":
+        lo, hi = self.scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError("augment.scale must satisfy 0 < min <= max <= 1")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError("augment.ratio must satisfy 0 < min <= max")
+        return self
+
+
+class DataConfig(StrictModel):
+    """Everything the data stage needs; validated before any Ray task starts."""
+
+    format: Literal["coco", "imagefolder"] = "coco"
+    root: str | None = None
+    splits: dict[str, SplitPaths] = Field(default_factory=dict)
+    class_names: list[str] | None = None  # fix the label order (fine-tuning); default: sorted
+    image_size: int = Field(96, ge=16)  # square model input
+    patch_size: int = Field(16, ge=1)
+    max_boxes: int = Field(20, ge=1)  # per image after augmentation; extra boxes are dropped
+    max_pixels: int = Field(40_000_000, ge=1)  # decompression-bomb guard, checked pre-decode
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    seed: int | None = 0  # None: fresh augmentation every pass (not reproducible)
+    shuffle: bool = True  # shuffle the row order of training splits (seeded)
+    validate_images: bool = True  # decode every image once up front (exact skip report)
+    rows_per_block: int = Field(16, ge=1)  # rows per Ray Data block / map task batch
+    num_cpus_per_task: float = Field(1.0, gt=0)  # Ray CPUs per decode/transform task
+    concurrency: int | None = Field(None, ge=1)  # max parallel map tasks (None: Ray decides)
+    node_labels: dict[str, str] | None = None  # label selector for the CPU nodes doing data work
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+        if self.root is None and not self.splits:
+            raise ValueError("give data.root or data.splits")
+        if self.format == "coco":
+            for name, paths in self.splits.items():
+                if paths.annotations is None:
+                    raise ValueError(f"splits.{name}.annotations is required for format 'coco'")
+        return self
+
+    def split_paths(self, split: str) -> SplitPaths:
+        """The annotation/image locations of ``split`` (explicit entry, else from ``root``)."""
+        from components.data.fs import join_uri, uri_is_dir
+
+        if split in self.splits:
+            return self.splits[split]
+        if self.root is None:
+            raise ValueError(f"split {split!r} is not in data.splits and data.root is not set")
+        if self.format == "coco":
+            return SplitPaths(
+                annotations=join_uri(self.root, "annotations", f"instances_{split}.json"),
+                images=join_uri(self.root, "images", split),
+            )
+        nested = join_uri(self.root, "imagefolder", split)
+        return SplitPaths(images=nested if uri_is_dir(nested) else join_uri(self.root, split))

@@ -1,0 +1,107 @@
+"""Per-image transforms: albumentations for training (bbox-aware), whole-image resize for eval.
+
+Both produce the model input ``[S, S, 3]`` uint8 (``S = image_size``) and, for detection,
+boxes in the batch format (normalised cxcywh, ``components.data.boxes``):
+
+- **train**: RandomResizedCrop (scale/aspect) → flips → colour jitter, with
+  ``BboxParams(format="coco", min_visibility, min_width/min_height, clip=True)``: boxes follow
+  the pixels, boxes cut below ``min_visibility`` of their area are dropped with their labels.
+- **eval**: the whole image resized to ``S × S`` (``image_io.resize_whole``, the same
+  function serving uses), boxes scaled by the original size: no crop, no pad.
+
+Very large images are first shrunk (area filter) so the longer side is at most
+``4 × S``: the crop then works on few pixels, and boxes are scaled with them.
+
+Randomness: each image gets its own seed ``(seed, epoch, image_id)`` → same seed, same
+augmentation wherever the row is processed; ``seed=None`` → fresh randomness every pass.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from components.data.boxes import coco_to_batch
+from components.data.config import AugmentConfig
+from components.data.image_io import resize_whole
+
+Task = Literal["classification", "detection"]
+PRESHRINK_FACTOR = 4
+
+
+def row_seed(seed: int | None, epoch: int, image_id: int) -> int | None:
+    """The augmentation seed of one image in one epoch (``None`` → not reproducible)."""
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([seed, epoch, image_id]).generate_state(1)[0])
+
+
+def preshrink(image: np.ndarray, boxes_xywh: np.ndarray, limit: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Shrink so that the longer side is <= ``limit`` (boxes scaled alike); else unchanged."""
+    h, w = image.shape[:2]
+    if max(h, w) <= limit:
+        return image, boxes_xywh
+    scale = limit / max(h, w)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    small = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+    factors = np.array([nw / w, nh / h, nw / w, nh / h], dtype=np.float32)
+    return small, boxes_xywh * factors
+
+
+def build_train_augment(aug: AugmentConfig, image_size: int, *, with_boxes: bool) -> A.Compose:
+    """The albumentations pipeline for training (output ``image_size²``)."""
+    steps = [
+        A.RandomResizedCrop(size=(image_size, image_size), scale=tuple(aug.scale),
+                            ratio=tuple(aug.ratio), p=1.0),
+        A.HorizontalFlip(p=aug.hflip),
+        A.VerticalFlip(p=aug.vflip),
+        A.ColorJitter(brightness=aug.brightness, contrast=aug.contrast,
+                      saturation=aug.saturation, hue=aug.hue, p=aug.color_p),
+    ]
+    bbox_params = None
+    if with_boxes:
+        bbox_params = A.BboxParams(
+            format="coco", label_fields=["classes"], min_visibility=aug.min_visibility,
+            min_width=aug.min_box_pixels, min_height=aug.min_box_pixels, clip=True)
+    return A.Compose(steps, bbox_params=bbox_params, seed=0)
+
+
+class ImageTransform:
+    """One image (+ boxes) → model input; build once per task, call per row."""
+
+    def __init__(self, *, task: Task, training: bool, image_size: int,
+                 augment: AugmentConfig | None = None):
+        self.task = task
+        self.image_size = image_size
+        self.augmenting = bool(training and augment is not None and augment.enabled)
+        self.augment = (build_train_augment(augment, image_size, with_boxes=task == "detection")
+                        if self.augmenting else None)
+
+    def __call__(self, image: np.ndarray, boxes_xywh: np.ndarray | None = None,
+                 classes: np.ndarray | None = None, *, seed: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``image`` RGB uint8 ``[H, W, 3]``, ``boxes_xywh`` ``[M, 4]`` original pixels,
+        ``classes`` ``[M]`` → ``(image [S, S, 3] uint8, boxes [M', 4] normalised cxcywh
+        float32, classes [M'] int64)`` (``M' <= M`` after augmentation drops boxes)."""
+        s = self.image_size
+        boxes = np.zeros((0, 4), np.float32) if boxes_xywh is None else \
+            np.asarray(boxes_xywh, np.float32).reshape(-1, 4)
+        labels = np.zeros((0,), np.int64) if classes is None else np.asarray(classes, np.int64)
+        if not self.augmenting:
+            h, w = image.shape[:2]
+            return resize_whole(image, s), coco_to_batch(boxes, w, h), labels
+        image, boxes = preshrink(image, boxes, PRESHRINK_FACTOR * s)
+        if seed is None:
+            seed = int(np.random.default_rng().integers(2**32))
+        self.augment.set_random_seed(seed)
+        if self.task == "detection":
+            out = self.augment(image=image, bboxes=boxes, classes=labels)
+            boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
+            labels = np.asarray(out["classes"], np.int64).reshape(-1)
+        else:
+            out = self.augment(image=image)
+        return np.ascontiguousarray(out["image"]), coco_to_batch(boxes, s, s), labels
