@@ -1,0 +1,173 @@
+"""Typed training config: one :class:`TrainConfig` for every task and pipeline.
+
+Validated by pydantic before Ray starts a single worker, so an unknown key or a wrong type
+is one clear :class:`components.core.config.ConfigError`. The data section is the data
+layer's own ``DataConfig`` (kept as a plain mapping here and validated by
+:func:`resolve_data_config` when that module is importable, so this module stays light).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from components.core.config import ConfigError, StrictModel
+
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+
+
+class ModelSection(StrictModel):
+    """Which model to build: ``build_model(name, num_classes=..., img_size=..., head=..., **overrides)``."""
+
+    name: str = "vit_demo"
+    head: Literal["mlp", "linear"] = "mlp"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    # Fine-tuning / detection init: a checkpoint directory (local path) or a models:/ URI.
+    init_from: str | None = None
+    # Freeze everything but the head for the first N steps (linear probing warm-up).
+    freeze_backbone_steps: int = Field(0, ge=0)
+
+
+class ScalingSection(StrictModel):
+    """Ray Train's ``ScalingConfig``: 1 CPU worker here, N GPU workers on a cluster."""
+
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    # torch intra-op threads per worker (0 = leave torch's default).
+    torch_threads: int = Field(0, ge=0)
+
+
+class OptimSection(StrictModel):
+    """AdamW + linear warmup + cosine decay, layer-wise lr decay for fine-tuning."""
+
+    lr: float = Field(1e-3, gt=0)
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    layer_decay: float = Field(1.0, gt=0, le=1)  # 1.0 = off; 0.65-0.75 for fine-tuning
+    grad_accum_steps: int = Field(1, ge=1)
+    clip_grad_norm: float = Field(1.0, ge=0)  # 0 = off
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError("betas must lie in [0, 1)")
+        return value
+
+
+class CheckpointSection(StrictModel):
+    """How often to checkpoint and which checkpoints Ray Train keeps."""
+
+    every_n_steps: int = Field(0, ge=0)  # 0 = only at epoch ends
+    keep_best_k: int = Field(2, ge=1)
+    metric: str = "val_top1"
+    mode: Literal["max", "min"] = "max"
+
+
+class RunSection(StrictModel):
+    """Run identity and storage. The same ``name`` resubmitted resumes the run."""
+
+    name: str = "vitpipe-run"
+    storage_path: str = "~/vitpipe_runs"
+    max_failures: int = Field(2, ge=-1)
+    seed: int = 0
+    log_every_n_steps: int = Field(10, ge=1)
+    # Fault injection for tests: the rank-0 worker kills its own process (SIGKILL) once,
+    # when it reaches this global step. Off (None) unless a test sets it.
+    fail_at_step: int | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not value or any(c in value for c in "/\\ ") or value.startswith("."):
+            raise ValueError("run.name must be a non-empty name without '/', '\\' or spaces")
+        return value
+
+
+class MlflowSection(StrictModel):
+    """Tracking server; ``tracking_uri`` defaults to ``MLFLOW_TRACKING_URI``."""
+
+    tracking_uri: str | None = None
+    experiment: str = "vitpipe"
+    enabled: bool = True
+    max_retries: int = Field(5, ge=0)
+
+    def resolved_uri(self) -> str | None:
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+class RegisterSection(StrictModel):
+    """Registration at the end of a run (``components.tracking.registry``)."""
+
+    enabled: bool = True
+    registered_name: str | None = None  # None: the default name for the task
+
+
+class EvalSection(StrictModel):
+    every_n_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    score_threshold: float = Field(0.0, ge=0, le=1)
+
+
+class TrainConfig(StrictModel):
+    """Everything one pipeline run needs. ``task`` picks the loss and the evaluator.
+
+    ``registry`` (not ``register``: that name shadows pydantic's ``BaseModel.register``)
+    says whether and under which name the final checkpoint is registered.
+    """
+
+    task: Literal["classification", "detection"] = "classification"
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: dict[str, Any] = Field(default_factory=dict)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    batch_size: int = Field(16, ge=1)  # per worker, per micro-step
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)  # optimizer steps; caps the epochs
+    precision: Precision = "auto"
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    run: RunSection = Field(default_factory=RunSection)
+    mlflow: MlflowSection = Field(default_factory=MlflowSection)
+    registry: RegisterSection = Field(default_factory=RegisterSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        if self.task == "detection" and self.checkpoint.metric.startswith("val_top"):
+            # In-loop validation of detectors is the val loss; mAP is the final evaluation.
+            object.__setattr__(self.checkpoint, "metric", "val_loss")
+            object.__setattr__(self.checkpoint, "mode", "min")
+        return self
+
+
+def resolve_data_config(cfg: TrainConfig):
+    """Validate ``cfg.data`` as the data layer's ``DataConfig`` (raises ``ConfigError``)."""
+    from pydantic import ValidationError
+
+    from components.data.config import DataConfig
+
+    try:
+        return DataConfig.model_validate(cfg.data)
+    except ValidationError as err:
+        lines = ["invalid data section:"]
+        for e in err.errors():
+            where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            lines.append(f"  data.{where}: {e['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_train_config(path, overrides: list[str] = ()) -> TrainConfig:
+    """Read, override and validate a training config, the data section included."""
+    from components.core.config import load_config
+
+    cfg = load_config(TrainConfig, path, overrides)
+    resolve_data_config(cfg)
+    return cfg

@@ -1,0 +1,384 @@
+"""The per-worker training loop that Ray Train runs on every rank (1 CPU worker here, N GPU
+workers on a cluster: same code, the config decides).
+
+Per rank: build the model (``prepare_model`` wraps it in DDP), restore the last checkpoint
+if Ray Train hands one over (weights, optimizer, scheduler, data position, RNG), then train
+with :class:`components.training.step.StepRunner` on this rank's dataset shard.
+
+Checkpoints are reported from every rank with ``ray.train.report(metrics, checkpoint=...)``:
+rank 0 writes the weights (checkpoint contract) and the resume state, every rank its RNG
+state; Ray Train merges the ranks' directories. Rank 0 logs metrics to the driver's MLflow
+run, flushing each step's metrics only once the checkpoint covering it is committed, so a
+restarted run never logs a step twice.
+
+A stop request (SIGTERM from a node drain or spot preemption, or Ray Train's preemption
+notice) makes every rank write a checkpoint at the next step boundary before it exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import tempfile
+import threading
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from components.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from components.core.device import autocast_dtype, needs_grad_scaler
+from components.training.config import TrainConfig
+from components.training.optim import build_optimizer, build_scheduler
+from components.training.state import Progress, load_rng, load_train_state, save_rng, save_train_state
+from components.training.step import StepRunner, batch_grid, classification_loss, detection_loss
+from components.training.tracking import MetricLogger
+
+log = logging.getLogger(__name__)
+
+
+class Preempted(RuntimeError):
+    """This rank was asked to stop (SIGTERM / preemption) and wrote its checkpoint first."""
+
+
+# ------------------------------------------------------------------ stop requests (SIGTERM)
+_STOP = threading.Event()
+_TRAINING = threading.Event()  # set while this process runs the training loop
+_PREVIOUS_HANDLER: Any = None
+
+
+def _on_sigterm(signum, frame) -> None:
+    if not _TRAINING.is_set():  # not a training worker: behave as before (Ray exits)
+        if callable(_PREVIOUS_HANDLER):
+            _PREVIOUS_HANDLER(signum, frame)
+            return
+        raise SystemExit(128 + signum)
+    _STOP.set()
+    # The training thread checkpoints at its next log boundary; if it cannot within the
+    # grace period, the process exits anyway (what SIGTERM means).
+    grace = float(os.environ.get("VITPIPE_SIGTERM_GRACE_S", "120"))
+    timer = threading.Timer(grace, lambda: os._exit(128 + signum))
+    timer.daemon = True
+    timer.start()
+
+
+def install_sigterm_handler() -> None:
+    """Turn SIGTERM into a stop request while the training loop runs in this process.
+
+    Must run in the process's main thread: the driver passes it to ``ray.init`` as the
+    job's ``worker_process_setup_hook`` (so every Ray worker process installs it at start;
+    processes that do not train keep Ray's behaviour), and it is called directly when the
+    loop runs without Ray.
+    """
+    global _PREVIOUS_HANDLER
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous is not _on_sigterm:
+            _PREVIOUS_HANDLER = previous
+            signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def stop_requested() -> bool:
+    return _STOP.is_set()
+
+
+# ---------------------------------------------------------------------------- model setup
+def build_task_model(cfg: TrainConfig, *, num_classes: int, image_size: int,
+                     init_state: dict[str, torch.Tensor] | None = None,
+                     init_meta: dict | None = None) -> torch.nn.Module:
+    """The model of this run, optionally initialised from a pretrained checkpoint.
+
+    Fine-tuning (classification from a classifier checkpoint): the pretrained architecture
+    at the new ``image_size`` (position embeddings resized by ``load_weights``), then a fresh
+    head of ``cfg.model.head`` kind via ``set_head``. Detection from a ViT checkpoint: the
+    detector is built as configured and its backbone takes the matching weights.
+    """
+    from components.models import build_model
+
+    overrides = dict(cfg.model.overrides)
+    if init_state is None:
+        return build_model(cfg.model.name, num_classes=num_classes, img_size=image_size,
+                           head=cfg.model.head, **overrides) if cfg.task == "classification" \
+            else build_model(cfg.model.name, num_classes=num_classes, img_size=image_size, **overrides)
+    from components.models import load_weights
+
+    if cfg.task == "classification":
+        from components.models import set_head
+
+        pretrained = dict((init_meta or {}).get("model_config") or {})
+        pretrained.pop("img_size", None)
+        pre_classes = pretrained.pop("num_classes", num_classes)
+        arch = {**pretrained, **overrides}
+        model = build_model(cfg.model.name, num_classes=pre_classes, img_size=image_size, **arch)
+        load_weights(model, init_state)
+        set_head(model, num_classes, kind=cfg.model.head)
+        model.build_config = {**model.build_config, "num_classes": num_classes, "head": cfg.model.head}
+        return model
+    model = build_model(cfg.model.name, num_classes=num_classes, img_size=image_size, **overrides)
+    from components.models.yolos import Yolos, init_from_classifier
+
+    if isinstance(model, Yolos):
+        init_from_classifier(model, init_state)
+    else:
+        missing, _ = load_weights(model, init_state, strict=False)
+        log.info("initialised %s from a checkpoint; %d keys kept their fresh init",
+                 cfg.model.name, len(missing))
+    return model
+
+
+def make_loss(cfg: TrainConfig, num_classes: int):
+    if cfg.task == "classification":
+        return classification_loss(cfg.optim.label_smoothing)
+    from components.models.criterion import build_criterion
+
+    return detection_loss(build_criterion(num_classes))
+
+
+# ---------------------------------------------------------------------------- validation
+@torch.no_grad()
+def validate(model: torch.nn.Module, batches, *, task: str, loss_fn, device: torch.device,
+             amp_dtype: torch.dtype | None) -> dict[str, float]:
+    """Loss (and top-1 for classifiers) over this rank's val shard, summed over ranks."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)  # loss*n, correct, n
+    ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else _null()
+    for batch in batches:
+        with ctx:
+            if task == "classification":
+                logits = model(batch["patches"], batch_grid(batch)).float()
+                loss = torch.nn.functional.cross_entropy(logits, batch["label"])
+                sums[1] += (logits.argmax(-1) == batch["label"]).sum().item()
+            else:
+                losses = loss_fn(model, batch)
+                loss = sum(losses[k] * w for k, w in loss_fn.weight_dict.items() if k in losses)
+        n = batch["patches"].shape[0]
+        sums[0] += float(loss) * n
+        sums[2] += n
+    model.train(was_training)
+    sums = _all_reduce_sum(sums, device)
+    n = max(1.0, float(sums[2]))
+    out = {"val_loss": float(sums[0]) / n}
+    if task == "classification":
+        out["val_top1"] = float(sums[1]) / n
+    return out
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _all_reduce_sum(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        backend_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+        t = values.to(backend_device)
+        dist.all_reduce(t)
+        return t.cpu()
+    return values
+
+
+def _all_any(flag: bool, device: torch.device) -> bool:
+    return bool(_all_reduce_sum(torch.tensor([float(flag)], dtype=torch.float64), device)[0] > 0)
+
+
+# ----------------------------------------------------------------------------- the loop
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train's ``train_loop_per_worker``. ``loop_config``: ``train`` (TrainConfig as a
+    dict) and ``plan`` (decided by the driver: class names, step counts, MLflow run id...)."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    from components.data.loader import iter_batches
+
+    cfg = TrainConfig.model_validate(loop_config["train"])
+    plan = loop_config["plan"]
+    _TRAINING.set()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if cfg.scaling.torch_threads:
+        torch.set_num_threads(cfg.scaling.torch_threads)
+    torch.manual_seed(cfg.run.seed + rank)
+
+    init_state = ray.get(plan["init_state_ref"]) if plan.get("init_state_ref") is not None else None
+    model = build_task_model(cfg, num_classes=len(plan["class_names"]), image_size=plan["image_size"],
+                             init_state=init_state, init_meta=plan.get("init_meta"))
+    del init_state
+    base = model
+    model = ray.train.torch.prepare_model(model)
+    amp = autocast_dtype(device, cfg.precision)
+    scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(amp, device) else None
+    optimizer = build_optimizer(base, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, plan["total_steps"])
+    loss_fn = make_loss(cfg, len(plan["class_names"]))
+    runner = StepRunner(model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
+                        device=device, amp_dtype=amp, grad_accum_steps=cfg.optim.grad_accum_steps,
+                        clip_grad_norm=cfg.optim.clip_grad_norm, scaler=scaler)
+
+    progress = Progress()
+    best_val: dict[str, float] = {}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            state_dict, meta = load_checkpoint(ckpt_dir, map_location="cpu")
+            base.load_state_dict(state_dict)
+            progress = load_train_state(ckpt_dir, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+            load_rng(ckpt_dir, rank)
+            best_val = {k: v for k, v in meta.metrics.items() if k.startswith("val_")}
+        if rank == 0:
+            log.info("resumed at step %d (epoch %d, batch %d)", progress.global_step,
+                     progress.epoch, progress.batch_in_epoch)
+
+    logger = MetricLogger(plan.get("tracking_uri"), plan.get("mlflow_run_id"),
+                          max_retries=cfg.mlflow.max_retries,
+                          last_step=progress.global_step) if rank == 0 else MetricLogger(None, None)
+
+    def meta_for(metrics: dict[str, float]) -> CheckpointMeta:
+        return CheckpointMeta(
+            model_name=cfg.model.name, task=cfg.task, model_config=dict(base.build_config),
+            class_names=list(plan["class_names"]), image_size=plan["image_size"],
+            patch_size=int(base.patch_size), mean=tuple(base.mean), std=tuple(base.std),
+            data_fingerprint=plan.get("fingerprint", ""), step=progress.global_step,
+            metrics=metrics, extra={"run_name": cfg.run.name, "mlflow_run_id": plan.get("mlflow_run_id"),
+                                    "epoch": progress.epoch},
+        )
+
+    def report(metrics: dict[str, float], *, with_checkpoint: bool) -> None:
+        metrics = {**metrics, "step": progress.global_step, "epoch": progress.epoch,
+                   "samples_seen": progress.samples_seen}
+        if not with_checkpoint:
+            ray.train.report(metrics)
+            return
+        ckpt_metrics = {**best_val, **{k: v for k, v in metrics.items() if k.startswith("val_")}}
+        metrics = {**ckpt_metrics, **metrics}
+        metrics.setdefault(cfg.checkpoint.metric, _worst(cfg.checkpoint.mode))
+        with tempfile.TemporaryDirectory(prefix="vitpipe-ckpt-") as tmp:
+            save_rng(tmp, rank)
+            if rank == 0:
+                save_checkpoint(tmp, base.state_dict(), meta_for(ckpt_metrics))
+                save_train_state(tmp, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                                 progress=progress)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"checkpoint_step{progress.global_step:07d}")
+        logger.flush(up_to_step=progress.global_step)  # committed: these steps are final
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val") if plan.get("has_val") else None
+    steps_per_epoch, total_steps = plan["steps_per_epoch"], plan["total_steps"]
+    accum = cfg.optim.grad_accum_steps
+    micro_per_epoch = steps_per_epoch * accum
+    global_batch = cfg.batch_size * accum * world
+    every = cfg.checkpoint.every_n_steps
+    fault_marker = plan.get("fault_marker")
+
+    while progress.global_step < total_steps and progress.epoch < plan["epochs"]:
+        skip = progress.batch_in_epoch
+        last_ckpt_step = progress.global_step
+        window_loss, window_n = 0.0, 0
+        t_window = time.perf_counter()
+        for micro, batch in enumerate(iter_batches(train_shard, batch_size=cfg.batch_size,
+                                                   task=cfg.task, drop_last=True, device=device)):
+            # Resumed mid-epoch: batches this rank consumed before the checkpoint are skipped;
+            # a trailing remainder shorter than one optimizer step is not trained on.
+            if micro < skip or micro >= micro_per_epoch or progress.global_step >= total_steps:
+                continue
+            out = runner.micro_step(batch, step=progress.global_step)
+            progress.batch_in_epoch = micro + 1
+            if not bool(out["stepped"]):
+                continue
+            progress.global_step += 1
+            progress.samples_seen += global_batch
+            window_loss += float(out["loss"])
+            window_n += 1
+            step = progress.global_step
+            _maybe_inject_fault(cfg, rank, step, fault_marker)
+            if step % cfg.run.log_every_n_steps == 0 or step == total_steps:
+                elapsed = time.perf_counter() - t_window
+                sums = _all_reduce_sum(torch.tensor([window_loss, window_n], dtype=torch.float64), device)
+                loss_mean = float(sums[0]) / max(1.0, float(sums[1]))
+                metrics = {"train_loss": loss_mean, "lr": float(out["lr"]),
+                           "img_per_s": global_batch * window_n / max(elapsed, 1e-9)}
+                for key, value in out.items():
+                    if key.startswith("loss_") or key == "grad_norm":
+                        metrics[f"train_{key}"] = float(value)
+                logger.log(metrics, step)
+                window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
+                stop = _all_any(stop_requested() or _preempted(), device)
+                if stop:
+                    report({"stopped": 1.0}, with_checkpoint=True)
+                    raise Preempted(f"rank {rank}: stop requested at step {step}; checkpoint written")
+                if not (every and step % every == 0):
+                    report(metrics, with_checkpoint=False)
+            if every and step % every == 0 and step != last_ckpt_step and step < total_steps:
+                report({}, with_checkpoint=True)
+                last_ckpt_step = step
+        # End of an epoch (or of the run): validate, checkpoint, go on with the next epoch.
+        progress.epoch += 1
+        progress.batch_in_epoch = 0
+        val = {}
+        if val_shard is not None and (progress.epoch % cfg.eval.every_n_epochs == 0
+                                      or progress.global_step >= total_steps):
+            val = validate(base, iter_batches(val_shard, batch_size=cfg.eval.batch_size, task=cfg.task,
+                                              drop_last=False, device=device),
+                           task=cfg.task, loss_fn=loss_fn, device=device, amp_dtype=amp)
+            best_val = dict(val)
+            logger.log(val, progress.global_step)
+        report(val, with_checkpoint=True)
+    logger.flush()
+
+
+def _worst(mode: str) -> float:
+    return -1e9 if mode == "max" else 1e9
+
+
+def _preempted() -> bool:
+    try:
+        import ray.train
+
+        return ray.train.get_preemption_info() is not None
+    except Exception:  # older Ray or not inside Ray Train
+        return False
+
+
+def _maybe_inject_fault(cfg: TrainConfig, rank: int, step: int, marker: str | None) -> None:
+    """Test hook (off unless ``run.fail_at_step`` is set): rank 0 SIGKILLs its own process
+    once, at ``step``, leaving a marker in the run's storage so the restarted worker goes on."""
+    if cfg.run.fail_at_step is None or rank != 0 or step != cfg.run.fail_at_step or not marker:
+        return
+    from components.training import storage
+
+    if storage.read_text(marker) is not None:
+        return
+    storage.write_text(marker, f"killed at step {step}\n")
+    log.warning("fault injection: killing this worker (pid %d) at step %d", os.getpid(), step)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def steps_plan(num_rows: int, *, num_workers: int, batch_size: int, grad_accum_steps: int,
+               epochs: int, max_steps: int | None) -> dict[str, int]:
+    """Optimizer steps per epoch and in total for ``num_rows`` training rows.
+
+    Each worker gets ``num_rows // num_workers`` rows (Ray's equal split), makes
+    ``rows // batch_size`` full micro-batches, i.e. ``that // grad_accum_steps`` steps.
+    """
+    rows = num_rows // num_workers
+    steps_per_epoch = (rows // batch_size) // grad_accum_steps
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"{num_rows} training rows over {num_workers} workers give less than one optimizer "
+            f"step per epoch at batch_size {batch_size} × grad_accum_steps {grad_accum_steps}; "
+            "lower batch_size or grad_accum_steps"
+        )
+    total = steps_per_epoch * epochs
+    if max_steps is not None:
+        total = min(total, max_steps)
+    return {"steps_per_epoch": steps_per_epoch, "total_steps": total,
+            "epochs": math.ceil(total / steps_per_epoch)}

@@ -1,0 +1,95 @@
+"""AdamW with parameter groups (no decay on norms/biases/tokens, layer-wise lr decay) and a
+linear-warmup + cosine schedule expressed as a pure function of the step.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from components.training.config import OptimSection
+
+_BLOCK_INDEX = re.compile(r"(?:^|\.)(?:blocks|layers|layer|stages)\.(\d+)\.")
+_EMBED_NAMES = ("patch_embed", "pos_embed", "cls_token", "dist_token", "reg_token",
+                "det_token", "mask_token", "embed")
+_NO_DECAY_HINTS = ("pos_embed", "cls_token", "dist_token", "reg_token", "det_token",
+                   "mask_token", "query_embed", "relative_position")
+
+
+def layer_id(name: str, num_layers: int) -> int:
+    """Depth of parameter ``name``: 0 for embeddings, ``i + 1`` for block ``i``, then the head.
+
+    ``num_layers`` is the number of blocks; head/final norm get ``num_layers + 1``.
+    """
+    name = name.removeprefix("module.")
+    match = _BLOCK_INDEX.search(name)
+    if match:
+        return int(match.group(1)) + 1
+    if name.split(".")[0] in _EMBED_NAMES or any(h in name for h in _EMBED_NAMES[:6]):
+        return 0
+    return num_layers + 1
+
+
+def count_layers(names: Iterable[str]) -> int:
+    found = [int(m.group(1)) for n in names if (m := _BLOCK_INDEX.search(n))]
+    return max(found) + 1 if found else 0
+
+
+def param_groups(model: nn.Module, cfg: OptimSection) -> list[dict]:
+    """AdamW groups: ``weight_decay`` only on matrices, lr scaled by ``layer_decay ** depth``.
+
+    Each group carries ``lr_scale``; the scheduler multiplies it into the group's lr.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    num_layers = count_layers(n for n, _ in named)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in named:
+        no_decay = param.ndim <= 1 or any(h in name for h in _NO_DECAY_HINTS)
+        depth = layer_id(name, num_layers) if cfg.layer_decay < 1.0 else num_layers + 1
+        scale = cfg.layer_decay ** (num_layers + 1 - depth)
+        key = (depth, no_decay)
+        group = groups.setdefault(key, {
+            "params": [], "names": [], "lr_scale": scale,
+            "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+        })
+        group["params"].append(param)
+        group["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimSection) -> torch.optim.AdamW:
+    groups = param_groups(model, cfg)
+    for g in groups:
+        g["lr"] = cfg.lr * g["lr_scale"]
+    names = [g.pop("names") for g in groups]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas),
+                                  weight_decay=cfg.weight_decay)
+    optimizer.vitpipe_group_names = names  # for debugging / tests only
+    return optimizer
+
+
+def lr_factor(step: int, *, total_steps: int, warmup_steps: int, schedule: str,
+              min_lr_ratio: float) -> float:
+    """Multiplier of the peak lr at optimizer step ``step`` (0-based)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, max(0.0, (step - warmup_steps) / span))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimSection,
+                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """``LambdaLR`` over every group (the groups' ``lr_scale`` is already in their base lr)."""
+
+    def factor(step: int) -> float:
+        return lr_factor(step, total_steps=total_steps, warmup_steps=cfg.warmup_steps,
+                         schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

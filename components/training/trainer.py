@@ -1,0 +1,316 @@
+"""The driver side of a training run: one function, :func:`run_training`, for every task.
+
+Order matters and is the point of this module:
+
+1. validate the config (data section included) — before Ray starts anything;
+2. connect to Ray, check ``storage_path`` is writable and visible from every node;
+3. check the MLflow server answers, then open the run's ONE MLflow run (a new one, or the
+   one the run record beside the checkpoints names: resubmitting ``run.name`` resumes);
+4. build the datasets, plan the steps, start ``TorchTrainer`` (Ray Train restores the last
+   checkpoint of the same run name by itself; ``FailureConfig`` replaces dead workers);
+5. evaluate the best checkpoint with ``components.training.evaluate`` on the val split, log
+   the report and plots, register the checkpoint, end the MLflow run, return a summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.core.config import ConfigError, dump_config, flatten
+from components.training import storage
+from components.training.config import TrainConfig, resolve_data_config
+from components.training.loop import install_sigterm_handler, steps_plan, train_loop_per_worker
+from components.training.tracking import (
+    TrackingError, check_tracking_server, log_params_safely, open_run, retry, system_info,
+)
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """The run could not train to the end (after its allowed restarts)."""
+
+
+def ensure_ray() -> None:
+    """Join the cluster of ``RAY_ADDRESS`` (``ray job submit``) or start a local one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, configure_logging=False,
+                 log_to_driver=True,
+                 # Every worker process of this job turns SIGTERM into "checkpoint, then exit".
+                 runtime_env={"worker_process_setup_hook":
+                              "components.training.loop.install_sigterm_handler"})
+
+
+def resolve_init(init_from: str, tracking_uri: str | None) -> tuple[dict[str, torch.Tensor], dict]:
+    """A pretrained checkpoint (local directory or ``models:/NAME@ALIAS``) → (state, meta dict)."""
+    from dataclasses import asdict
+
+    from components.core.checkpoint import load_checkpoint
+
+    if init_from.startswith("models:/"):
+        from components.tracking.registry import fetch_checkpoint, resolve_uri
+
+        resolved = resolve_uri(init_from, tracking_uri=tracking_uri)
+        cache = Path(tempfile.gettempdir()) / "vitpipe-init-cache"
+        path = fetch_checkpoint(resolved.name, resolved.version, cache_dir=cache, tracking_uri=tracking_uri)
+    else:
+        path = Path(os.path.expanduser(init_from))
+    state, meta = load_checkpoint(path)
+    return state, asdict(meta)
+
+
+def _log_dataset(uri: str, run_id: str, *, source: str, name: str, digest: str, context: str) -> None:
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.tracking import MlflowClient
+
+    def send():
+        try:
+            src = resolve_dataset_source(source)
+        except Exception:
+            from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+            src = HTTPDatasetSource(url=source)
+        ds = MetaDataset(source=src, name=name, digest=digest[:36] or None)
+        MlflowClient(uri).log_inputs(run_id, datasets=[DatasetInput(
+            ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])])
+
+    retry(send, attempts=3, what="log dataset input")
+
+
+def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[str, Any]:
+    """Train, evaluate and register as ``cfg`` says; returns the run's summary dict."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from components.data.dataset import build_dataset
+
+    data_cfg = resolve_data_config(cfg)
+    started = time.monotonic()
+    ensure_ray()
+    storage_path = storage.check_storage(cfg.run.storage_path)
+    run_dir = storage.join(storage_path, cfg.run.name)
+
+    uri = cfg.mlflow.resolved_uri() if cfg.mlflow.enabled else None
+    if cfg.mlflow.enabled and not uri:
+        raise TrackingError("mlflow.enabled but no tracking URI: set mlflow.tracking_uri or "
+                            "MLFLOW_TRACKING_URI (or mlflow.enabled=false)")
+    if uri:
+        check_tracking_server(uri)
+
+    train = build_dataset(data_cfg, "train", training=True)
+    val = build_dataset(data_cfg, "val", training=False)
+    class_names = list(train.class_names)
+    num_rows = getattr(train, "num_rows", None) or train.dataset.count()
+    try:
+        plan_steps = steps_plan(num_rows, num_workers=cfg.scaling.num_workers,
+                                batch_size=cfg.batch_size, grad_accum_steps=cfg.optim.grad_accum_steps,
+                                epochs=cfg.epochs, max_steps=cfg.max_steps)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+    record = storage.read_run_record(run_dir) or {}
+    run_id = None
+    if uri:
+        run_id = open_run(uri, cfg.mlflow.experiment, cfg.run.name, record.get("mlflow_run_id"),
+                          tags={"vitpipe.task": cfg.task, "vitpipe.model": cfg.model.name})
+        storage.write_run_record(run_dir, {**record, "mlflow_run_id": run_id, "tracking_uri": uri,
+                                           "run_name": cfg.run.name})
+        log_params_safely(uri, run_id, {**flatten(cfg), "data.num_train_rows": num_rows,
+                                        "plan.total_steps": plan_steps["total_steps"],
+                                        "plan.steps_per_epoch": plan_steps["steps_per_epoch"]})
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
+        for key, value in {**system_info(), "vitpipe.data_fingerprint": train.fingerprint}.items():
+            retry(lambda: client.set_tag(run_id, key, value), attempts=3, what="set_tag")
+        _log_dataset(uri, run_id, source=str(data_cfg.root or data_cfg.split_paths("train").images),
+                     name="train", digest=train.fingerprint, context="training")
+        text = config_text or dump_config(cfg)
+        retry(lambda: client.log_text(run_id, text, "config/resolved.yaml"), attempts=3, what="log config")
+        if train.report is not None:
+            retry(lambda: client.log_dict(run_id, _as_dict(train.report), "data/train_skip_report.json"),
+                  attempts=3, what="log skip report")
+
+    init_ref, init_meta = None, None
+    if cfg.model.init_from:
+        state, init_meta = resolve_init(cfg.model.init_from, uri)
+        init_ref = ray.put(state)
+
+    plan = {
+        **plan_steps, "class_names": class_names, "image_size": data_cfg.image_size,
+        "fingerprint": train.fingerprint, "mlflow_run_id": run_id, "tracking_uri": uri,
+        "has_val": True, "init_state_ref": init_ref, "init_meta": init_meta,
+        "fault_marker": storage.join(run_dir, "fault_injected") if cfg.run.fail_at_step else None,
+    }
+    from components.training.progress import ProgressCallback
+
+    resources = dict(cfg.scaling.resources_per_worker)
+    resources.setdefault("CPU", cfg.scaling.cpus_per_worker)
+    if cfg.scaling.use_gpu:
+        resources.setdefault("GPU", 1)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": cfg.model_dump(mode="json"), "plan": plan},
+        datasets={"train": train.dataset, "val": val.dataset},
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=cfg.run.name, storage_path=storage_path,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.checkpoint.keep_best_k,
+                checkpoint_score_attribute=cfg.checkpoint.metric,
+                checkpoint_score_order=cfg.checkpoint.mode,
+            ),
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            callbacks=[ProgressCallback(plan_steps["total_steps"], cfg.run.name)],
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as err:
+        if uri and run_id:
+            retry(lambda: _client(uri).set_terminated(run_id, status="FAILED"), attempts=3, what="end run")
+        raise TrainingError(f"training run {cfg.run.name!r} failed: {err}") from err
+    if result.error is not None:
+        if uri and run_id:
+            retry(lambda: _client(uri).set_terminated(run_id, status="FAILED"), attempts=3, what="end run")
+        raise TrainingError(f"training run {cfg.run.name!r} failed: {result.error}")
+
+    best = _best_checkpoint(result, cfg)
+    local_dir = Path(tempfile.mkdtemp(prefix=f"vitpipe-{cfg.run.name}-"))
+    best.to_directory(str(local_dir))
+    report = evaluate_checkpoint(local_dir, val, cfg)
+    summary_metrics = {k: v for k, v in report.items() if isinstance(v, (int, float))}
+    registered_version = None
+    if uri and run_id:
+        client = _client(uri)
+        eval_metrics = {f"eval_{k}": float(v) for k, v in summary_metrics.items()}
+        retry(lambda: client.log_batch(run_id, metrics=_metric_list(eval_metrics, report.get("step", 0))),
+              attempts=3, what="log eval metrics")
+        retry(lambda: client.log_dict(run_id, report, "eval/report.json"), attempts=3, what="log eval report")
+        for png in report.pop("_plots", []):
+            retry(lambda: client.log_artifact(run_id, png, "eval"), attempts=3, what="log plot")
+        if cfg.registry.enabled:
+            from components.tracking.registry import register_checkpoint
+
+            registered_version = register_checkpoint(
+                local_dir, task=cfg.task, run_id=run_id, registered_name=cfg.registry.registered_name,
+                tracking_uri=uri, metrics=_primary_metrics(cfg.task, summary_metrics),
+                tags={"vitpipe.run_name": cfg.run.name},
+            )
+        retry(lambda: client.set_terminated(run_id, status="FINISHED"), attempts=3, what="end run")
+    report.pop("_plots", None)
+    return {
+        "run_name": cfg.run.name, "task": cfg.task, "model": cfg.model.name,
+        "mlflow_run_id": run_id, "checkpoint": best.path, "local_checkpoint": str(local_dir),
+        "metrics": summary_metrics, "registered_version": registered_version,
+        "steps": plan_steps["total_steps"], "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def _metric_list(metrics: dict[str, float], step: int):
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+
+
+def _as_dict(report: Any) -> dict:
+    if isinstance(report, dict):
+        return report
+    for attr in ("to_dict", "as_dict", "model_dump"):
+        if hasattr(report, attr):
+            return getattr(report, attr)()
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(report) if is_dataclass(report) else {"report": str(report)}
+
+
+def _primary_metrics(task: str, metrics: dict[str, float]) -> dict[str, float]:
+    from components.training.evaluate import primary_metric
+
+    key = primary_metric(task)
+    return {k: v for k, v in metrics.items() if k in (key, "top1", "top5", "map", "map50", "map75")}
+
+
+def _best_checkpoint(result, cfg: TrainConfig):
+    """The best reported checkpoint by ``checkpoint.metric``; the latest when none scored."""
+    best = None
+    try:
+        best = result.get_best_checkpoint(metric=cfg.checkpoint.metric, mode=cfg.checkpoint.mode)
+    except Exception:  # noqa: BLE001 - fall back to the latest
+        best = None
+    best = best or result.checkpoint
+    if best is None:
+        raise TrainingError(f"run {cfg.run.name!r} finished without a checkpoint")
+    return best
+
+
+def evaluate_checkpoint(checkpoint_dir: Path, val_bundle, cfg: TrainConfig) -> dict[str, Any]:
+    """Evaluate a checkpoint on the val split with the shared evaluator; plots as PNGs."""
+    from components.core.device import autocast_dtype, pick_device
+    from components.data.loader import iter_batches
+    from components.tracking.packaging import model_from_checkpoint
+    from components.training import evaluate as ev
+
+    device = pick_device(prefer_gpu=cfg.scaling.use_gpu)
+    model, meta = model_from_checkpoint(checkpoint_dir, device=device)
+    amp = autocast_dtype(device, cfg.precision)
+    batches = iter_batches(val_bundle.dataset, batch_size=cfg.eval.batch_size, task=cfg.task)
+    plots_dir = checkpoint_dir.parent / f"{checkpoint_dir.name}-plots"
+    plots: list[str] = []
+    if cfg.task == "classification":
+        preds = ev.predict_classification(model, batches, device=device, autocast_dtype=amp, keep_samples=8)
+        report = ev.classification_metrics(preds.logits, preds.labels, num_classes=len(meta.class_names))
+        report["class_names"] = meta.class_names
+        plots.append(str(ev.plot_confusion_matrix(report["confusion"], meta.class_names,
+                                                  plots_dir / "confusion_matrix.png")))
+    else:
+        coco_gt = _coco_gt(val_bundle)
+        preds = ev.predict_detections(model, batches, coco_gt, device=device, autocast_dtype=amp,
+                                      score_threshold=cfg.eval.score_threshold, keep_samples=8)
+        report = ev.coco_metrics(preds.results, coco_gt, image_ids=preds.image_ids,
+                                 class_names=meta.class_names)
+    if preds.samples:
+        plots.append(str(ev.plot_sample_predictions(preds.samples, meta.class_names,
+                                                    plots_dir / "sample_predictions.png")))
+    report["step"] = meta.step
+    report["checkpoint_metrics"] = meta.metrics
+    report["_plots"] = plots
+    return report
+
+
+def _coco_gt(bundle):
+    for attr in ("coco_gt", "coco_gt_path", "coco"):
+        value = getattr(bundle, attr, None)
+        if value is not None:
+            return value() if callable(value) else value
+    raise TrainingError("the val dataset bundle exposes no COCO ground truth for evaluation")
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    return json.dumps(summary, sort_keys=True, default=str)
+
+
+def copy_tree(src: str, dst: str) -> None:
+    shutil.copytree(src, dst, dirs_exist_ok=True)

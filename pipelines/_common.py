@@ -1,0 +1,48 @@
+"""What every training pipeline entrypoint shares: argv → validated config → run → summary.
+
+``python -m pipelines.<name> --config pipelines/configs/<name>.yaml [key.sub=value ...]``;
+the last stdout line is one JSON object (run id, checkpoint, metrics, registered version).
+A config or user mistake is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from components.training.config import TrainConfig
+
+DEFAULT_DIR = Path(__file__).with_name("configs")
+
+
+def main(name: str, argv: list[str] | None = None,
+         check: Callable[[TrainConfig], None] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m pipelines.{name}",
+                                     description=f"vitpipe {name}: train, evaluate, register")
+    parser.add_argument("--config", default=str(DEFAULT_DIR / f"{name}.yaml"),
+                        help="YAML config (default: %(default)s)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from components.core.checkpoint import CheckpointError
+    from components.core.config import ConfigError
+    from components.training.config import load_train_config
+    from components.training.storage import StorageError
+    from components.training.tracking import TrackingError
+
+    try:
+        cfg = load_train_config(args.config, args.overrides)
+        if check is not None:
+            check(cfg)
+        from components.training.trainer import run_training, summary_line
+
+        summary = run_training(cfg, config_text=Path(args.config).read_text())
+    except (ConfigError, CheckpointError, StorageError, TrackingError) as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return 2
+    print(summary_line(summary), flush=True)
+    return 0

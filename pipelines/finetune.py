@@ -1,0 +1,25 @@
+"""Fine-tuning: a pretrained classifier checkpoint (``model.init_from``: a checkpoint
+directory or ``models:/NAME@ALIAS``), a fresh linear head, possibly a higher resolution
+(position embeddings interpolated), layer-wise lr decay.
+
+``python -m pipelines.finetune --config pipelines/configs/finetune.yaml model.init_from=DIR``
+"""
+
+from __future__ import annotations
+
+import sys
+
+from components.core.config import ConfigError
+from components.training.config import TrainConfig
+from pipelines._common import main
+
+
+def check(cfg: TrainConfig) -> None:
+    if cfg.task != "classification":
+        raise ConfigError("finetune trains classifiers: task must be 'classification'")
+    if not cfg.model.init_from:
+        raise ConfigError("finetune needs model.init_from (a checkpoint directory or models:/ URI)")
+
+
+if __name__ == "__main__":
+    sys.exit(main("finetune", check=check))
