@@ -16,6 +16,7 @@ import sys
 # One line per group; a module per group keeps the stages' commands apart.
 GROUPS = (
     "data",
+    "preflight",
 )
 
 
