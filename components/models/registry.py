@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-_FAMILY_MODULES = ("components.models.classifiers",)
+_FAMILY_MODULES = ("components.models.classifiers", "components.models.yolos", "components.models.detr")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,35 @@
+"""Detector outputs → detections in original image pixels (xyxy)."""
+
+from __future__ import annotations
+
+import torch
+
+from components.data.boxes import batch_to_pixels_xyxy
+
+
+@torch.no_grad()
+def detections(outputs: dict, orig_size_hw: torch.Tensor, *, score_threshold: float = 0.0, top_k: int = 100
+               ) -> list[dict[str, torch.Tensor]]:
+    """Per image, the ``top_k`` best queries scoring at least ``score_threshold``.
+
+    Args:
+        outputs: ``pred_logits [B, Q, C+1]`` (last = no object), ``pred_boxes [B, Q, 4]``
+            normalised cxcywh relative to the model input.
+        orig_size_hw: ``[B, 2]`` (height, width) of the original images.
+    Returns:
+        per image ``{"boxes": [K, 4] float xyxy pixels, "scores": [K], "labels": [K] int64}``,
+        sorted by descending score; a query's score is its best object-class probability.
+    """
+    prob = outputs["pred_logits"].float().softmax(-1)[..., :-1]
+    scores, labels = prob.max(-1)
+    boxes = batch_to_pixels_xyxy(outputs["pred_boxes"].float(), orig_size_hw.to(prob.device))
+    h = orig_size_hw[:, 0:1].to(boxes)
+    w = orig_size_hw[:, 1:2].to(boxes)
+    limits = torch.cat([w, h, w, h], dim=-1).unsqueeze(1)
+    boxes = torch.minimum(boxes.clamp(min=0), limits)
+    result = []
+    for s, lab, b in zip(scores, labels, boxes):
+        keep = (s >= score_threshold).nonzero().squeeze(1)
+        order = keep[s[keep].argsort(descending=True)][:top_k]
+        result.append({"boxes": b[order], "scores": s[order], "labels": lab[order].to(torch.int64)})
+    return result
