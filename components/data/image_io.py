@@ -57,7 +57,7 @@ def _open(data: bytes) -> Image.Image:
     except Image.DecompressionBombError:  # Pillow's own guard, far above any sane limit
         raise BadImageError("too many pixels") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise BadImageError(f"unreadable image header ({err})") from None
+        raise BadImageError(f"truncated or corrupt image ({err})") from None
 
 
 def _exif_swaps_axes(im: Image.Image) -> bool:
@@ -94,7 +94,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
 
     Raises:
         BadImageError: ``reason`` one of "empty file", "not an image", "too many pixels
-        (W x H > limit)", "truncated or corrupt image (...)", "unreadable image header".
+        (W x H > limit)", "truncated or corrupt image (...)".
     """
     with _open(data) as im:
         w, h = im.size

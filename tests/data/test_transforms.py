@@ -1,0 +1,75 @@
+"""Training transforms keep boxes on their objects; eval boxes map back to original pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from components.data.boxes import batch_to_pixels_xyxy, cxcywh_to_xyxy
+from components.data.config import AugmentConfig
+from components.data.transforms import ImageTransform, row_seed
+from tests.data.conftest import painted
+
+
+def _bright(image: np.ndarray) -> np.ndarray:
+    return image.astype(int).sum(axis=2) > 300
+
+
+def test_augmented_box_still_covers_the_painted_object():
+    image, box = painted(80, 60)
+    aug = AugmentConfig(hflip=0.5, vflip=0.5, scale=(0.3, 1.0), color_p=0.0, min_visibility=0.0)
+    transform = ImageTransform(task="detection", training=True, image_size=64, augment=aug)
+    kept = 0
+    for seed in range(40):
+        out, boxes, classes = transform(image, np.array([box]), np.array([3]), seed=seed)
+        assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+        mask = _bright(out)
+        if len(boxes) == 0:  # cropped away entirely: nothing of the object may remain
+            assert mask.sum() <= 4
+            continue
+        kept += 1
+        assert classes.tolist() == [3]
+        x0, y0, x1, y1 = (cxcywh_to_xyxy(torch.from_numpy(boxes)).numpy()[0] * 64).tolist()
+        ys, xs = np.nonzero(mask)
+        # The box covers the painted pixels (1 px interpolation slack) and is tight around them.
+        assert xs.min() >= x0 - 1.5 and xs.max() + 1 <= x1 + 1.5, (seed, x0, x1, xs.min(), xs.max())
+        assert ys.min() >= y0 - 1.5 and ys.max() + 1 <= y1 + 1.5, (seed, y0, y1, ys.min(), ys.max())
+        inside = mask[int(np.ceil(y0)):int(y1), int(np.ceil(x0)):int(x1)]
+        assert inside.mean() > 0.8, seed
+    assert kept >= 20
+
+
+def test_min_visibility_drops_mostly_cropped_boxes():
+    image, box = painted(80, 60)
+    aug = AugmentConfig(scale=(0.05, 0.1), color_p=0.0, min_visibility=0.9)
+    transform = ImageTransform(task="detection", training=True, image_size=32, augment=aug)
+    counts = [len(transform(image, np.array([box]), np.array([0]), seed=s)[1]) for s in range(30)]
+    assert 0 in counts  # a tiny crop rarely holds 90% of the object
+
+
+def test_same_seed_same_output_and_different_seed_differs():
+    image, box = painted(80, 60)
+    transform = ImageTransform(task="detection", training=True, image_size=64,
+                               augment=AugmentConfig())
+    a = transform(image, np.array([box]), np.array([1]), seed=row_seed(0, 0, 5))
+    b = transform(image, np.array([box]), np.array([1]), seed=row_seed(0, 0, 5))
+    c = transform(image, np.array([box]), np.array([1]), seed=row_seed(0, 1, 5))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_eval_transform_maps_back_to_original_pixels():
+    image, box = painted(80, 60)
+    transform = ImageTransform(task="detection", training=False, image_size=32)
+    out, boxes, classes = transform(image, np.array([box]), np.array([2]))
+    assert out.shape == (32, 32, 3) and classes.tolist() == [2]
+    back = batch_to_pixels_xyxy(torch.from_numpy(boxes)[None], torch.tensor([[60, 80]]))[0, 0]
+    x, y, w, h = box
+    assert torch.allclose(back, torch.tensor([x, y, x + w, y + h]), atol=1e-4)
+
+
+def test_classification_transform_has_no_boxes():
+    image, _ = painted(80, 60)
+    out, boxes, classes = ImageTransform(task="classification", training=True, image_size=32,
+                                         augment=AugmentConfig())(image, seed=1)
+    assert out.shape == (32, 32, 3) and boxes.shape == (0, 4) and classes.shape == (0,)
