@@ -1,0 +1,12 @@
+"""Ray Serve application for the registry's ``@champion`` models.
+
+Modules, one job each:
+
+- ``settings``: typed live settings (the deployments' ``user_config``) and app arguments.
+- ``errors``: the 4xx error type and its JSON body.
+- ``decode``: request body → RGB image, with content-type, byte and pixel limits.
+- ``v2``: the Open Inference Protocol v2 (KServe / Triton) REST tensors, JSON and binary.
+- ``runtime``: a loaded model version (registry → device → warm-up) and its batched forward.
+- ``model_server``: the per-task model deployment (dynamic batching, alias polling, swap).
+- ``app``: the FastAPI ingress deployment and the application builder (``app``, ``build_app``).
+"""

@@ -1,0 +1,451 @@
+"""The Serve application: a FastAPI ingress in front of one model deployment per task.
+
+```
+HTTP ─► ingress (FastAPI: auth, limits, decode + eval transform in a thread pool)
+          ├─► classifier (ModelServer: @serve.batch, alias poller)  models:/vitpipe-classifier@champion
+          └─► detector   (ModelServer: @serve.batch, alias poller)  models:/vitpipe-detector@champion
+```
+
+Images are decoded and patchified in the ingress *before* batching, so a bad image fails
+only its own request and the model replicas only ever see valid ``[N, P*P*3]`` tensors.
+
+Endpoints: ``POST /v1/classify``, ``POST /v1/detect`` (raw image body or multipart form;
+``?attention=1``, ``?top_k=``), ``GET /healthz``, ``GET /v1/models``, and the Open
+Inference Protocol v2 REST API under ``/v2`` (see :mod:`components.serving.v2`).
+
+``app`` (defaults) is what ``serve build components.serving.app:app`` turns into
+``pipelines/configs/serve.yaml``; ``build_app(args)`` builds it with other URIs/resources.
+"""
+
+import asyncio
+import base64
+import hmac
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import Field
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from components.core.config import StrictModel
+from components.serving import v2
+from components.serving.decode import (
+    MULTIPART, check_content_type, decode_image_bytes, image_bytes_from_form, read_body,
+)
+from components.serving.errors import (
+    RequestError, bad_request, not_found, too_large, unauthorized, unavailable,
+)
+from components.serving.model_server import ModelServer
+from components.serving.settings import (
+    DEFAULT_CLASSIFIER_URI, DEFAULT_DETECTOR_URI, TOKEN_ENV, IngressSettings,
+    ModelServerSettings,
+)
+
+log = logging.getLogger("ray.serve")
+
+TASKS = {"classification": "classifier", "detection": "detector"}  # task → deployment name
+SHORT_NAMES = {"classifier": "classification", "detector": "detection",
+               "classification": "classification", "detection": "detection"}
+
+api = FastAPI(
+    title="vitpipe serving",
+    description="Classify and detect with the registry's @champion models.",
+    version="1",
+)
+
+
+@api.exception_handler(RequestError)
+async def _request_error(_: Request, err: RequestError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
+    first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return JSONResponse({"error": f"{where}: {first.get('msg')}", "code": "bad_request"},
+                        status_code=400)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"error": str(err.detail), "code": "http_error"},
+                        status_code=err.status_code, headers=getattr(err, "headers", None))
+
+
+# Helpers sit above the deployment: Serve serialises the class when it is decorated.
+async def _await(response):
+    return await response
+
+
+def _model_ref(result: dict[str, Any]) -> dict[str, Any]:
+    return {"name": result["name"], "version": result["version"]}
+
+
+def _metadata(info: dict[str, Any]) -> dict[str, Any]:
+    settings = info["settings"]
+    return v2.model_metadata(
+        name=info["name"], version=info["version"], task=info["task"],
+        class_names=info["class_names"], image_size=info["image_size"],
+        patch_size=info["patch_size"], top_k=settings["top_k"],
+        max_detections=settings["max_detections"],
+    )
+
+
+def _decode_and_preprocess(data: bytes, max_pixels: int, image_size: int, patch_size: int):
+    """Thread-pool work for one request: bytes → (patches uint8 [N, P*P*3], (h, w))."""
+    from components.data.image_io import preprocess
+
+    image = decode_image_bytes(data, max_pixels=max_pixels)
+    patches, _ = preprocess(image, image_size=image_size, patch_size=patch_size)
+    return patches, image.shape[:2]
+
+
+def _preprocess_batch(images: np.ndarray, image_size: int, patch_size: int):
+    from components.data.image_io import preprocess
+
+    out = []
+    for image in images:
+        patches, _ = preprocess(np.ascontiguousarray(image), image_size=image_size,
+                                patch_size=patch_size)
+        out.append((patches, image.shape[:2]))
+    return out
+
+
+@serve.deployment(
+    name="ingress",
+    max_ongoing_requests=256,
+    autoscaling_config={
+        "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 64,
+        "upscale_delay_s": 10, "downscale_delay_s": 120,
+    },
+    ray_actor_options={"num_cpus": 1},
+    user_config=IngressSettings().model_dump(),
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+    graceful_shutdown_timeout_s=30,
+)
+@serve.ingress(api)
+class Ingress:
+    """HTTP front: auth, limits, decoding, routing to the model deployments."""
+
+    def __init__(self, classifier=None, detector=None) -> None:
+        self._handles = {"classification": classifier, "detection": detector}
+        self._handles = {task: h for task, h in self._handles.items() if h is not None}
+        self._token = os.environ.get(TOKEN_ENV) or None
+        self._settings = IngressSettings()
+        self._pool = ThreadPoolExecutor(self._settings.decode_threads, "decode")
+        self._info: dict[str, dict[str, Any]] = {}  # task → last describe() / result geometry
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        settings = IngressSettings.model_validate(user_config or {})
+        if settings.require_token and not self._token:
+            raise ValueError(f"require_token is set but ${TOKEN_ENV} is empty")
+        if settings.decode_threads != self._settings.decode_threads:
+            self._pool = ThreadPoolExecutor(settings.decode_threads, "decode")
+        self._settings = settings
+
+    # --- helpers -------------------------------------------------------------------------
+    def _authorize(self, request: Request) -> None:
+        if self._token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, credentials = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            credentials.strip().encode(), self._token.encode()
+        ):
+            raise unauthorized()
+
+    def _handle(self, task: str):
+        handle = self._handles.get(task)
+        if handle is None:
+            raise not_found(f"no {task} model is served by this application")
+        return handle
+
+    async def _call(self, task: str, method: str, *args, timeout_s: float | None = None):
+        response = getattr(self._handle(task), method).remote(*args)
+        timeout = timeout_s or self._settings.request_timeout_s
+        try:
+            return await asyncio.wait_for(_await(response), timeout)
+        except asyncio.TimeoutError:
+            response.cancel()
+            raise unavailable(f"the {task} model did not answer within {timeout:.0f}s") from None
+        except asyncio.CancelledError:  # the client went away: drop its queued model call
+            response.cancel()
+            raise
+
+    async def _geometry(self, task: str) -> dict[str, Any]:
+        info = self._info.get(task)
+        if info is None:
+            info = await self._call(task, "describe")
+            self._info[task] = info
+        return info
+
+    def _remember(self, task: str, result: dict[str, Any]) -> None:
+        info = self._info.setdefault(task, {})
+        for key in ("version", "name", "image_size", "patch_size", "class_names"):
+            info[key] = result[key]
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _image_from_request(self, request: Request) -> bytes:
+        kind = check_content_type(request.headers.get("content-type"))
+        body = await read_body(request.headers, request.stream(),
+                               max_bytes=self._settings.max_body_bytes)
+        if kind == MULTIPART:
+            return await image_bytes_from_form(request.headers, body)
+        return body
+
+    async def _predict_image(self, task: str, data: bytes, attention: bool) -> tuple[dict, tuple]:
+        geometry = await self._geometry(task)
+        image_size, patch_size = geometry["image_size"], geometry["patch_size"]
+        patches, orig_hw = await self._run(
+            _decode_and_preprocess, data, self._settings.max_pixels, image_size, patch_size,
+        )
+        method = "explain" if attention else "infer"
+        result = await self._call(task, method, patches, image_size, patch_size, orig_hw)
+        self._remember(task, result)
+        return result, orig_hw
+
+    # --- /v1 -----------------------------------------------------------------------------
+    @api.post("/v1/classify")
+    async def classify(self, request: Request, top_k: int | None = None,
+                       attention: bool = False) -> JSONResponse:
+        self._authorize(request)
+        if top_k is not None and top_k < 1:
+            raise bad_request("top_k must be at least 1")
+        data = await self._image_from_request(request)
+        result, orig_hw = await self._predict_image("classification", data, attention)
+        probabilities = np.asarray(result["probabilities"])
+        k = min(top_k or 5, probabilities.shape[0])
+        order = np.argsort(-probabilities, kind="stable")[:k]
+        names = result["class_names"]
+        body = {
+            "model": _model_ref(result),
+            "image": {"height": orig_hw[0], "width": orig_hw[1]},
+            "predictions": [
+                {"label": names[i], "class_id": int(i), "score": float(probabilities[i])}
+                for i in order
+            ],
+        }
+        if attention:
+            body["attention_png"] = result["attention_png"]
+        return JSONResponse(body)
+
+    @api.post("/v1/detect")
+    async def detect(self, request: Request, attention: bool = False,
+                     score_threshold: float | None = None) -> JSONResponse:
+        self._authorize(request)
+        data = await self._image_from_request(request)
+        result, orig_hw = await self._predict_image("detection", data, attention)
+        names = result["class_names"]
+        threshold = score_threshold if score_threshold is not None else 0.0
+        body = {
+            "model": _model_ref(result),
+            "image": {"height": orig_hw[0], "width": orig_hw[1]},
+            "box_format": "xyxy pixels of the original image",
+            "detections": [
+                {"box": [round(float(v), 2) for v in box], "label": names[int(label)],
+                 "class_id": int(label), "score": float(score)}
+                for box, score, label in zip(result["boxes"], result["scores"], result["labels"])
+                if score >= threshold
+            ],
+        }
+        if attention:
+            body["attention_png"] = result["attention_png"]
+        return JSONResponse(body)
+
+    @api.get("/v1/models")
+    async def models(self, request: Request) -> JSONResponse:
+        self._authorize(request)
+        found = {}
+        for task in self._handles:
+            info = await self._call(task, "describe")
+            self._info[task] = info
+            found[TASKS[task]] = info
+        return JSONResponse({"models": found})
+
+    @api.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        """A real tiny inference on every model; 503 when one fails or stalls."""
+        checks, healthy = {}, True
+        for task in self._handles:
+            try:
+                checks[TASKS[task]] = await self._call(
+                    task, "health", timeout_s=self._settings.health_timeout_s)
+            except Exception as err:  # a stalled or broken replica: report, don't raise
+                healthy = False
+                checks[TASKS[task]] = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+        return JSONResponse({"status": "ok" if healthy else "unhealthy", "models": checks},
+                            status_code=200 if healthy else 503)
+
+    # --- Open Inference Protocol v2 --------------------------------------------------------
+    @api.get("/v2")
+    async def v2_server(self) -> JSONResponse:
+        return JSONResponse({"name": "vitpipe", "version": "1",
+                             "extensions": ["binary_tensor_data"]})
+
+    @api.get("/v2/health/live")
+    async def v2_live(self) -> JSONResponse:
+        return JSONResponse({"live": True})
+
+    @api.get("/v2/health/ready")
+    async def v2_ready(self) -> JSONResponse:
+        try:
+            for task in self._handles:
+                self._info[task] = await self._call(
+                    task, "describe", timeout_s=self._settings.health_timeout_s)
+        except RequestError:
+            return JSONResponse({"ready": False}, status_code=503)
+        return JSONResponse({"ready": True})
+
+    async def _v2_model(self, request: Request, name: str, version: str | None = None):
+        self._authorize(request)
+        task = SHORT_NAMES.get(name)
+        if task is None:
+            task = next((t for t, i in self._info.items() if i.get("name") == name), None)
+        if task is None:
+            # registered names are learnt from describe(); ask each model once
+            for candidate in self._handles:
+                info = await self._geometry(candidate)
+                if info.get("name") == name:
+                    task = candidate
+        if task is None or task not in self._handles:
+            raise not_found(f"unknown model {name!r}")
+        info = await self._call(task, "describe")
+        self._info[task] = info
+        if version is not None and version != info["version"]:
+            raise not_found(f"model {name!r} serves version {info['version']}, not {version}")
+        return task, info
+
+    @api.get("/v2/models/{name}")
+    async def v2_metadata(self, request: Request, name: str) -> JSONResponse:
+        task, info = await self._v2_model(request, name)
+        return JSONResponse(_metadata(info))
+
+    @api.get("/v2/models/{name}/versions/{version}")
+    async def v2_metadata_version(self, request: Request, name: str, version: str) -> JSONResponse:
+        task, info = await self._v2_model(request, name, version)
+        return JSONResponse(_metadata(info))
+
+    @api.get("/v2/models/{name}/ready")
+    async def v2_model_ready(self, request: Request, name: str) -> JSONResponse:
+        task, info = await self._v2_model(request, name)
+        return JSONResponse({"name": info["name"], "ready": True})
+
+    @api.post("/v2/models/{name}/infer")
+    async def v2_infer(self, request: Request, name: str) -> Response:
+        return await self._v2_infer(request, name, None)
+
+    @api.post("/v2/models/{name}/versions/{version}/infer")
+    async def v2_infer_version(self, request: Request, name: str, version: str) -> Response:
+        return await self._v2_infer(request, name, version)
+
+    async def _v2_infer(self, request: Request, name: str, version: str | None) -> Response:
+        task, info = await self._v2_model(request, name, version)
+        body = await read_body(request.headers, request.stream(),
+                               max_bytes=self._settings.max_body_bytes)
+        image_size, patch_size = info["image_size"], info["patch_size"]
+        num_patches = (image_size // patch_size) ** 2
+        parsed = await self._run(
+            lambda: v2.parse_image_request(
+                body, request.headers.get(v2.HEADER_LENGTH),
+                patch_shape=(num_patches, patch_size * patch_size * 3),
+                max_pixels=self._settings.max_pixels,
+            )
+        )
+        if parsed.input_name == "image":
+            prepared = await self._run(_preprocess_batch, parsed.array, image_size, patch_size)
+        else:
+            hw = (image_size, image_size)
+            prepared = [(np.ascontiguousarray(p), hw) for p in parsed.array]
+        results = await asyncio.gather(*[
+            self._call(task, "infer", patches, image_size, patch_size, orig_hw)
+            for patches, orig_hw in prepared
+        ])
+        settings = info["settings"]
+        if task == "classification":
+            outputs = v2.classification_outputs(
+                np.stack([r["probabilities"] for r in results]), settings["top_k"])
+        else:
+            outputs = v2.detection_outputs(results, settings["max_detections"])
+        content, headers = v2.build_response(
+            model_name=results[0]["name"], model_version=results[0]["version"],
+            request_id=parsed.request_id, outputs=outputs, requested=parsed.requested,
+            binary_output=parsed.binary_output,
+        )
+        return Response(content=content, headers=headers)
+
+
+# --- the application -------------------------------------------------------------------------
+ModelDeployment = serve.deployment(
+    ModelServer,
+    name="classifier",
+    max_ongoing_requests=64,
+    autoscaling_config={
+        "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16,
+        "upscale_delay_s": 10, "downscale_delay_s": 120,
+    },
+    ray_actor_options={"num_cpus": 1},
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+    graceful_shutdown_timeout_s=30,
+)
+
+
+class AppArgs(StrictModel):
+    """Arguments of :func:`build_app` (``serve run components.serving.app:build_app k=v``)."""
+
+    classifier_uri: str | None = Field(DEFAULT_CLASSIFIER_URI, description="None: no classifier")
+    detector_uri: str | None = Field(DEFAULT_DETECTOR_URI, description="None: no detector")
+    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI")
+    model_settings: dict[str, Any] = Field(
+        default_factory=dict, description="ModelServerSettings fields for both models")
+    ingress_settings: dict[str, Any] = Field(default_factory=dict)
+    ingress_env: dict[str, str] = Field(
+        default_factory=dict,
+        description=f"env vars of the ingress replicas (e.g. {TOKEN_ENV}; in Kubernetes set "
+                    "it from a Secret on the pods instead)")
+    model_num_cpus: float = 1.0
+    ingress_num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    replicas: int | None = Field(None, description="fixed replicas instead of autoscaling")
+
+
+def build_app(args: dict[str, Any] | AppArgs | None = None) -> serve.Application:
+    """The application: the ingress bound to a classifier and/or a detector deployment."""
+    args = AppArgs.model_validate(args or {}) if not isinstance(args, AppArgs) else args
+    if not args.classifier_uri and not args.detector_uri:
+        raise ValueError("serve at least one model: classifier_uri or detector_uri")
+    scaling = {"num_replicas": args.replicas, "autoscaling_config": None} if args.replicas else {}
+    bound = {}
+    for task, uri in (("classification", args.classifier_uri), ("detection", args.detector_uri)):
+        if not uri:
+            continue
+        settings = ModelServerSettings.model_validate({**args.model_settings, "model_uri": uri})
+        bound[TASKS[task]] = ModelDeployment.options(
+            name=TASKS[task], user_config=settings.model_dump(),
+            ray_actor_options={"num_cpus": args.model_num_cpus,
+                               **({"num_gpus": args.num_gpus} if args.num_gpus else {})},
+            **scaling,
+        ).bind(task, args.tracking_uri)
+    ingress = Ingress.options(
+        user_config=IngressSettings.model_validate(args.ingress_settings).model_dump(),
+        ray_actor_options={
+            "num_cpus": args.ingress_num_cpus,
+            **({"runtime_env": {"env_vars": dict(args.ingress_env)}} if args.ingress_env else {}),
+        },
+        **scaling,
+    )
+    return ingress.bind(bound.get("classifier"), bound.get("detector"))
+
+
+app = build_app()

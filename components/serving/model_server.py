@@ -1,0 +1,175 @@
+"""The model deployment: one task's model, dynamic batching, alias polling and swapping.
+
+One class serves either task (``task`` is its constructor argument); the application binds
+it twice, as the ``classifier`` and ``detector`` deployments, each with its own replicas,
+autoscaling and ``user_config`` (:class:`~components.serving.settings.ModelServerSettings`).
+
+Model updates: at replica start ``reconfigure`` loads the version the URI names (the alias
+resolved to a fixed version). A daemon thread then re-resolves the alias every
+``poll_interval_s``; when it names another version the thread loads and warms the new one
+*beside* the old, then swaps one reference. Each batch reads that reference once, so a batch
+runs whole on one version and no request is dropped or paused by an update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from components.serving.runtime import InferItem, LoadedModel, load_version
+from components.serving.settings import ModelServerSettings
+
+log = logging.getLogger("ray.serve")
+
+
+class ModelServer:
+    """Serve one task's registered model. Called by the ingress through a handle."""
+
+    def __init__(self, task: str, tracking_uri: str | None = None) -> None:
+        if task not in ("classification", "detection"):
+            raise ValueError(f"task must be classification|detection, got {task!r}")
+        self._task = task
+        self._tracking_uri = tracking_uri
+        self._settings: ModelServerSettings | None = None
+        self._loaded: LoadedModel | None = None
+        self._batch_started: float | None = None
+        self._last_poll_error: str | None = None
+        self._swaps = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    # --- configuration -------------------------------------------------------------------
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply live settings; the first call (replica start) loads the model."""
+        settings = ModelServerSettings.model_validate(user_config or {})
+        previous, self._settings = self._settings, settings
+        self._run_batch.set_max_batch_size(settings.max_batch_size)
+        self._run_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        if self._loaded is None:
+            self._loaded = self._load(settings)
+        elif previous is not None and (
+            previous.model_uri != settings.model_uri or previous.precision != settings.precision
+        ):
+            self._wake.set()  # the poller loads the new URI in the background
+        if self._poller is None:
+            self._poller = threading.Thread(target=self._poll_loop, name="alias-poller", daemon=True)
+            self._poller.start()
+        else:
+            self._wake.set()  # a changed interval takes effect now
+
+    def _load(self, settings: ModelServerSettings) -> LoadedModel:
+        return load_version(
+            settings.model_uri, task=self._task, cache_dir=settings.cache_dir,
+            precision=settings.precision, tracking_uri=self._tracking_uri,
+            warmup_batch_sizes=tuple(sorted({1, settings.max_batch_size})),
+        )
+
+    # --- model updates -------------------------------------------------------------------
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            settings = self._settings
+            interval = settings.poll_interval_s if settings else 0.0
+            self._wake.wait(timeout=interval if interval > 0 else None)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.check_for_update()
+            except Exception as err:  # registry down: keep serving the loaded version
+                self._last_poll_error = f"{type(err).__name__}: {err}"
+                log.warning("model update check failed, still serving %s: %s",
+                            self._loaded.version if self._loaded else None, err)
+
+    def check_for_update(self) -> bool:
+        """Resolve the URI now; load and swap in the version it names if that is new."""
+        from components.tracking.registry import resolve_uri
+
+        settings, current = self._settings, self._loaded
+        resolved = resolve_uri(settings.model_uri, tracking_uri=self._tracking_uri)
+        same_uri = current is not None and current.uri == settings.model_uri
+        if same_uri and str(resolved.version) == current.version and (
+            current.autocast == _dtype_for(current, settings.precision)
+        ):
+            self._last_poll_error = None
+            return False
+        fresh = self._load(settings)
+        self._loaded = fresh  # the swap: one reference, read once per batch
+        self._swaps += 1
+        self._last_poll_error = None
+        log.info("now serving %s version %s (was %s)", fresh.name, fresh.version,
+                 current.version if current else None)
+        return True
+
+    # --- requests ------------------------------------------------------------------------
+    async def infer(self, patches: np.ndarray, image_size: int, patch_size: int,
+                    orig_hw: tuple[int, int]) -> dict[str, Any]:
+        """One image's patches → its result (joined into a dynamic batch with others)."""
+        return await self._run_batch(InferItem(patches, image_size, patch_size, tuple(orig_hw)))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.004)
+    async def _run_batch(self, items: list[InferItem]) -> list[dict[str, Any]]:
+        loaded, settings = self._loaded, self._settings
+        self._batch_started = time.monotonic()
+        try:
+            return await asyncio.to_thread(
+                loaded.run, items, top_k=settings.top_k,
+                score_threshold=settings.score_threshold,
+                max_detections=settings.max_detections,
+            )
+        finally:
+            self._batch_started = None
+
+    async def explain(self, patches: np.ndarray, image_size: int, patch_size: int,
+                      orig_hw: tuple[int, int]) -> dict[str, Any]:
+        """Result plus an attention-map PNG (not batched: needs the explicit attention path)."""
+        from components.serving.explain import attention_png
+
+        loaded = self._loaded
+        item = InferItem(patches, image_size, patch_size, tuple(orig_hw))
+        result = await self._run_batch(item)
+        png = await asyncio.to_thread(attention_png, loaded, loaded.to_model_input(item))
+        return {**result, "attention_png": png}
+
+    def describe(self) -> dict[str, Any]:
+        """The served version and settings (``/v1/models``, ``/v2/models/{name}``)."""
+        loaded, settings = self._loaded, self._settings
+        return {
+            **loaded.describe(), "swaps": self._swaps, "last_poll_error": self._last_poll_error,
+            "settings": settings.model_dump(),
+        }
+
+    async def health(self) -> dict[str, Any]:
+        """A real tiny inference through the batch queue (a stalled replica fails it)."""
+        loaded = self._loaded
+        side = loaded.meta.image_size
+        patch = loaded.meta.patch_size
+        zeros = np.zeros(((side // patch) ** 2, patch * patch * 3), np.uint8)
+        start = time.perf_counter()
+        result = await self.infer(zeros, side, patch, (side, side))
+        return {"status": "ok", "version": result["version"],
+                "latency_ms": round((time.perf_counter() - start) * 1e3, 2)}
+
+    def check_health(self) -> None:
+        """Serve's periodic probe: a batch stuck past ``stall_timeout_s`` restarts the replica."""
+        started, settings = self._batch_started, self._settings
+        if started is not None and settings and time.monotonic() - started > settings.stall_timeout_s:
+            raise RuntimeError(f"a batch has run for more than {settings.stall_timeout_s}s")
+        if self._poller is not None and not self._poller.is_alive() and not self._stop.is_set():
+            raise RuntimeError("the model update thread died")
+
+    def __del__(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+
+def _dtype_for(loaded: LoadedModel, precision: str):
+    from components.core.device import autocast_dtype
+
+    return autocast_dtype(loaded.device, precision)

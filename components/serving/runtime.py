@@ -1,0 +1,160 @@
+"""One loaded model version and its batched forward pass.
+
+:func:`load_version` turns a registry URI into a :class:`LoadedModel`: the alias is resolved
+to a fixed version (recorded in ``resolved``), the checkpoint is fetched into a local cache
+keyed by version (a restart does not download again), the model is built on the device,
+and warmed up. :meth:`LoadedModel.run` is what one dynamic batch executes: it stacks the
+requests' patch tensors, runs one forward pass under ``torch.inference_mode`` (bf16
+autocast where the hardware has it), and splits the outputs back per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from components.core.checkpoint import CheckpointMeta
+from components.core.device import autocast_dtype, pick_device
+from components.serving.settings import CACHE_ENV
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InferItem:
+    """One request's model input, made by the ingress.
+
+    ``patches`` uint8 ``[N, P*P*3]`` from ``image_io.preprocess`` at ``image_size``;
+    ``orig_hw`` the decoded image's ``(height, width)`` (boxes are mapped back to it).
+    """
+
+    patches: np.ndarray
+    image_size: int
+    patch_size: int
+    orig_hw: tuple[int, int]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "vitpipe" / "models")
+
+
+@dataclass
+class LoadedModel:
+    """A model version ready to serve (never mutated after warm-up; swapped whole)."""
+
+    model: torch.nn.Module
+    meta: CheckpointMeta
+    name: str
+    version: str
+    alias: str | None
+    uri: str
+    device: torch.device
+    autocast: torch.dtype | None
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def task(self) -> str:
+        return self.meta.task
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.meta.image_size // self.meta.patch_size
+        return (side, side)
+
+    def describe(self) -> dict[str, Any]:
+        """What ``/v1/models`` shows about this version."""
+        return {
+            "name": self.name, "version": self.version, "alias": self.alias, "uri": self.uri,
+            "task": self.task, "model_name": self.meta.model_name,
+            "class_names": list(self.meta.class_names), "image_size": self.meta.image_size,
+            "patch_size": self.meta.patch_size,
+            "precision": str(self.autocast).replace("torch.", "") if self.autocast else "float32",
+            "device": str(self.device), "loaded_at": self.loaded_at,
+            "data_fingerprint": self.meta.data_fingerprint,
+        }
+
+    def to_model_input(self, item: InferItem) -> np.ndarray:
+        """The item's patches at this version's geometry (resampled if made for another)."""
+        if (item.image_size, item.patch_size) == (self.meta.image_size, self.meta.patch_size):
+            return item.patches
+        # Only while a new version with another input size is being rolled out.
+        from components.data.image_io import preprocess
+        from components.data.patchify import unpatchify
+
+        side = item.image_size // item.patch_size
+        image = unpatchify(item.patches, (side, side), item.patch_size)
+        patches, _ = preprocess(
+            np.ascontiguousarray(image), image_size=self.meta.image_size,
+            patch_size=self.meta.patch_size,
+        )
+        return patches
+
+    def forward(self, patches: np.ndarray) -> Any:
+        """uint8 ``[B, N, P*P*3]`` → raw model outputs (fp32 tensors on the CPU)."""
+        batch = torch.from_numpy(np.ascontiguousarray(patches)).to(self.device, non_blocking=True)
+        with torch.inference_mode(), torch.autocast(
+            self.device.type, dtype=self.autocast or torch.float32,
+            enabled=self.autocast is not None,
+        ):
+            outputs = self.model(batch, self.grid)
+        if isinstance(outputs, dict):
+            return {k: v.float().cpu() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
+        return outputs.float().cpu()
+
+    def run(self, items: list[InferItem], *, top_k: int, score_threshold: float,
+            max_detections: int) -> list[dict[str, Any]]:
+        """One dynamic batch: ``items`` → one result dict per item (same order)."""
+        patches = np.stack([self.to_model_input(item) for item in items])
+        outputs = self.forward(patches)
+        common = {"version": self.version, "name": self.name, "class_names": self.meta.class_names,
+                  "image_size": self.meta.image_size, "patch_size": self.meta.patch_size}
+        if self.task == "classification":
+            probabilities = torch.softmax(outputs, dim=-1).numpy()
+            return [{**common, "probabilities": row} for row in probabilities]
+        from components.models.postprocess import detections
+
+        orig = torch.tensor([item.orig_hw for item in items], dtype=torch.int64)
+        found = detections(outputs, orig, score_threshold=score_threshold, top_k=max_detections)
+        return [
+            {**common, "boxes": d["boxes"].float().numpy(), "scores": d["scores"].float().numpy(),
+             "labels": d["labels"].numpy()}
+            for d in found
+        ]
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 4)) -> float:
+        """Run the forward pass once per batch size (kernel selection, allocator); seconds."""
+        start = time.perf_counter()
+        n = self.grid[0] * self.grid[1]
+        for size in batch_sizes:
+            self.forward(np.zeros((size, n, self.meta.patch_size ** 2 * 3), np.uint8))
+        return time.perf_counter() - start
+
+
+def load_version(uri: str, *, task: str, cache_dir: str | Path | None = None,
+                 precision: str = "auto", tracking_uri: str | None = None,
+                 warmup_batch_sizes: tuple[int, ...] = (1, 4)) -> LoadedModel:
+    """Registry URI → a warmed-up :class:`LoadedModel` (alias resolved to a fixed version)."""
+    from components.tracking.registry import load_registered
+
+    device = pick_device()
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    start = time.perf_counter()
+    model, meta, resolved = load_registered(
+        uri, cache_dir=cache, tracking_uri=tracking_uri, device=str(device), task=task,
+    )
+    loaded = LoadedModel(
+        model=model.eval(), meta=meta, name=resolved.name, version=str(resolved.version),
+        alias=resolved.alias, uri=uri, device=device,
+        autocast=autocast_dtype(device, precision),
+    )
+    warm = loaded.warm_up(warmup_batch_sizes)
+    log.info("loaded %s → version %s (%s) in %.2fs, warm-up %.2fs", uri, loaded.version,
+             meta.model_name, time.perf_counter() - start, warm)
+    return loaded
