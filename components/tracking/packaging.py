@@ -1,0 +1,124 @@
+"""How a checkpoint is packaged as an MLflow model: a pyfunc "models from code" wrapper.
+
+Nothing pickled: the logged model holds this package's entry file
+(:mod:`components.tracking.pyfunc_entry`, which only calls ``set_model``), the checkpoint
+(``model.safetensors`` + ``vitpipe.json``) as an artifact, a signature and an input example.
+Loading it (``mlflow.pyfunc.load_model("models:/NAME@champion")``) rebuilds the architecture
+from ``vitpipe.json`` with ``components.models.build_model`` and loads the safetensors
+weights, so the loading side needs ``vitpipe`` installed (the serving image has it).
+
+pyfunc input: uint8 RGB images ``[B, H, W, 3]``. Images already at the model's
+``image_size`` are patchified as they are; others go through the eval transform
+(``components.data.image_io.preprocess``: whole-image resize, as serving does). Output:
+classification → logits ``[B, num_classes]`` float32; detection → ``{"pred_logits":
+[B, Q, num_classes + 1], "pred_boxes": [B, Q, 4] normalised cxcywh}``. Predictions run in
+fp32 so that they equal the checkpoint's exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from components.core.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint
+
+ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")
+CHECKPOINT_ARTIFACT = "checkpoint"
+
+
+def model_from_checkpoint(
+    directory: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, CheckpointMeta]:
+    """Rebuild the model of a checkpoint directory (strict weight load), in eval mode."""
+    from components.models import build_model
+
+    state_dict, meta = load_checkpoint(directory)
+    try:
+        model = build_model(meta.model_name, **meta.model_config)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{directory}: cannot build {meta.model_name!r}: {err}") from None
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise CheckpointError(
+            f"{directory}: weights do not fit {meta.model_name}: {str(err).splitlines()[-1]}"
+        ) from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{directory}: weights do not fit {meta.model_name} "
+            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
+        )
+    return model.to(device).eval(), meta
+
+
+def images_to_batch(images: np.ndarray, meta: CheckpointMeta) -> tuple[torch.Tensor, tuple[int, int]]:
+    """uint8 ``[B, H, W, 3]`` → (patches uint8 ``[B, N, P*P*3]``, grid) at the model's size."""
+    from components.data.patchify import patchify
+
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(
+            f"expected uint8 images [B, H, W, 3], got {images.dtype} {tuple(images.shape)}"
+        )
+    size = meta.image_size
+    if images.shape[1:3] == (size, size):
+        patches, grid = patchify(torch.from_numpy(np.ascontiguousarray(images)), meta.patch_size)
+        return patches, grid
+    from components.data.image_io import preprocess
+
+    rows = [preprocess(img, image_size=size, patch_size=meta.patch_size) for img in images]
+    grid = rows[0][1]
+    return torch.from_numpy(np.stack([r[0] for r in rows])), tuple(grid)
+
+
+def predict_arrays(model: torch.nn.Module, meta: CheckpointMeta, images: np.ndarray):
+    """Run ``model`` in fp32 on uint8 images; numpy outputs (see the module docstring)."""
+    patches, grid = images_to_batch(images, meta)
+    with torch.inference_mode():
+        out = model(patches, grid)
+    if meta.task == "classification":
+        return out.float().numpy()
+    return {k: out[k].float().numpy() for k in ("pred_logits", "pred_boxes")}
+
+
+def input_example(meta: CheckpointMeta, batch: int = 1, seed: int = 0) -> np.ndarray:
+    """A deterministic uint8 image batch ``[batch, S, S, 3]`` at the model's size."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (batch, meta.image_size, meta.image_size, 3), dtype=np.uint8)
+
+
+def signature_for(meta: CheckpointMeta, example_output: Any):
+    """The pyfunc signature: uint8 images in; logits (or detector tensors) out."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))])
+    if meta.task == "classification":
+        outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, example_output.shape[-1]))])
+    else:
+        outputs = Schema([
+            TensorSpec(np.dtype(np.float32), (-1, *example_output[k].shape[1:]), name=k)
+            for k in ("pred_logits", "pred_boxes")
+        ])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+try:  # the wrapper class needs mlflow; the helpers above do not
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover
+    PythonModel = object  # type: ignore[misc,assignment]
+
+
+class VitpipePyfunc(PythonModel):
+    """The pyfunc wrapper: rebuilds the checkpoint's model at load time."""
+
+    def load_context(self, context) -> None:
+        self.model, self.meta = model_from_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT])
+
+    def predict(self, context, model_input, params=None):
+        return predict_arrays(self.model, self.meta, np.asarray(model_input))
