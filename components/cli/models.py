@@ -1,0 +1,35 @@
+"""``vitpipe models list [--task T] [--json]``: every registered model with its size and cost.
+
+Prints name, task, parameters and GFLOPs (2 × MACs, one image at the model's default
+resolution), counted on the meta device (no weights are allocated). ``--json`` prints one
+JSON list of objects with keys ``name``, ``task``, ``params``, ``gflops`` (plus ``gmacs``,
+``img_size``, ``patch_size``, ``description``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    models = subparsers.add_parser("models", help="registered model architectures")
+    sub = models.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
+    lst = sub.add_parser("list", help="every registered model: task, parameters, GFLOPs")
+    lst.add_argument("--task", choices=("classification", "detection"), default=None)
+    lst.add_argument("--json", action="store_true", help="print one JSON list")
+    lst.set_defaults(handler=_list)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from components.models.summary import summarize_all
+
+    rows = summarize_all(args.task)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=1))
+        return 0
+    print(f"{'name':<24} {'task':<15} {'params':>12} {'GFLOPs':>10}  {'input':<10} description")
+    for r in rows:
+        size = "x".join(str(v) for v in r.img_size)
+        print(f"{r.name:<24} {r.task:<15} {r.params / 1e6:>11.2f}M {r.gflops:>10.3f}  {size:<10} {r.description}")
+    return 0
