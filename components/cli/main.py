@@ -15,7 +15,6 @@ import sys
 
 # One line per group; a module per group keeps the stages' commands apart.
 GROUPS = (
-    "registry",
     "data",
     "preflight",
     "models",
