@@ -11,7 +11,10 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from components.training.config import OptimSection
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # no pydantic needed at run time (the GPU bench machine lacks it)
+    from components.training.config import OptimSection
 
 _BLOCK_INDEX = re.compile(r"(?:^|\.)(?:blocks|layers|layer|stages)\.(\d+)\.")
 _EMBED_NAMES = ("patch_embed", "pos_embed", "cls_token", "dist_token", "reg_token",
@@ -61,13 +64,14 @@ def param_groups(model: nn.Module, cfg: OptimSection) -> list[dict]:
     return [groups[k] for k in sorted(groups)]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimSection) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, cfg: OptimSection, *, fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`. ``fused=None``: torch's default implementation."""
     groups = param_groups(model, cfg)
     for g in groups:
         g["lr"] = cfg.lr * g["lr_scale"]
     names = [g.pop("names") for g in groups]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas),
-                                  weight_decay=cfg.weight_decay)
+                                  weight_decay=cfg.weight_decay, fused=fused)
     optimizer.vitpipe_group_names = names  # for debugging / tests only
     return optimizer
 
