@@ -59,10 +59,14 @@ class TimmClassifier(VisionModel):
 
 def _build_timm(
     *, timm_name: str, family: str, patch_size: int, num_classes: int, img_size: int | tuple[int, int],
-    head: str = "linear", mean=IMAGENET_MEAN, std=IMAGENET_STD, **timm_kwargs: Any,
+    head: str = "linear", mean=IMAGENET_MEAN, std=IMAGENET_STD, norm_eps: float | None = None,
+    **timm_kwargs: Any,
 ) -> TimmClassifier:
+    """``norm_eps`` sets the transformer LayerNorm eps (Hugging Face ViTs use 1e-12)."""
     if family != "cnn":
         timm_kwargs["img_size"] = img_size
+    if norm_eps is not None:
+        timm_kwargs["norm_layer"] = partial(nn.LayerNorm, eps=norm_eps)
     backbone = timm.create_model(timm_name, pretrained=False, num_classes=0, **timm_kwargs)
     return TimmClassifier(
         backbone, family=family, num_classes=num_classes, head=head, img_size=img_size,
