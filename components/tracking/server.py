@@ -56,7 +56,8 @@ class MlflowServer:
         log = open(self.root / "server.log", "ab")
         self.process = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, **self.env},
+            # vitpipe uses no MLflow server-side jobs: skip the job runner process (2 cores here).
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env},
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
