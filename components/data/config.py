@@ -65,6 +65,7 @@ class DataConfig(StrictModel):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     seed: int | None = 0  # None: fresh augmentation every pass (not reproducible)
     shuffle: bool = True  # shuffle the row order of training splits (seeded)
+    preserve_order: bool = True  # deliver rows in the (seeded) order: reproducible batches
     validate_images: bool = True  # decode every image once up front (exact skip report)
     rows_per_block: int = Field(16, ge=1)  # rows per Ray Data block / map task batch
     num_cpus_per_task: float = Field(1.0, gt=0)  # Ray CPUs per decode/transform task

@@ -274,8 +274,11 @@ def _make_dataset(records: list[dict], cfg: DataConfig, training: bool, epoch: i
     ordered = _ordered(records, cfg, training, epoch)
     # Detection rows carry their targets; ragged lists travel as flat lists (boxes: 4*M).
     ds = ray.data.from_items(ordered, override_num_blocks=_num_blocks(len(ordered), cfg))
-    return ds.map_batches(make_rows, batch_size=cfg.rows_per_block, fn_kwargs={"spec": spec},
-                          **_remote_args(cfg))
+    ds = ds.map_batches(make_rows, batch_size=cfg.rows_per_block, fn_kwargs={"spec": spec},
+                        **_remote_args(cfg))
+    # Blocks finish out of order; a seeded run must also see the same row order.
+    ds.context.execution_options.preserve_order = cfg.preserve_order
+    return ds
 
 
 def build_dataset(cfg: DataConfig, split: str, *, training: bool, epoch: int = 0) -> DataBundle:

@@ -2,7 +2,9 @@
 
 A :class:`Location` pairs a ``pyarrow.fs.FileSystem`` with a root path. It is resolved ONCE
 on the driver (where credentials and endpoints such as ``AWS_ENDPOINT_URL`` are read) and
-shipped to Ray tasks as a picklable value, so workers need no environment of their own.
+shipped to Ray tasks as a picklable value, so workers need no environment of their own
+(an ``AWS_ENDPOINT_URL`` endpoint and its credentials are spelled out in the S3 filesystem
+for this; without one, workers use their own AWS credential chain as usual).
 File names from annotation files are joined under the root by :func:`safe_join`, which
 refuses names that would escape it.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import posixpath
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
@@ -24,11 +27,33 @@ def has_scheme(uri: str) -> bool:
     return "://" in uri
 
 
+def _s3_from_env(path: str) -> pafs.FileSystem | None:
+    """An S3 filesystem with the endpoint/region/credentials of this process's environment
+    spelled out, so that it still points there once pickled into a Ray worker whose
+    environment lacks them (``AWS_ENDPOINT_URL[_S3]``: MinIO, moto, other S3-compatibles)."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint:
+        return None
+    parsed = urlparse(endpoint)
+    kwargs = {"endpoint_override": parsed.netloc or parsed.path,
+              "scheme": parsed.scheme or "https",
+              "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+              or "us-east-1"}
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        kwargs |= {"access_key": key, "secret_key": secret,
+                   "session_token": os.environ.get("AWS_SESSION_TOKEN")}
+    return pafs.S3FileSystem(**kwargs)
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """``uri`` (or a local path) → ``(filesystem, path within it)``."""
     if has_scheme(uri):
         try:
-            return pafs.FileSystem.from_uri(uri)
+            fs, path = pafs.FileSystem.from_uri(uri)
+            if uri.startswith(("s3://", "s3a://")):
+                fs = _s3_from_env(path) or fs
+            return fs, path
         except (ValueError, OSError) as err:  # pyarrow.ArrowInvalid is a ValueError
             raise FileNotFoundError(f"cannot open {uri}: {err}") from None
     return pafs.LocalFileSystem(), os.path.abspath(uri)
