@@ -18,6 +18,7 @@ GROUPS = (
     "data",
     "preflight",
     "models",
+    "explain",
 )
 
 
