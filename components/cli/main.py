@@ -17,6 +17,7 @@ import sys
 GROUPS = (
     "data",
     "preflight",
+    "report",
     "models",
     "explain",
 )

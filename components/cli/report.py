@@ -1,0 +1,71 @@
+"""``vitpipe report``: the production-readiness report (Markdown + HTML + plots, MLflow)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "report", help="measure and compare ResNet-50, ViT, TNT, hybrid, DETR, YOLOS (Markdown + HTML)",
+        description="Measure parameters, GMACs, CPU latency/throughput and peak memory of the "
+                    "paper-sized models, train their tiny variants to a target on the embedded "
+                    "dataset, and write report.md / report.html with plots.",
+    )
+    p.add_argument("--out", default=".demo/report", help="output directory (default .demo/report)")
+    p.add_argument("--quick", action="store_true",
+                   help="test-sized: tiny models only, one short epoch each (under a minute)")
+    p.add_argument("--data-root", default=None,
+                   help="synthetic dataset to train on (default: synthesize one under --out)")
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                   help="log the report to this MLflow server (default $MLFLOW_TRACKING_URI)")
+    p.add_argument("--no-train", action="store_true", help="cost measurements only")
+    p.add_argument("--families", default=None,
+                   help="comma-separated subset of model labels' registered names (full or tiny)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a ReportConfig field, e.g. --set max_epochs=10 (repeatable)")
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from components.cli.main import UserError
+    from components.report.config import ReportConfig
+
+    settings: dict = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        settings[key.strip()] = value
+    if args.data_root:
+        if not os.path.isdir(args.data_root):
+            raise UserError(f"--data-root {args.data_root} is not a directory")
+        settings["data_root"] = args.data_root
+    if args.no_train:
+        settings["train"] = False
+    try:
+        cfg = ReportConfig.quick(**settings) if args.quick else ReportConfig(**settings)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise UserError(f"report setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    if args.families:
+        wanted = {w.strip() for w in args.families.split(",") if w.strip()}
+        chosen = [f for f in cfg.families if f.full in wanted or f.tiny in wanted]
+        unknown = wanted - {n for f in cfg.families for n in (f.full, f.tiny)}
+        if unknown or not chosen:
+            names = ", ".join(f"{f.full}/{f.tiny}" for f in cfg.families)
+            raise UserError(f"unknown --families {sorted(unknown)}; known: {names}")
+        cfg = cfg.model_copy(update={"families": chosen})
+
+    from components.report.build import build_report
+
+    files = build_report(cfg, args.out, tracking_uri=args.tracking_uri,
+                         mode="quick" if args.quick else "full")
+    print(f"report: {files.markdown}")
+    print(f"report: {files.html}")
+    if files.mlflow_run_id:
+        print(f"report: logged to MLflow run {files.mlflow_run_id} ({args.tracking_uri})")
+    return 0
