@@ -15,6 +15,7 @@ import sys
 
 # One line per group; a module per group keeps the stages' commands apart.
 GROUPS = (
+    "registry",
     "data",
     "preflight",
     "report",
