@@ -7,49 +7,19 @@ request the tests make carries ``AUTH`` unless the test is about auth itself.
 
 from __future__ import annotations
 
-import io
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-import torch
 
-from components.core.checkpoint import CheckpointMeta, save_checkpoint
 from components.tracking.server import free_port
 
-CLASS_NAMES = ["circle", "square", "triangle"]
-TOKEN = "test-token-7f3a"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-CLASSIFIER = "vitpipe-classifier"
-DETECTOR = "vitpipe-detector"
-
-
-def make_checkpoint(directory: Path, model_name: str, task: str, seed: int) -> Path:
-    from components.models import build_model
-
-    torch.manual_seed(seed)
-    model = build_model(model_name, num_classes=len(CLASS_NAMES))
-    meta = CheckpointMeta(
-        model_name=model_name, task=task, model_config=dict(model.build_config),
-        class_names=list(CLASS_NAMES), image_size=int(model.img_size),
-        patch_size=int(model.patch_size), mean=model.mean, std=model.std,
-        data_fingerprint=f"test-{seed}", step=seed,
-    )
-    return save_checkpoint(directory, model.state_dict(), meta)
-
-
-def set_champion(tracking_uri: str, name: str, version: str) -> None:
-    from mlflow import MlflowClient
-
-    MlflowClient(tracking_uri, registry_uri=tracking_uri).set_registered_model_alias(
-        name, "champion", version)
-
+from serve_testlib import CLASSIFIER, DETECTOR, deploy, make_checkpoint, set_champion
 
 @pytest.fixture(scope="session")
 def registered(mlflow_server, tmp_path_factory):
-    """Two classifier versions (champion = the first) and one detector version."""
+    """A classifier with versions 1 and 2 (champion = 1) and a detector (champion = 1)."""
     from components.tracking.registry import register_checkpoint
 
     root = tmp_path_factory.mktemp("serving-ckpt")
@@ -69,49 +39,33 @@ def registered(mlflow_server, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def serve_url(ray_cluster, registered, tmp_path_factory):
+def model_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(scope="session")
+def serve_url(ray_cluster, registered, model_cache):
     """The application on 127.0.0.1:<free port>; ``serve.shutdown()`` afterwards."""
     from ray import serve
 
-    from components.serving.app import build_app
-    from components.serving.settings import TOKEN_ENV
-
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = build_app({
-        "classifier_uri": f"models:/{CLASSIFIER}@champion",
-        "detector_uri": f"models:/{DETECTOR}@champion",
-        "tracking_uri": registered["tracking_uri"],
-        "model_settings": {
-            "poll_interval_s": 0.5, "cache_dir": str(tmp_path_factory.mktemp("model-cache")),
-            "max_batch_size": 8, "batch_wait_timeout_s": 0.01, "score_threshold": 0.0,
-        },
-        "ingress_settings": {"max_body_bytes": 300_000, "max_pixels": 1_000_000},
-        "ingress_env": {TOKEN_ENV: TOKEN},
-        "model_num_cpus": 0.5, "ingress_num_cpus": 0.5, "replicas": 1,
-    })
-    serve.run(app, name="vitpipe", route_prefix="/", blocking=False)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if requests.get(f"{url}/healthz", timeout=10).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError("the serving app did not become healthy in 180 s")
-        time.sleep(0.5)
-    yield url
-    serve.shutdown()
-
-
-def encode(image: np.ndarray, fmt: str = "PNG", **kwargs) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format=fmt, **kwargs)
-    return buf.getvalue()
+    try:
+        deploy(registered, model_cache)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300  # replicas import torch & co: slow on a busy box
+        while True:
+            try:
+                if requests.get(f"{url}/healthz", timeout=30).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("the serving app did not become healthy in 300 s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        serve.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,89 @@
+"""The Serve config file: ``pipelines/configs/serve.yaml``, written by ``serve build``.
+
+``write_serve_config`` runs ``serve build components.serving.app:app`` (the deployments'
+options in code become the file), names the application ``vitpipe`` and writes the result;
+``vitpipe serve build-config --check`` fails when the committed file is out of date. The
+platform's ``k8s/sync_serve_config.py`` embeds the file verbatim in the RayService.
+
+``deploy_schema`` reads the file as a ``ServeDeploySchema`` with per-environment edits
+(model URIs, tracking URI, token, resources), which is how tests deploy the same config.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+IMPORT_PATH = "components.serving.app:app"
+APP_NAME = "vitpipe"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SERVE_CONFIG = REPO_ROOT / "pipelines" / "configs" / "serve.yaml"
+
+
+def build_serve_config_text() -> str:
+    """The config text ``serve build`` produces for :data:`IMPORT_PATH`, app renamed."""
+    serve_exe = Path(sys.executable).with_name("serve")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "serve.yaml"
+        cmd = [str(serve_exe) if serve_exe.exists() else "serve", "build", IMPORT_PATH,
+               "--app-dir", str(REPO_ROOT), "-o", str(out)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(f"serve build failed:\n{done.stderr[-2000:]}")
+        text = out.read_text()
+    if "- name: app1\n" not in text:
+        raise RuntimeError("serve build output has no application named app1")
+    return text.replace("- name: app1\n", f"- name: {APP_NAME}\n", 1)
+
+
+def write_serve_config(path: Path = SERVE_CONFIG) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(build_serve_config_text())
+    return path
+
+
+def load_config(path: Path = SERVE_CONFIG) -> dict[str, Any]:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def deploy_schema(config: dict[str, Any], *, model_uris: dict[str, str] | None = None,
+                  model_settings: dict[str, Any] | None = None,
+                  ingress_settings: dict[str, Any] | None = None,
+                  env_vars: dict[str, str] | None = None, num_cpus: float | None = None,
+                  num_replicas: int | None = None):
+    """``config`` (a serve.yaml dict) edited for one environment, as a ``ServeDeploySchema``.
+
+    ``model_uris`` maps deployment name (``classifier``/``detector``) to a URI. (To serve
+    one task only, point ``import_path`` at ``components.serving.app:build_app`` with
+    ``args: {detector_uri: null}``: the deployment graph comes from code, not from this
+    list.) ``env_vars`` go into the application's ``runtime_env`` (e.g.
+    ``MLFLOW_TRACKING_URI``, ``VITPIPE_SERVE_TOKEN``).
+    """
+    from ray.serve.schema import ServeDeploySchema
+
+    config = copy.deepcopy(config)
+    (app,) = [a for a in config["applications"] if a["name"] == APP_NAME]
+    unknown = set(model_uris or {}) - {d["name"] for d in app["deployments"]}
+    if unknown:
+        raise ValueError(f"no deployment named {sorted(unknown)} in the config")
+    for dep in app["deployments"]:
+        if "model_uri" in dep.get("user_config", {}):
+            if model_uris and dep["name"] in model_uris:
+                dep["user_config"]["model_uri"] = model_uris[dep["name"]]
+            dep["user_config"].update(model_settings or {})
+        elif dep["name"] == "ingress":
+            dep["user_config"].update(ingress_settings or {})
+        if num_cpus is not None:
+            dep.setdefault("ray_actor_options", {})["num_cpus"] = num_cpus
+        if num_replicas is not None:
+            dep.pop("autoscaling_config", None)
+            dep["num_replicas"] = num_replicas
+    if env_vars:
+        app.setdefault("runtime_env", {}).setdefault("env_vars", {}).update(env_vars)
+    return ServeDeploySchema.model_validate(config)
