@@ -1,0 +1,192 @@
+"""CPU training-step throughput and MFU of ViT-Ti/16 and ViT-S/16: the pipeline's step vs a
+plain eager timm loop (fp32 and bf16), all measured in this one run.
+
+Variants per model (same architecture, batch and image size; random data, 1000 classes):
+
+- ``timm_eager_fp32``: ``timm.create_model`` + ``torch.optim.AdamW`` (default foreach), fp32;
+- ``timm_eager_bf16``: the same under ``torch.autocast(bf16)``;
+- ``pipeline_eager``: ``components.models.build_model`` fed uint8 patch batches (the data
+  contract) through ``components.training.step.StepRunner`` — the Ray Train worker's step —
+  with the precision from ``autocast_dtype(device, "auto")``, fused AdamW, grad clipping;
+- ``pipeline_compiled``: the same with ``torch.compile(model)``.
+
+MFU = model FLOPs per step (``torch.utils.flop_counter`` on one real step) / step time /
+a GEMM peak measured here (square matmuls in the step's dtype). Model FLOPs are counted
+once per model (eager fp32 step) and shared by its variants. Bounded: every timed section
+stops after ``--seconds`` (at least ``--min-steps`` steps), and variants that would start
+after ``--budget-s`` are recorded as skipped (default 220 s, so the run stays < 4 min
+plus one variant).
+
+    python benchmarks/bench_models.py [--batch 8] [--img 112] [--seconds 3] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from components.core.device import autocast_dtype, cpu_has_fast_bf16  # noqa: E402
+from components.data.patchify import images_to_patches  # noqa: E402
+from components.models import build_model  # noqa: E402
+from components.training.step import StepRunner, classification_loss  # noqa: E402
+
+MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224")
+
+
+def gemm_peak(dtype: torch.dtype, seconds: float, n: int = 2048) -> float:
+    """Best FLOP/s of ``n×n @ n×n`` matmuls in ``dtype`` over ``seconds``."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    for _ in range(2):
+        a @ b
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t))
+    return best
+
+
+def timed(step, seconds: float, min_steps: int) -> tuple[float, int]:
+    """Median seconds per call of ``step()`` over at least ``min_steps`` calls / ``seconds``."""
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while len(times) < min_steps or time.perf_counter() < end:
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2], len(times)
+
+
+def count_flops(step) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return int(counter.get_total_flops())
+
+
+def timm_loop(name: str, images: torch.Tensor, labels: torch.Tensor, amp: torch.dtype | None):
+    """A plain eager timm training step (what a user would write without vitpipe)."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=1000)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    x = ((images.float() / 255) - 0.5) / 0.5
+
+    def step():
+        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+            loss = F.cross_entropy(model(x).float(), labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def pipeline_loop(name: str, images: torch.Tensor, labels: torch.Tensor, amp: torch.dtype | None, compiled: bool):
+    """The pipeline's step: vitpipe model on uint8 patches, StepRunner, fused AdamW, clipping."""
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=1000, head="linear")
+    patches, grid = images_to_patches(images, model.patch_size)
+    batch = {"patches": patches.contiguous(), "grid": torch.tensor([grid] * len(images)), "label": labels}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _s: 1.0)
+    runner = StepRunner(model=torch.compile(model) if compiled else model, optimizer=opt, scheduler=sched,
+                        loss_fn=classification_loss(), device=torch.device("cpu"), amp_dtype=amp,
+                        clip_grad_norm=1.0, check_finite=False)
+    return lambda: runner.micro_step(batch)["loss"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--img", type=int, default=112)
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per variant")
+    parser.add_argument("--min-steps", type=int, default=2)
+    parser.add_argument("--budget-s", type=float, default=220.0, help="start no variant after this")
+    parser.add_argument("--models", nargs="*", default=list(MODELS))
+    parser.add_argument("--out", default="benchmarks/results/models.json")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    device = torch.device("cpu")
+    amp = autocast_dtype(device, "auto")
+    peaks = {"fp32": gemm_peak(torch.float32, 3.0)}
+    if cpu_has_fast_bf16():
+        peaks["bf16"] = gemm_peak(torch.bfloat16, 3.0)
+    print(json.dumps({"gemm_peak_tflops": {k: round(v / 1e12, 3) for k, v in peaks.items()}}), flush=True)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (args.batch, 3, args.img, args.img), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 1000, (args.batch,), generator=g)
+    results = []
+    for name in args.models:
+        variants = [
+            ("timm_eager_fp32", None, lambda: timm_loop(name, images, labels, None)),
+            ("timm_eager_bf16", torch.bfloat16, lambda: timm_loop(name, images, labels, torch.bfloat16)),
+            ("pipeline_eager", amp, lambda: pipeline_loop(name, images, labels, amp, False)),
+            ("pipeline_compiled", amp, lambda: pipeline_loop(name, images, labels, amp, True)),
+        ]
+        rows = {}
+        flops = 0
+        for variant, dtype, make in variants:
+            if time.perf_counter() - started > args.budget_s:
+                rows[variant] = {"model": name, "variant": variant, "skipped": "time budget spent"}
+                print(json.dumps(rows[variant]), flush=True)
+                continue
+            t0 = time.perf_counter()
+            step = make()
+            step()  # warm-up (and compile)
+            warm_s = time.perf_counter() - t0
+            flops = flops or count_flops(step)  # model FLOPs: counted on the first (eager) variant
+            sec, n = timed(step, args.seconds, args.min_steps)
+            peak = peaks["bf16" if dtype is torch.bfloat16 else "fp32"] if dtype is not torch.bfloat16 or "bf16" in peaks else None
+            achieved = flops / sec
+            rows[variant] = {
+                "model": name, "variant": variant, "precision": "bf16 autocast" if dtype else "fp32",
+                "batch_size": args.batch, "img_size": args.img, "steps_timed": n,
+                "step_ms": round(sec * 1000, 1), "img_per_s": round(args.batch / sec, 2),
+                "flops_per_step": flops, "achieved_tflops": round(achieved / 1e12, 4),
+                "mfu": round(achieved / peak, 4) if peak else None, "warmup_s": round(warm_s, 1),
+            }
+            print(json.dumps(rows[variant]), flush=True)
+        done = {k: v for k, v in rows.items() if "img_per_s" in v}
+        base = done.get("timm_eager_bf16", {}).get("img_per_s")
+        for row in done.values():
+            row["speedup_vs_timm_eager_bf16"] = round(row["img_per_s"] / base, 3) if base else None
+        candidates = [v for v in ("pipeline_eager", "pipeline_compiled") if v in done]
+        if candidates:
+            done[max(candidates, key=lambda v: done[v]["img_per_s"])]["pipeline_choice"] = True
+        results.extend(rows.values())
+    doc = {
+        "benchmark": "models_train_step_cpu",
+        "what": __doc__.split("\n\n")[0].replace("\n", " "),
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "host_cpus": os.cpu_count(), "fast_bf16": cpu_has_fast_bf16(),
+                    "loadavg_at_end": os.getloadavg()},
+        "torch": torch.__version__, "python": platform.python_version(),
+        "gemm_peak_tflops": {k: round(v / 1e12, 4) for k, v in peaks.items()},
+        "pipeline_precision": str(amp), "wall_s": round(time.perf_counter() - started, 1),
+        "results": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(doc, indent=2))
+    print(f"wrote {args.out} in {doc['wall_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
