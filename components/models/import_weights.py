@@ -7,7 +7,10 @@ Supported sources (``detect_format`` tells them apart by their keys):
 - ``hf_vit``: transformers ``ViTModel`` / ``ViTForImageClassification`` (DeiT non-distilled
   checkpoints are this type; ``ViTModel``'s pooler — dense + tanh — is the MLP head's
   hidden layer) → vitpipe ViT classifiers;
-- ``hf_yolos``: transformers ``YolosForObjectDetection`` → vitpipe YOLOS.
+- ``hf_yolos``: transformers ``YolosForObjectDetection`` → vitpipe YOLOS;
+- ``hf_detr``: transformers ``DetrForObjectDetection`` with its timm ResNet backbone (hub
+  checkpoints' ``conv_encoder``/``out_proj``/``fc1`` names and transformers 5's names) →
+  vitpipe DETR (BatchNorm statistics included; frozen or not is the vitpipe model's choice).
 
 Files are read without unpickling: ``.safetensors`` via safetensors, anything else with
 ``torch.load(..., weights_only=True)``. Position embeddings trained at another resolution
@@ -26,7 +29,7 @@ from torch import nn
 
 from components.models.posembed import load_weights
 
-FORMATS = ("vitpipe", "timm", "hf_vit", "hf_yolos")
+FORMATS = ("vitpipe", "timm", "hf_vit", "hf_yolos", "hf_detr")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -51,6 +54,8 @@ def detect_format(state: Mapping[str, torch.Tensor]) -> str:
     keys = set(state)
     if any(k.startswith("backbone.") for k in keys):
         return "vitpipe"
+    if any(k.startswith("model.query_position_embeddings") for k in keys):
+        return "hf_detr"
     if any("embeddings.detection_tokens" in k for k in keys):
         return "hf_yolos"
     if any(k.endswith("embeddings.cls_token") for k in keys):
@@ -154,8 +159,42 @@ def convert_hf_yolos(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
+# (pattern, replacement) applied in order to each Hugging Face DETR key.
+_HF_DETR_RULES = [
+    (r"^model\.backbone\.(?:conv_encoder\.)?model\.", "backbone."),
+    (r"^model\.input_projection\.", "input_proj."),
+    (r"^model\.query_position_embeddings\.", "query_embed."),
+    (r"^model\.decoder\.layernorm\.", "decoder_norm."),
+    (r"^model\.(encoder|decoder)\.layers\.", r"\1."),
+    (r"\.encoder_attn\.", ".cross_attn."),
+    (r"\.(self_attn|cross_attn)\.o_proj\.", r".\1.out_proj."),
+    (r"\.mlp\.(fc[12])\.", r".\1."),
+    (r"\.self_attn_layer_norm\.", ".norm1."),
+    (r"\.encoder_attn_layer_norm\.", ".norm2."),
+    (r"^class_labels_classifier\.", "class_embed."),
+    (r"^bbox_predictor\.", "bbox_embed."),
+]
+
+
+def convert_hf_detr(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers ``DetrForObjectDetection`` keys → vitpipe DETR keys."""
+    out = {}
+    for key, value in state.items():
+        new = key
+        for pattern, repl in _HF_DETR_RULES:
+            new = re.sub(pattern, repl, new)
+        if new.startswith("encoder.") and ".final_layer_norm." in new:
+            new = new.replace(".final_layer_norm.", ".norm2.")
+        elif new.startswith("decoder.") and ".final_layer_norm." in new:
+            new = new.replace(".final_layer_norm.", ".norm3.")
+        if new.startswith("model."):
+            raise ValueError(f"unexpected Hugging Face DETR key {key}")
+        out[new] = value
+    return out
+
+
 _CONVERTERS = {"timm": convert_timm_vit, "hf_vit": convert_hf_vit, "hf_yolos": convert_hf_yolos,
-               "vitpipe": dict}
+               "hf_detr": convert_hf_detr, "vitpipe": dict}
 
 
 def import_weights(
@@ -172,4 +211,8 @@ def import_weights(
     fmt = detect_format(state) if fmt == "auto" else fmt
     if fmt not in _CONVERTERS:
         raise ValueError(f"fmt must be one of {FORMATS} or 'auto', got {fmt!r}")
-    return load_weights(model, _CONVERTERS[fmt](state), strict=strict, source_grid=source_grid)
+    converted = _CONVERTERS[fmt](state)
+    for key, value in model.state_dict().items():  # frozen-BN sources carry no batch counters
+        if key.endswith("num_batches_tracked") and key not in converted:
+            converted[key] = value
+    return load_weights(model, converted, strict=strict, source_grid=source_grid)

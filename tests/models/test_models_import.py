@@ -133,3 +133,27 @@ def test_hf_vit_hub_layout_import(tmp_path):
     x = _images(seed=4)
     with torch.no_grad():
         torch.testing.assert_close(ours.forward_images(x), ref(pixel_values=x).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_hf_detr_import(tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    cfg = transformers.DetrConfig(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                                  decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                                  num_queries=10, num_labels=3, dropout=0.0, auxiliary_loss=True)
+    ref = transformers.DetrForObjectDetection(cfg).eval()  # timm resnet50 backbone, random weights
+    path = tmp_path / "hf_detr.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    assert detect_format(read_state_dict(path)) == "hf_detr"
+    ours = build_model("detr_resnet50", num_classes=3, img_size=64, hidden_dim=64, num_heads=4,
+                       num_encoder_layers=2, num_decoder_layers=2, ffn_dim=128, num_queries=10, dropout=0.0).eval()
+    import_weights(ours, path)
+    x = _images(seed=5)
+    with torch.no_grad():
+        out, expected = ours.forward_images(x), ref(pixel_values=x)
+    torch.testing.assert_close(out["pred_logits"], expected.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["pred_boxes"], expected.pred_boxes, rtol=1e-5, atol=1e-5)
+    assert len(out["aux_outputs"]) == len(expected.auxiliary_outputs) == 1
+    torch.testing.assert_close(out["aux_outputs"][0]["pred_boxes"], expected.auxiliary_outputs[0]["pred_boxes"],
+                               rtol=1e-5, atol=1e-5)
