@@ -21,6 +21,7 @@ GROUPS = (
     "report",
     "models",
     "explain",
+    "serve",
 )
 
 

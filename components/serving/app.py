@@ -212,6 +212,8 @@ class Ingress:
         )
         method = "explain" if attention else "infer"
         result = await self._call(task, method, patches, image_size, patch_size, orig_hw)
+        if "error" in result:
+            raise bad_request(result["error"], code="attention_unavailable")
         self._remember(task, result)
         return result, orig_hw
 

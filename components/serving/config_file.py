@@ -87,3 +87,31 @@ def deploy_schema(config: dict[str, Any], *, model_uris: dict[str, str] | None =
     if env_vars:
         app.setdefault("runtime_env", {}).setdefault("env_vars", {}).update(env_vars)
     return ServeDeploySchema.model_validate(config)
+
+
+def validate_config(config: dict[str, Any]) -> list[str]:
+    """Validate a Serve config: Ray's schema, then each deployment's ``user_config``.
+
+    Returns one summary line per deployment; raises ``ValueError`` / pydantic's
+    ``ValidationError`` naming what is wrong.
+    """
+    from ray.serve.schema import ServeDeploySchema
+
+    from components.serving.settings import IngressSettings, ModelServerSettings
+
+    schema = ServeDeploySchema.model_validate(config)
+    lines = []
+    for app in schema.applications:
+        for dep in app.deployments:
+            user_config = dep.user_config if isinstance(dep.user_config, dict) else {}
+            kind = ModelServerSettings if "model_uri" in user_config else IngressSettings
+            kind.model_validate(user_config)
+            scaling = dep.autoscaling_config if isinstance(dep.autoscaling_config, dict) else {}
+            lines.append(
+                f"{app.name}/{dep.name}: {kind.__name__} ok, replicas "
+                f"{scaling.get('min_replicas', '?')}..{scaling.get('max_replicas', '?')}, "
+                f"max_ongoing_requests {dep.max_ongoing_requests}"
+            )
+    if not lines:
+        raise ValueError("the config has no deployments")
+    return lines

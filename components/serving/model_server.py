@@ -128,13 +128,19 @@ class ModelServer:
 
     async def explain(self, patches: np.ndarray, image_size: int, patch_size: int,
                       orig_hw: tuple[int, int]) -> dict[str, Any]:
-        """Result plus an attention-map PNG (not batched: needs the explicit attention path)."""
-        from components.serving.explain import attention_png
+        """Result plus an attention-map PNG (not batched: needs the explicit attention path).
+
+        A model without ViT attention answers ``{"error": ...}`` (the ingress makes it a 400).
+        """
+        from components.serving.explain import AttentionUnavailable, attention_png
 
         loaded = self._loaded
         item = InferItem(patches, image_size, patch_size, tuple(orig_hw))
         result = await self._run_batch(item)
-        png = await asyncio.to_thread(attention_png, loaded, loaded.to_model_input(item))
+        try:
+            png = await asyncio.to_thread(attention_png, loaded, loaded.to_model_input(item))
+        except AttentionUnavailable as err:
+            return {"error": str(err)}
         return {**result, "attention_png": png}
 
     def describe(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,9 @@ class LoadedModel:
     device: torch.device
     autocast: torch.dtype | None
     loaded_at: float = field(default_factory=time.time)
+    # forward passes and attention captures (which switch blocks to the explicit path)
+    # never overlap on one model
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def task(self) -> str:
@@ -99,7 +103,7 @@ class LoadedModel:
     def forward(self, patches: np.ndarray) -> Any:
         """uint8 ``[B, N, P*P*3]`` → raw model outputs (fp32 tensors on the CPU)."""
         batch = torch.from_numpy(np.ascontiguousarray(patches)).to(self.device, non_blocking=True)
-        with torch.inference_mode(), torch.autocast(
+        with self.lock, torch.inference_mode(), torch.autocast(
             self.device.type, dtype=self.autocast or torch.float32,
             enabled=self.autocast is not None,
         ):

@@ -72,6 +72,22 @@ def test_detect_returns_boxes_in_original_pixels(serve_url, registered, sample_i
     assert len(high) < len(dets)
 
 
+def test_attention_maps_as_base64_png(serve_url, sample_image):
+    import base64
+    import io
+
+    from PIL import Image
+
+    for route in ("classify", "detect"):
+        r = requests.post(f"{serve_url}/v1/{route}", data=encode(sample_image), headers=PNG,
+                          params={"attention": 1}, timeout=60)
+        assert r.status_code == 200, r.text
+        png = Image.open(io.BytesIO(base64.b64decode(r.json()["attention_png"])))
+        assert png.format == "PNG" and png.size[0] >= 256 and png.mode == "RGB"
+    plain = classify(serve_url, encode(sample_image)).json()
+    assert "attention_png" not in plain
+
+
 def test_models_health_and_v2_metadata(serve_url, registered):
     models = requests.get(f"{serve_url}/v1/models", headers=AUTH, timeout=30).json()["models"]
     cls, det = models["classifier"], models["detector"]

@@ -1,0 +1,54 @@
+"""The Serve config file: Ray's schema accepts it, it is what `serve build` makes of the
+code today, and its user_configs are valid vitpipe settings."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from components.serving.config_file import (
+    SERVE_CONFIG, build_serve_config_text, deploy_schema, load_config, validate_config,
+)
+from components.serving.settings import IngressSettings, ModelServerSettings
+
+
+def test_committed_config_is_a_valid_serve_deploy_schema():
+    schema = ServeDeploySchema.model_validate(load_config())
+    (app,) = schema.applications
+    assert app.name == "vitpipe" and app.import_path == "components.serving.app:app"
+    deployments = {d.name: d for d in app.deployments}
+    assert set(deployments) == {"ingress", "classifier", "detector"}
+    for dep in deployments.values():
+        assert dep.autoscaling_config["min_replicas"] >= 1
+        assert dep.autoscaling_config["max_replicas"] >= dep.autoscaling_config["min_replicas"]
+        assert dep.autoscaling_config["target_ongoing_requests"] > 0
+        assert dep.max_ongoing_requests >= 1 and dep.ray_actor_options.num_cpus > 0
+    for name in ("classifier", "detector"):
+        settings = ModelServerSettings.model_validate(deployments[name].user_config)
+        assert settings.model_uri == f"models:/vitpipe-{name}@champion"
+        # a full dynamic batch fits in what a replica accepts at once
+        assert deployments[name].max_ongoing_requests >= settings.max_batch_size
+    IngressSettings.model_validate(deployments["ingress"].user_config)
+    assert len(validate_config(load_config())) == 3
+
+
+def test_committed_config_matches_serve_build_of_the_code():
+    assert SERVE_CONFIG.read_text() == build_serve_config_text(), (
+        "pipelines/configs/serve.yaml is out of date: run 'vitpipe serve build-config'")
+
+
+def test_environment_edits_stay_valid_and_bad_settings_are_caught():
+    schema = deploy_schema(load_config(), model_uris={"classifier": "models:/x/3"},
+                           model_settings={"max_batch_size": 4}, env_vars={"A": "b"},
+                           num_cpus=0.5, num_replicas=2)
+    (app,) = schema.applications
+    cls = next(d for d in app.deployments if d.name == "classifier")
+    assert cls.user_config["model_uri"] == "models:/x/3" and cls.num_replicas == 2
+    assert app.runtime_env["env_vars"] == {"A": "b"}
+    with pytest.raises(ValueError):
+        deploy_schema(load_config(), model_uris={"nope": "models:/x/1"})
+    broken = yaml.safe_load(SERVE_CONFIG.read_text())
+    broken["applications"][0]["deployments"][0]["user_config"]["max_batch_size"] = 0
+    with pytest.raises(ValueError):
+        validate_config(broken)
