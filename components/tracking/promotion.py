@@ -108,19 +108,20 @@ class PromotionResult:
 def _alias_version(mlf, name: str, alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
+    from components.tracking.registry import is_not_found, server_error
+
     try:
         return str(mlf.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as err:
+        if is_not_found(err):
+            return None
+        raise server_error(err, f"resolving {name}@{alias}") from None
 
 
-def newest_version(mlf, name: str) -> str:
-    from mlflow.exceptions import MlflowException
+def newest_version(mlf, name: str, *, tracking_uri: str | None = None) -> str:
+    from components.tracking.registry import get_registered_model
 
-    try:
-        mlf.get_registered_model(name)
-    except MlflowException:
-        raise RegistryError(f"registered model {name!r} does not exist") from None
+    get_registered_model(name, tracking_uri=tracking_uri)
     versions = mlf.search_model_versions(f"name = '{name}'")
     if not versions:
         raise RegistryError(f"registered model {name!r} has no versions")
@@ -232,7 +233,7 @@ def promote(cfg: PromoteConfig) -> PromotionResult:
     if cfg.candidate:
         candidate = str(get_version(name, cfg.candidate, tracking_uri=tracking_uri).version)
     else:
-        candidate = newest_version(mlf, name)
+        candidate = newest_version(mlf, name, tracking_uri=tracking_uri)
     champion = _alias_version(mlf, name, CHAMPION)
     cand_dir = _checked_checkpoint(
         name, candidate, cfg.task, cache_dir=cache_dir, tracking_uri=tracking_uri

@@ -62,6 +62,23 @@ class ResolvedModel:
         return f"models:/{self.name}/{self.version}"
 
 
+def is_not_found(err: Exception) -> bool:
+    """Does an ``MlflowException`` say "not found" (rather than: refused, unreachable)?"""
+    code = getattr(err, "error_code", "")
+    return code == "RESOURCE_DOES_NOT_EXIST" or (
+        code == "INVALID_PARAMETER_VALUE" and "not found" in str(err)
+    )
+
+
+def server_error(err: Exception, what: str) -> RegistryError:
+    """Any other MLflow failure (401/403, 5xx) as one clear sentence."""
+    code = getattr(err, "error_code", "") or type(err).__name__
+    first = str(err).splitlines()[0][:200] if str(err) else ""
+    hint = (" (set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
+            if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") else "")
+    return RegistryError(f"MLflow refused {what}: {code}: {first}{hint}")
+
+
 def default_name(task: str) -> str:
     try:
         return DEFAULT_NAMES[task]
@@ -213,12 +230,16 @@ def _ensure_registered_model(mlf, name: str, task: str) -> None:
 
     try:
         existing = mlf.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as err:
+        if not is_not_found(err):
+            raise server_error(err, f"reading registered model {name!r}") from None
         try:
             mlf.create_registered_model(name, tags={"task": task})
             return
-        except MlflowException:  # created concurrently by another process
-            existing = mlf.get_registered_model(name)
+        except MlflowException as create_err:
+            if getattr(create_err, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+                raise server_error(create_err, f"creating registered model {name!r}") from None
+            existing = mlf.get_registered_model(name)  # created concurrently elsewhere
     held = (existing.tags or {}).get("task")
     if held and held != task:
         raise RegistryError(f"registered model {name!r} holds {held} models, not {task}")
@@ -256,8 +277,10 @@ def get_registered_model(name: str, *, tracking_uri: str | None = None):
 
     try:
         return client(tracking_uri).get_registered_model(name)
-    except MlflowException:
-        raise RegistryError(f"registered model {name!r} does not exist") from None
+    except MlflowException as err:
+        if is_not_found(err):
+            raise RegistryError(f"registered model {name!r} does not exist") from None
+        raise server_error(err, f"reading registered model {name!r}") from None
 
 
 def get_version(name: str, version: str | int, *, tracking_uri: str | None = None):
@@ -270,8 +293,10 @@ def get_version(name: str, version: str | int, *, tracking_uri: str | None = Non
         raise RegistryError(f"version must be a number, got {version!r}")
     try:
         return mlf.get_model_version(name, str(version))
-    except MlflowException:
-        raise RegistryError(f"registered model {name!r} has no version {version}") from None
+    except MlflowException as err:
+        if is_not_found(err):
+            raise RegistryError(f"registered model {name!r} has no version {version}") from None
+        raise server_error(err, f"reading {name} version {version}") from None
 
 
 def resolve_uri(uri: str, *, tracking_uri: str | None = None) -> ResolvedModel:
@@ -285,8 +310,10 @@ def resolve_uri(uri: str, *, tracking_uri: str | None = None) -> ResolvedModel:
     get_registered_model(name, tracking_uri=tracking_uri)
     try:
         mv = mlf.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        raise RegistryError(f"registered model {name!r} has no alias @{alias}") from None
+    except MlflowException as err:
+        if is_not_found(err):
+            raise RegistryError(f"registered model {name!r} has no alias @{alias}") from None
+        raise server_error(err, f"resolving {name}@{alias}") from None
     return ResolvedModel(name, str(mv.version), alias)
 
 
