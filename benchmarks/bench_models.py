@@ -82,7 +82,7 @@ def timm_loop(name: str, images: torch.Tensor, labels: torch.Tensor, amp: torch.
     import timm
 
     torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, num_classes=1000)
+    model = timm.create_model(name, pretrained=False, num_classes=1000, img_size=images.shape[-1])
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     x = ((images.float() / 255) - 0.5) / 0.5
@@ -101,7 +101,7 @@ def timm_loop(name: str, images: torch.Tensor, labels: torch.Tensor, amp: torch.
 def pipeline_loop(name: str, images: torch.Tensor, labels: torch.Tensor, amp: torch.dtype | None, compiled: bool):
     """The pipeline's step: vitpipe model on uint8 patches, StepRunner, fused AdamW, clipping."""
     torch.manual_seed(0)
-    model = build_model(name, num_classes=1000, head="linear")
+    model = build_model(name, num_classes=1000, img_size=images.shape[-1], head="linear")
     patches, grid = images_to_patches(images, model.patch_size)
     batch = {"patches": patches.contiguous(), "grid": torch.tensor([grid] * len(images)), "label": labels}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
