@@ -309,7 +309,13 @@ class Ingress:
             return JSONResponse({"ready": False}, status_code=503)
         return JSONResponse({"ready": True})
 
-    async def _v2_model(self, request: Request, name: str, version: str | None = None):
+    async def _v2_model(self, request: Request, name: str, version: str | None = None,
+                        *, fresh: bool = True):
+        """``(task, describe())`` of the model a v2 path names (registered or short name).
+
+        ``fresh=False`` (inference) uses the cached description unless a version is asked
+        for that the cache does not show: no extra model call per request.
+        """
         self._authorize(request)
         task = SHORT_NAMES.get(name)
         if task is None:
@@ -322,8 +328,12 @@ class Ingress:
                     task = candidate
         if task is None or task not in self._handles:
             raise not_found(f"unknown model {name!r}")
-        info = await self._call(task, "describe")
-        self._info[task] = info
+        info = self._info.get(task)
+        stale = info is None or "settings" not in info or (
+            version is not None and version != info.get("version"))
+        if fresh or stale:
+            info = await self._call(task, "describe")
+            self._info[task] = info
         if version is not None and version != info["version"]:
             raise not_found(f"model {name!r} serves version {info['version']}, not {version}")
         return task, info
@@ -352,7 +362,7 @@ class Ingress:
         return await self._v2_infer(request, name, version)
 
     async def _v2_infer(self, request: Request, name: str, version: str | None) -> Response:
-        task, info = await self._v2_model(request, name, version)
+        task, info = await self._v2_model(request, name, version, fresh=False)
         body = await read_body(request.headers, request.stream(),
                                max_bytes=self._settings.max_body_bytes)
         image_size, patch_size = info["image_size"], info["patch_size"]

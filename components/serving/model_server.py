@@ -41,6 +41,8 @@ class ModelServer:
         self._batch_started: float | None = None
         self._last_poll_error: str | None = None
         self._swaps = 0
+        self._batches = 0  # dynamic batches run, and the requests they held
+        self._batched_requests = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._poller: threading.Thread | None = None
@@ -117,6 +119,8 @@ class ModelServer:
     async def _run_batch(self, items: list[InferItem]) -> list[dict[str, Any]]:
         loaded, settings = self._loaded, self._settings
         self._batch_started = time.monotonic()
+        self._batches += 1
+        self._batched_requests += len(items)
         try:
             return await asyncio.to_thread(
                 loaded.run, items, top_k=settings.top_k,
@@ -149,6 +153,8 @@ class ModelServer:
         return {
             **loaded.describe(), "swaps": self._swaps, "last_poll_error": self._last_poll_error,
             "settings": settings.model_dump(),
+            "batches": {"count": self._batches, "requests": self._batched_requests,
+                        "mean_size": round(self._batched_requests / max(self._batches, 1), 2)},
         }
 
     async def health(self) -> dict[str, Any]:

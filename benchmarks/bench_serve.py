@@ -1,0 +1,310 @@
+"""Serving latency and throughput: batched vs unbatched, and the overhead over in-process.
+
+One run, loopback only, bounded (< 4 min here):
+
+1. a real ``mlflow server`` with a random-weight ``vit_demo`` classifier registered as
+   ``@champion``; a local Ray cluster; Serve on a free 127.0.0.1 port;
+2. in-process baseline: the same PNG through the same code the replicas run
+   (``decode_image_bytes`` + ``preprocess`` + ``LoadedModel.run`` on one item), p50/p99;
+3. the application (ingress + classifier deployment, 1 replica each) deployed twice:
+   *batched* (``max_batch_size`` 32) and *unbatched* (``max_batch_size`` 1), the same code
+   path otherwise; for each, closed-loop clients (aiohttp) at concurrency 1, 8, 32 post the
+   PNG to ``/v1/classify`` for a fixed number of requests (time-capped) after a warm-up,
+   then 32 concurrent callers hit the model deployment alone through a DeploymentHandle
+   (no HTTP, no decode: where batching itself acts);
+4. p50/p99 latency, throughput, errors per (mode, concurrency) → ``benchmarks/results/serve.json``.
+
+Goals checked (reported, not asserted): batched ≥ 2x unbatched throughput at c=32; p50
+overhead over the in-process call ≤ 10 ms at c=1; zero errors.
+
+Note: the load generator, the HTTP proxy, the ingress and the model replica share this
+machine's cores, so absolute numbers are a floor of what separate nodes would show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.pop("RAY_ADDRESS", None)
+
+NAME = "bench-serve-classifier"
+CLASS_NAMES = ["circle", "square", "triangle"]
+
+
+def percentiles(values_s: list[float]) -> dict[str, float]:
+    ms = np.asarray(values_s) * 1e3
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "mean_ms": round(float(ms.mean()), 2)}
+
+
+def sample_png(size_hw=(240, 320)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    image = np.full((*size_hw, 3), 40, np.uint8)
+    image[60:180, 100:260] = (200, 60, 50)
+    image = np.clip(image + rng.integers(0, 20, image.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def register_model(tracking_uri: str, workdir: Path) -> str:
+    import torch
+    from mlflow import MlflowClient
+
+    from components.core.checkpoint import CheckpointMeta, save_checkpoint
+    from components.models import build_model
+    from components.tracking.registry import register_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("vit_demo", num_classes=len(CLASS_NAMES))
+    meta = CheckpointMeta(model_name="vit_demo", task="classification",
+                          model_config=dict(model.build_config), class_names=CLASS_NAMES,
+                          image_size=int(model.img_size), patch_size=int(model.patch_size),
+                          mean=model.mean, std=model.std)
+    ckpt = save_checkpoint(workdir / "ckpt", model.state_dict(), meta)
+    version = register_checkpoint(ckpt, task="classification", registered_name=NAME,
+                                  tracking_uri=tracking_uri)
+    MlflowClient(tracking_uri, registry_uri=tracking_uri).set_registered_model_alias(
+        NAME, "champion", version)
+    return version
+
+
+def in_process(uri: str, tracking_uri: str, cache: Path, png: bytes, n: int) -> dict:
+    """The replica's own work on one request, called directly (1 torch thread, as a replica)."""
+    import torch
+
+    from components.data.image_io import preprocess
+    from components.serving.decode import decode_image_bytes
+    from components.serving.runtime import InferItem, load_version
+
+    torch.set_num_threads(1)
+    loaded = load_version(uri, task="classification", cache_dir=cache, tracking_uri=tracking_uri)
+    size, patch = loaded.meta.image_size, loaded.meta.patch_size
+
+    def once():
+        image = decode_image_bytes(png, max_pixels=40_000_000)
+        patches, _ = preprocess(image, image_size=size, patch_size=patch)
+        return loaded.run([InferItem(patches, size, patch, image.shape[:2])],
+                          top_k=5, score_threshold=0.0, max_detections=100)
+
+    for _ in range(20):
+        once()
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - start)
+    model_times = []
+    patches = np.zeros((1, *preprocess(np.zeros((8, 8, 3), np.uint8), image_size=size,
+                                       patch_size=patch)[0].shape), np.uint8)
+    for _ in range(n):
+        start = time.perf_counter()
+        loaded.forward(patches)
+        model_times.append(time.perf_counter() - start)
+    return {"geometry": (size, patch),
+            "end_to_end": percentiles(times), "model_forward_batch1": percentiles(model_times),
+            "precision": loaded.describe()["precision"], "torch_threads": torch.get_num_threads()}
+
+
+async def load(url: str, png: bytes, concurrency: int, requests: int, cap_s: float,
+               token: str | None) -> dict:
+    import aiohttp
+
+    headers = {"content-type": "image/png"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    latencies, errors, statuses = [], 0, {}
+    sent = 0
+    deadline = time.perf_counter() + cap_s
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def worker():
+            nonlocal sent, errors
+            while sent < requests and time.perf_counter() < deadline:
+                sent += 1
+                start = time.perf_counter()
+                try:
+                    async with session.post(url, data=png, headers=headers) as resp:
+                        await resp.read()
+                        statuses[resp.status] = statuses.get(resp.status, 0) + 1
+                        if resp.status != 200:
+                            errors += 1
+                            continue
+                except aiohttp.ClientError:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - start)
+
+        wall = time.perf_counter()
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        wall = time.perf_counter() - wall
+    return {"concurrency": concurrency, "requests": sent, "ok": len(latencies),
+            "errors": errors, "statuses": statuses, "wall_s": round(wall, 2),
+            "throughput_rps": round(len(latencies) / wall, 1), **percentiles(latencies or [0.0])}
+
+
+async def load_handle(patches: np.ndarray, size: int, patch: int, concurrency: int,
+                      requests: int, cap_s: float) -> dict:
+    """The model deployment alone, through a DeploymentHandle (no HTTP, no decoding)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("classifier", app_name="bench")
+    before = await handle.describe.remote()
+    latencies, sent, errors = [], 0, 0
+    deadline = time.perf_counter() + cap_s
+
+    async def worker():
+        nonlocal sent, errors
+        while sent < requests and time.perf_counter() < deadline:
+            sent += 1
+            start = time.perf_counter()
+            try:
+                await handle.infer.remote(patches, size, patch, (size, size))
+            except Exception:  # counted, the run goes on
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - start)
+
+    wall = time.perf_counter()
+    await asyncio.gather(*[worker() for _ in range(concurrency)])
+    wall = time.perf_counter() - wall
+    after = await handle.describe.remote()
+    batches = after["batches"]["count"] - before["batches"]["count"]
+    batched = after["batches"]["requests"] - before["batches"]["requests"]
+    return {"concurrency": concurrency, "requests": sent, "ok": len(latencies), "errors": errors,
+            "wall_s": round(wall, 2), "throughput_rps": round(len(latencies) / wall, 1),
+            "mean_batch_size": round(batched / max(batches, 1), 2),
+            **percentiles(latencies or [0.0])}
+
+
+def deploy(tracking_uri: str, cache: Path, max_batch_size: int, wait_s: float, port: int,
+           access_log: bool):
+    from ray import serve
+
+    from components.serving.app import build_app
+
+    app = build_app({
+        "classifier_uri": f"models:/{NAME}@champion", "detector_uri": None,
+        "tracking_uri": tracking_uri, "replicas": 1,
+        "model_settings": {"max_batch_size": max_batch_size, "batch_wait_timeout_s": wait_s,
+                           "cache_dir": str(cache), "poll_interval_s": 60},
+        "ingress_settings": {}, "model_num_cpus": 1, "ingress_num_cpus": 1,
+    })
+    serve.run(app, name="bench", route_prefix="/",
+              logging_config={"enable_access_log": access_log, "log_level": "WARNING"})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=400, help="per (mode, concurrency)")
+    parser.add_argument("--cap-s", type=float, default=15.0, help="time cap per load run")
+    parser.add_argument("--wait-ms", type=float, default=4.0, help="batched: batch_wait_timeout")
+    parser.add_argument("--access-log", action="store_true",
+                        help="keep Serve's per-request access log on (off: high-QPS setting)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve.json"))
+    args = parser.parse_args()
+
+    import ray
+    from ray import serve
+
+    from components.tracking.server import MlflowServer, free_port
+
+    started = time.perf_counter()
+    load_at_start = os.getloadavg()[0]
+    png = sample_png()
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        tmp = Path(tmp)
+        server = MlflowServer(root=tmp / "mlflow").start()
+        try:
+            version = register_model(server.uri, tmp)
+            uri = f"models:/{NAME}@champion"
+            baseline = in_process(uri, server.uri, tmp / "cache", png, n=200)
+            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+                     object_store_memory=500_000_000)
+            port = free_port()
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            url = f"http://127.0.0.1:{port}/v1/classify"
+            runs, handle_runs = {}, {}
+            size, patch = baseline.pop("geometry")
+            patches = np.zeros(((size // patch) ** 2, patch * patch * 3), np.uint8)
+            try:
+                for mode, batch, wait in (("batched", 32, args.wait_ms / 1e3), ("unbatched", 1, 0.0)):
+                    deploy(server.uri, tmp / "cache", batch, wait, port, args.access_log)
+                    asyncio.run(load(url, png, 8, 100, 30, None))  # warm-up
+                    runs[mode] = [asyncio.run(load(url, png, c, args.requests, args.cap_s, None))
+                                  for c in (1, 8, 32)]
+                    handle_runs[mode] = asyncio.run(
+                        load_handle(patches, size, patch, 32, args.requests, args.cap_s))
+                    print(mode, json.dumps(runs[mode]), json.dumps(handle_runs[mode]), flush=True)
+            finally:
+                serve.shutdown()
+                ray.shutdown()
+        finally:
+            server.stop()
+
+    by = {mode: {r["concurrency"]: r for r in rs} for mode, rs in runs.items()}
+    speedup = by["batched"][32]["throughput_rps"] / max(by["unbatched"][32]["throughput_rps"], 1e-9)
+    handle_speedup = handle_runs["batched"]["throughput_rps"] / max(
+        handle_runs["unbatched"]["throughput_rps"], 1e-9)
+    overhead = by["batched"][1]["p50_ms"] - baseline["end_to_end"]["p50_ms"]
+    overhead_unbatched = by["unbatched"][1]["p50_ms"] - baseline["end_to_end"]["p50_ms"]
+    errors = sum(r["errors"] for rs in runs.values() for r in rs)
+    result = {
+        "benchmark": "serve",
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_1m_at_start": load_at_start, "load_average_1m_at_end": os.getloadavg()[0],
+                    "gpu": None, "note": "client, proxy, ingress and model replica share the cores"},
+        "model": {"name": "vit_demo", "registered": f"{NAME}/{version}", "image": "PNG 320x240"},
+        "in_process": baseline,
+        "serve": runs,
+        "model_deployment_via_handle_c32": handle_runs,
+        "settings": {"access_log": args.access_log,
+                     "batched": {"max_batch_size": 32, "batch_wait_timeout_s": args.wait_ms / 1e3},
+                     "unbatched": {"max_batch_size": 1}, "replicas": {"ingress": 1, "classifier": 1}},
+        "summary": {
+            "batched_over_unbatched_throughput_c32": round(speedup, 2),
+            "batched_over_unbatched_model_deployment_c32": round(handle_speedup, 2),
+            "p50_overhead_ms_c1_batched": round(overhead, 2),
+            "p50_overhead_ms_c1_unbatched": round(overhead_unbatched, 2),
+            "errors": errors,
+            "goals": {"throughput_2x_at_c32": speedup >= 2.0, "overhead_le_10ms_at_c1": overhead <= 10.0,
+                      "zero_errors": errors == 0},
+        },
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["summary"], indent=2))
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
