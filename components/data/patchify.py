@@ -10,16 +10,18 @@ they are pure reshapes, so ``unpatchify(patchify(x)) == x`` exactly, whatever th
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
 
-Array = TypeVar("Array", np.ndarray, torch.Tensor)
+if TYPE_CHECKING:  # torch is not imported at run time: data workers and the CLI stay light
+    import torch
+
+Array = TypeVar("Array", np.ndarray, "torch.Tensor")
 
 
 def _permute(x: Array, order: tuple[int, ...]) -> Array:
-    return x.permute(*order) if isinstance(x, torch.Tensor) else x.transpose(order)
+    return x.transpose(order) if isinstance(x, np.ndarray) else x.permute(*order)
 
 
 def patchify(images: Array, patch_size: int) -> tuple[Array, tuple[int, int]]:
@@ -59,11 +61,13 @@ def unpatchify(patches: Array, grid: tuple[int, int], patch_size: int, channels:
     return x[0] if single else x
 
 
-def patches_to_images(patches: torch.Tensor, grid: tuple[int, int], patch_size: int) -> torch.Tensor:
+def patches_to_images(patches: "torch.Tensor", grid: tuple[int, int], patch_size: int
+                      ) -> "torch.Tensor":
     """``[B, N, P*P*3]`` → channels-first ``[B, 3, H, W]`` (for CNN backbones and timm)."""
     return unpatchify(patches, grid, patch_size).permute(0, 3, 1, 2)
 
 
-def images_to_patches(images: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+def images_to_patches(images: "torch.Tensor", patch_size: int
+                      ) -> tuple["torch.Tensor", tuple[int, int]]:
     """Channels-first ``[B, 3, H, W]`` → ``([B, N, P*P*3], grid)``."""
     return patchify(images.permute(0, 2, 3, 1), patch_size)

@@ -66,18 +66,29 @@ def test_show_draws_samples_with_and_without_augment(synth_dataset, tmp_path, ca
     assert len(plain) == 3 and len(aug) == 3
 
 
-def test_synth_cli_is_deterministic_and_console_script_works(tmp_path):
-    exe = [str(Path(sys.executable).parent / "vitpipe")]  # the installed console script
+def test_synth_cli_is_deterministic(tmp_path, capsys):
     for name in ("a", "b"):
-        done = subprocess.run([*exe, "data", "synth", "--out", str(tmp_path / name), "--seed", "2",
-                               "--num-train", "3", "--num-val", "1", "--image-size", "48"],
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
+        assert main(["data", "synth", "--out", str(tmp_path / name), "--seed", "2",
+                     "--num-train", "3", "--num-val", "1", "--image-size", "48"]) == 0
     a = sorted((p.relative_to(tmp_path / "a"), p.read_bytes())
                for p in (tmp_path / "a").rglob("*") if p.is_file())
     b = sorted((p.relative_to(tmp_path / "b"), p.read_bytes())
                for p in (tmp_path / "b").rglob("*") if p.is_file())
     assert a == b and len(a) >= 6
-    bad = subprocess.run([*exe, "data", "synth", "--out", str(tmp_path / "c"), "--image-size", "8"],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "image_size" in bad.stderr
+    capsys.readouterr()
+    assert main(["data", "synth", "--out", str(tmp_path / "c"), "--image-size", "8"]) == 2
+    assert "image_size" in capsys.readouterr().err
+
+
+def test_console_script_prints_one_json_object(bad_coco):
+    exe = str(Path(sys.executable).parent / "vitpipe")  # the installed console script
+    done = subprocess.run([exe, "data", "inspect", "--coco", str(bad_coco["annotations"]),
+                           "--images", str(bad_coco["images"]), "--json"],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["images"] == 6
+    missing = subprocess.run([exe, "data", "inspect", "--coco", "/nonexistent/ann.json",
+                              "--images", str(bad_coco["images"])],
+                             capture_output=True, text=True, timeout=180)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().count("\n") == 0
