@@ -159,8 +159,8 @@ def resolve_data_config(cfg: TrainConfig):
     except ValidationError as err:
         lines = ["invalid data section:"]
         for e in err.errors():
-            where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            lines.append(f"  data.{where}: {e['msg']}")
+            where = ".".join(str(p) for p in e["loc"])
+            lines.append(f"  data{'.' + where if where else ''}: {e['msg']}")
         raise ConfigError("\n".join(lines)) from None
 
 

@@ -102,7 +102,7 @@ class StepRunner:
             if self.check_finite and not torch.isfinite(total).item():
                 terms = {k: float(v.detach()) for k, v in losses.items()}
                 raise NonFiniteLossError(
-                    f"non-finite loss {float(total)} at step {step} (terms {terms}); stopping. "
+                    f"non-finite loss {float(total.detach())} at step {step} (terms {terms}); stopping. "
                     "Lower optim.lr, raise optim.warmup_steps, or use precision=fp32/bf16."
                 )
             scaled = total / self.grad_accum_steps

@@ -41,17 +41,22 @@ def check_tracking_server(uri: str, timeout_s: float = 10.0) -> None:
         raise TrackingError(f"MLflow tracking server {uri} answered {response.status_code} on /health")
 
 
-def retry(fn: Callable[[], T], *, attempts: int, what: str, base_delay_s: float = 0.5) -> T | None:
-    """Call ``fn`` up to ``attempts + 1`` times with exponential backoff; ``None`` if all fail."""
+def retry(fn: Callable[[], T], *, attempts: int, what: str, base_delay_s: float = 0.5
+          ) -> tuple[bool, T | None]:
+    """Call ``fn`` up to ``attempts + 1`` times with exponential backoff.
+
+    Returns ``(True, result)``, or ``(False, None)`` when every attempt failed (logged, not
+    raised: a tracking hiccup must never kill training).
+    """
     for attempt in range(attempts + 1):
         try:
-            return fn()
+            return True, fn()
         except Exception as err:  # network, 5xx, throttling: never fatal for training
             if attempt == attempts:
                 log.warning("MLflow %s failed after %d attempts: %s", what, attempts + 1, err)
-                return None
+                return False, None
             time.sleep(min(8.0, base_delay_s * 2 ** attempt))
-    return None
+    return False, None
 
 
 def open_run(uri: str, experiment: str, run_name: str, existing_run_id: str | None,
@@ -81,8 +86,9 @@ def last_logged_step(uri: str, run_id: str, key: str) -> int:
     """The highest step of metric ``key`` already in the run (-1 when none)."""
     from mlflow.tracking import MlflowClient
 
-    history = retry(lambda: MlflowClient(uri).get_metric_history(run_id, key), attempts=3,
-                    what="get_metric_history") or []
+    _, history = retry(lambda: MlflowClient(uri).get_metric_history(run_id, key), attempts=3,
+                       what="get_metric_history")
+    history = history or []
     return max((m.step for m in history), default=-1)
 
 
@@ -119,8 +125,9 @@ class MetricLogger:
         sent = 0
         for start in range(0, len(metrics), 900):  # MLflow's log_batch limit is 1000
             chunk = metrics[start:start + 900]
-            if retry(lambda: client.log_batch(self.run_id, metrics=chunk),
-                     attempts=self.max_retries, what="log_batch") is None and chunk:
+            ok, _ = retry(lambda: client.log_batch(self.run_id, metrics=chunk),
+                          attempts=self.max_retries, what="log_batch")
+            if not ok:
                 # Keep what failed for the next flush; training goes on.
                 return sent
             sent += len(chunk)
@@ -138,7 +145,7 @@ def log_params_safely(uri: str, run_id: str, params: dict[str, Any], *, attempts
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    run = retry(lambda: client.get_run(run_id), attempts=attempts, what="get_run")
+    _, run = retry(lambda: client.get_run(run_id), attempts=attempts, what="get_run")
     existing = run.data.params if run else {}
     new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
     for start in range(0, len(new), 90):  # log_batch takes at most 100 params

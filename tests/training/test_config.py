@@ -1,0 +1,76 @@
+"""Typed training config: mistakes are one clear error before any Ray worker starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from components.core.config import ConfigError
+from components.training.config import TrainConfig, load_train_config
+from components.training.loop import steps_plan
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "pipelines" / "configs"
+
+
+@pytest.mark.parametrize("name", ["pretrain", "finetune", "detect", "pretrain_ci", "detect_ci"])
+def test_shipped_configs_validate(name):
+    cfg = load_train_config(CONFIGS / f"{name}.yaml")
+    assert cfg.task == ("detection" if name.startswith("detect") else "classification")
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"optim\.lrr"):
+        load_train_config(CONFIGS / "pretrain.yaml", ["optim.lrr=0.1"])
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"scaling\.num_workers"):
+        load_train_config(CONFIGS / "pretrain.yaml", ["scaling.num_workers=two"])
+
+
+def test_bad_data_section_is_named():
+    with pytest.raises(ConfigError, match=r"data\.format"):
+        load_train_config(CONFIGS / "pretrain.yaml", ["data.format=parquet"])
+    with pytest.raises(ConfigError, match=r"image_size 70 must be a multiple"):
+        load_train_config(CONFIGS / "pretrain.yaml", ["data.image_size=70"])
+
+
+def test_detection_ranks_checkpoints_by_val_loss():
+    cfg = TrainConfig.model_validate({"task": "detection"})
+    assert (cfg.checkpoint.metric, cfg.checkpoint.mode) == ("val_loss", "min")
+
+
+def test_run_name_must_be_a_plain_name():
+    with pytest.raises(Exception, match="run.name|name"):
+        TrainConfig.model_validate({"run": {"name": "../escape"}})
+
+
+def test_steps_plan():
+    plan = steps_plan(100, num_workers=2, batch_size=8, grad_accum_steps=2, epochs=3, max_steps=None)
+    # 50 rows per worker → 6 micro-batches → 3 optimizer steps per epoch
+    assert plan == {"steps_per_epoch": 3, "total_steps": 9, "epochs": 3}
+    capped = steps_plan(100, num_workers=2, batch_size=8, grad_accum_steps=2, epochs=3, max_steps=4)
+    assert capped["total_steps"] == 4 and capped["epochs"] == 2
+    with pytest.raises(ValueError, match="less than one optimizer step"):
+        steps_plan(10, num_workers=2, batch_size=8, grad_accum_steps=1, epochs=1, max_steps=None)
+
+
+@pytest.mark.parametrize("pipeline, args, needle", [
+    ("pretrain", ["optim.bogus=1"], "optim.bogus"),
+    ("finetune", [], "model.init_from"),
+    ("detect", ["task=classification"], "task must be 'detection'"),
+])
+def test_pipeline_config_errors_exit_2_without_starting_ray(pipeline, args, needle, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", f"pipelines.{pipeline}", "--config", str(CONFIGS / f"{pipeline}.yaml"),
+         f"run.storage_path={tmp_path}", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing was written: no run started
