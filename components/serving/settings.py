@@ -28,7 +28,9 @@ class ModelServerSettings(StrictModel):
     )
     max_batch_size: int = Field(16, ge=1, le=1024, description="dynamic batch: most requests")
     batch_wait_timeout_s: float = Field(
-        0.004, ge=0.0, le=5.0, description="dynamic batch: longest wait for more requests"
+        0.002, ge=0.0, le=5.0,
+        description="dynamic batch: longest wait for more requests (under load batches also "
+                    "fill while the previous one runs, so a short wait costs little)",
     )
     poll_interval_s: float = Field(
         30.0, ge=0.0, description="how often the alias is re-resolved; 0 turns polling off"
