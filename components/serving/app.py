@@ -149,7 +149,8 @@ class Ingress:
         if settings.require_token and not self._token:
             raise ValueError(f"require_token is set but ${TOKEN_ENV} is empty")
         if settings.decode_threads != self._settings.decode_threads:
-            self._pool = ThreadPoolExecutor(settings.decode_threads, "decode")
+            old, self._pool = self._pool, ThreadPoolExecutor(settings.decode_threads, "decode")
+            old.shutdown(wait=False)
         self._settings = settings
 
     # --- helpers -------------------------------------------------------------------------

@@ -38,12 +38,12 @@ def registered(mlflow_server, tmp_path_factory):
     return {"tracking_uri": uri, **versions}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def model_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("model-cache")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # Serve (and its pollers) stop when the module ends
 def serve_url(ray_cluster, registered, model_cache):
     """The application on 127.0.0.1:<free port>; ``serve.shutdown()`` afterwards."""
     from ray import serve

@@ -105,6 +105,8 @@ def test_models_health_and_v2_metadata(serve_url, registered):
     ready = requests.get(f"{serve_url}/v2/models/detector/ready", headers=AUTH, timeout=30)
     assert ready.status_code == 200 and ready.json()["name"] == DETECTOR
     assert_error(requests.get(f"{serve_url}/v2/models/nope", headers=AUTH, timeout=30), 404)
+    assert_error(requests.get(f"{serve_url}/v2/models/{CLASSIFIER}/versions/999", headers=AUTH,
+                              timeout=30), 404)
 
 
 def test_v2_infer_with_tritonclient(serve_url, registered, sample_image):
@@ -234,6 +236,26 @@ def test_live_retune_through_user_config(serve_url, registered, model_cache, sam
     assert after["settings"]["batch_wait_timeout_s"] == 0.02
     assert after["loaded_at"] == before["loaded_at"], "retuning must not reload the model"
     assert classify(serve_url, encode(sample_image)).status_code == 200
+
+
+def test_a_broken_update_keeps_the_served_version(serve_url, registered, model_cache, sample_image):
+    """A URI that cannot be resolved (alias missing) is reported, and serving goes on."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("classifier", app_name="vitpipe")
+    served = handle.describe.remote().result()["version"]
+    deploy(registered, model_cache, model_uri_override=f"models:/{CLASSIFIER}@no-such-alias")
+    deadline = time.monotonic() + 60
+    while not (info := handle.describe.remote().result())["last_poll_error"]:
+        assert time.monotonic() < deadline, "the failed update was never reported"
+        time.sleep(0.2)
+    assert "no-such-alias" in info["last_poll_error"] and info["version"] == served
+    r = classify(serve_url, encode(sample_image))
+    assert r.status_code == 200 and r.json()["model"]["version"] == served
+    deploy(registered, model_cache)  # back to @champion
+    while handle.describe.remote().result()["last_poll_error"]:
+        assert time.monotonic() < deadline + 60
+        time.sleep(0.2)
 
 
 def test_alias_move_under_load_drops_nothing(serve_url, registered, sample_image):

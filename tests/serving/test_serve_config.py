@@ -52,3 +52,16 @@ def test_environment_edits_stay_valid_and_bad_settings_are_caught():
     broken["applications"][0]["deployments"][0]["user_config"]["max_batch_size"] = 0
     with pytest.raises(ValueError):
         validate_config(broken)
+
+
+def test_cli_check_config_exit_codes(tmp_path, capsys):
+    from components.cli.main import main
+
+    assert main(["serve", "check-config", str(SERVE_CONFIG)]) == 0
+    assert "vitpipe/classifier" in capsys.readouterr().out
+    bad = tmp_path / "serve.yaml"
+    config = load_config()
+    config["applications"][0]["deployments"][0]["user_config"]["precision"] = "fp8"
+    bad.write_text(yaml.safe_dump(config))
+    assert main(["serve", "check-config", str(bad)]) == 2
+    assert main(["serve", "check-config", str(tmp_path / "missing.yaml")]) == 2
