@@ -363,9 +363,15 @@ def fetch_checkpoint(
                 f"{name} version {version}: its artifacts hold no complete checkpoint "
                 f"({WEIGHTS_FILE} + {META_FILE})"
             )
-        if target.exists():
-            shutil.rmtree(target)
-        got.rename(target)
+        if _cache_ok(target):  # another process (a second replica) finished first
+            return target
+        if target.exists():  # an incomplete leftover
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            got.rename(target)
+        except OSError:
+            if not _cache_ok(target):
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
