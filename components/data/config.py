@@ -64,6 +64,7 @@ class DataConfig(StrictModel):
     max_pixels: int = Field(40_000_000, ge=1)  # decompression-bomb guard, checked pre-decode
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     seed: int | None = 0  # None: fresh augmentation every pass (not reproducible)
+    augment_per_pass: bool = True  # pass k over a training dataset uses epoch k's augmentation
     shuffle: bool = True  # shuffle the row order of training splits (seeded)
     preserve_order: bool = True  # deliver rows in the (seeded) order: reproducible batches
     validate_images: bool = True  # decode every image once up front (exact skip report)

@@ -70,6 +70,7 @@ class RowSpec:
     augment: AugmentConfig
     seed: int | None
     epoch: int
+    passes: Any = None  # PassCounter actor handle: training datasets vary per pass
 
 
 @functools.lru_cache(maxsize=8)
@@ -100,6 +101,11 @@ def make_rows(batch: dict[str, np.ndarray], spec: RowSpec) -> dict[str, np.ndarr
     transform = _transform(spec.task, spec.training, spec.image_size,
                            spec.augment.model_dump_json())
     rows: dict[str, list] = {k: [] for k in _empty_rows(spec)}
+    epoch = spec.epoch
+    if spec.passes is not None and len(batch["image_id"]):
+        import ray
+
+        epoch += ray.get(spec.passes.next.remote(int(batch["image_id"][0])))
     for i in range(len(batch["image_id"])):
         image_id, file = int(batch["image_id"][i]), str(batch["file"][i])
         try:
@@ -108,7 +114,7 @@ def make_rows(batch: dict[str, np.ndarray], spec: RowSpec) -> dict[str, np.ndarr
             log.warning("skipping %s while streaming: %s", file, err)
             continue
         h, w = rgb.shape[:2]
-        seed = row_seed(spec.seed, spec.epoch, image_id)
+        seed = row_seed(spec.seed, epoch, image_id)
         if spec.task == "classification":
             image, _, _ = transform(rgb, seed=seed)
             rows["label"].append(int(batch["label"][i]))
@@ -197,7 +203,10 @@ class DataBundle:
         return self._gt_path
 
     def for_epoch(self, epoch: int):
-        """The same split with epoch ``epoch``'s row order and augmentation (no re-validation)."""
+        """The same split with epoch ``epoch``'s row order and augmentation (no re-validation).
+
+        Iterating ``dataset`` again already gives new augmentation per pass (see
+        ``components.data.passes``); ``for_epoch`` also reshuffles the row order."""
         return _make_dataset(self.records, self.config, self.spec.training, epoch, self.spec)
 
 
@@ -270,7 +279,12 @@ def _make_dataset(records: list[dict], cfg: DataConfig, training: bool, epoch: i
 
     from dataclasses import replace
 
-    spec = replace(spec, epoch=epoch)
+    passes = None
+    if training and cfg.augment.enabled and cfg.augment_per_pass and cfg.seed is not None:
+        from components.data.passes import PassCounter
+
+        passes = PassCounter.remote()
+    spec = replace(spec, epoch=epoch, passes=passes)
     ordered = _ordered(records, cfg, training, epoch)
     # Detection rows carry their targets; ragged lists travel as flat lists (boxes: 4*M).
     ds = ray.data.from_items(ordered, override_num_blocks=_num_blocks(len(ordered), cfg))

@@ -68,6 +68,20 @@ def test_training_rows_are_seeded(ray_cluster, tiny_synth):
     bundle = build_dataset(cfg, "train", training=True)
     epoch1 = _all(bundle, "detection", dataset=bundle.for_epoch(1))[0]
     assert not torch.equal(first["patches"], epoch1["patches"])
+    # Iterating the same dataset again (what a Ray Train loop does each epoch) augments anew,
+    # and pass k is the same for two datasets built alike.
+    a = build_dataset(cfg, "train", training=True)
+    b = build_dataset(cfg, "train", training=True)
+    a0, a1 = _all(a, "detection")[0], _all(a, "detection")[0]
+    b0, b1 = _all(b, "detection")[0], _all(b, "detection")[0]
+    assert torch.equal(a0["patches"], first["patches"])
+    assert torch.equal(a0["image_id"], a1["image_id"])  # same order ...
+    assert not torch.equal(a0["patches"], a1["patches"])  # ... new augmentation
+    assert torch.equal(a1["patches"], b1["patches"]) and torch.equal(a0["boxes"], b0["boxes"])
+    fixed = build_dataset(cfg.model_copy(update={"augment_per_pass": False}), "train",
+                          training=True)
+    assert torch.equal(_all(fixed, "detection")[0]["patches"],
+                       _all(fixed, "detection")[0]["patches"])
     # Training boxes stay normalised and inside the crop.
     boxes = first["boxes"][first["box_mask"]]
     assert boxes.numel() and boxes.min() >= 0 and boxes.max() <= 1
