@@ -29,7 +29,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import Field
+from pydantic import Field, field_validator
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -431,6 +431,14 @@ class AppArgs(StrictModel):
     ingress_num_cpus: float = 1.0
     num_gpus: float = 0.0
     replicas: int | None = Field(None, description="fixed replicas instead of autoscaling")
+
+    @field_validator("classifier_uri", "detector_uri", "tracking_uri", mode="before")
+    @classmethod
+    def _none_words(cls, value):
+        """``serve run ... detector_uri=null`` passes the string "null": that means None."""
+        if isinstance(value, str) and value.strip().lower() in ("", "null", "none"):
+            return None
+        return value
 
 
 def build_app(args: dict[str, Any] | AppArgs | None = None) -> serve.Application:

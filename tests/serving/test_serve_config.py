@@ -65,3 +65,19 @@ def test_cli_check_config_exit_codes(tmp_path, capsys):
     bad.write_text(yaml.safe_dump(config))
     assert main(["serve", "check-config", str(bad)]) == 2
     assert main(["serve", "check-config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_app_builder_arguments():
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    from components.serving.app import AppArgs, build_app
+
+    # what `serve run components.serving.app:build_app detector_uri=null` passes
+    assert AppArgs.model_validate({"detector_uri": "null"}).detector_uri is None
+    app = call_user_app_builder_with_args_if_necessary(
+        build_app, {"detector_uri": "null", "classifier_uri": "models:/x/1", "replicas": 2})
+    assert app is not None
+    with pytest.raises(ValueError):
+        build_app({"classifier_uri": None, "detector_uri": "none"})
+    with pytest.raises(ValueError):
+        build_app({"replica": 2})  # unknown key
