@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -185,3 +186,24 @@ def test_example_secrets_hold_placeholders_not_credentials(overlay):
 def test_base_renders_on_its_own():
     docs = [d for d in yaml.safe_load_all(render(K8S / "base")) if d]
     assert len(by_kind(docs, "RayCluster")) == 1 and len(by_kind(docs, "RayService")) == 1
+
+
+def test_rayjob_entrypoint_runs_a_real_pipeline_with_a_valid_config(overlay):
+    """The entrypoint's module exists and its config + overrides validate as TrainConfig."""
+    import shlex
+
+    from components.training.config import load_train_config
+
+    name, _, docs = overlay
+    (job,) = by_kind(docs, "RayJob")
+    (env,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == "vitpipe-env"]
+    words = shlex.split(job["spec"]["entrypoint"])
+    assert words[:2] == ["python", "-m"] and words[3] == "--config"
+    module = words[2]
+    assert (ROOT / (module.replace(".", "/") + ".py")).exists(), module
+    config = Path(words[4].replace("/home/ray/vitpipe", str(ROOT)))
+    overrides = [re.sub(r"\$(\w+)", lambda m: env["data"][m.group(1)], w) for w in words[5:]]
+    cfg = load_train_config(config, overrides)
+    assert cfg.run.storage_path == env["data"]["VITPIPE_STORAGE_PATH"]
+    assert cfg.data["root"] == env["data"]["VITPIPE_DATA_ROOT"]
+    assert cfg.scaling.use_gpu is (name == "gpu-prod")
