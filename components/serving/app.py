@@ -228,7 +228,8 @@ class Ingress:
         data = await self._image_from_request(request)
         result, orig_hw = await self._predict_image("classification", data, attention)
         probabilities = np.asarray(result["probabilities"])
-        k = min(top_k or 5, probabilities.shape[0])
+        default_k = self._info.get("classification", {}).get("settings", {}).get("top_k", 5)
+        k = min(top_k or default_k, probabilities.shape[0])
         order = np.argsort(-probabilities, kind="stable")[:k]
         names = result["class_names"]
         body = {

@@ -258,7 +258,7 @@ def test_a_broken_update_keeps_the_served_version(serve_url, registered, model_c
         time.sleep(0.2)
 
 
-def test_alias_move_under_load_drops_nothing(serve_url, registered, sample_image):
+def test_alias_move_under_load_drops_nothing(serve_url, registered, model_cache, sample_image):
     png = encode(sample_image)
     seen: list[tuple[int, str]] = []
     stop = threading.Event()
@@ -295,3 +295,7 @@ def test_alias_move_under_load_drops_nothing(serve_url, registered, sample_image
     assert set(versions) == {registered["classifier_v1"], registered["classifier_v2"]}
     final = requests.get(f"{serve_url}/v1/models", headers=AUTH, timeout=30).json()
     assert final["models"]["classifier"]["version"] == registered["classifier_v2"]
+    assert final["models"]["classifier"]["swaps"] >= 1
+    # both versions sit in the local cache, keyed by version (a restart downloads nothing)
+    for key in ("classifier_v1", "classifier_v2"):
+        assert (model_cache / CLASSIFIER / registered[key] / "model.safetensors").is_file()
