@@ -98,6 +98,8 @@ class MlflowServer:
             f"admin_username = {self.admin_username}\n"
             f"admin_password = {self.admin_password}\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            # One worker: caching a verified password (PBKDF2, slow by design) is safe here.
+            "auth_cache_ttl_seconds = 60\n"
         )
         ini.chmod(0o600)
         return {

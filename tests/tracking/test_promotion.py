@@ -32,7 +32,7 @@ def _data_cfg(root) -> DataConfig:
 
 @pytest.fixture(scope="module")
 def scenario(ray_cluster, synth_dataset, mlflow_server, tmp_path_factory):
-    """Two random-weight classifiers and one fitted (on the val split) to beat them."""
+    """Two random-weight classifiers and one with a head fitted on the val split to beat them."""
     from components.data.dataset import build_dataset
     from components.data.loader import iter_batches
     from components.models import build_model
@@ -44,18 +44,23 @@ def scenario(ray_cluster, synth_dataset, mlflow_server, tmp_path_factory):
                                 device="cpu"))
     torch.manual_seed(0)
     model = build_model("vit_demo", num_classes=len(classes))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for _ in range(40):  # a short fit on the split itself: far above random weights
-        for batch in batches:
-            loss = torch.nn.functional.cross_entropy(
-                model(batch["patches"], (4, 4)), batch["label"])
+    # A linear probe on the split itself (features computed once, only the head trains):
+    # cheap, and far above the random-weight models it must beat.
+    model.eval()
+    with torch.no_grad():
+        feats = [model.forward_features(model.normalize_patches(b["patches"], (4, 4)))
+                 for b in batches]
+    optimizer = torch.optim.AdamW(model.head.parameters(), lr=1e-2)
+    for _ in range(150):
+        for f, batch in zip(feats, batches):
+            loss = torch.nn.functional.cross_entropy(model.head(f), batch["label"])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
     # Measured independently here, with the shared evaluator on the same batches.
     strong_top1 = evaluate_classification(model, batches, device="cpu",
                                           num_classes=len(classes))["top1"]
-    assert strong_top1 >= 0.6, f"the fixture's fit failed (top1 {strong_top1:.2f})"
+    assert strong_top1 >= 0.8, f"the fixture's fit failed (top1 {strong_top1:.2f})"
     common = dict(num_classes=len(classes), class_names=classes)
     return {
         "data": synth_dataset,
