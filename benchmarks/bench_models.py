@@ -12,10 +12,11 @@ Variants per model (same architecture, batch and image size; random data, 1000 c
 
 MFU = model FLOPs per step (``torch.utils.flop_counter`` on one real step) / step time /
 a GEMM peak measured here (square matmuls in the step's dtype). Model FLOPs are counted
-once per model (eager fp32 step) and shared by its variants. Bounded: every timed section
-stops after ``--seconds`` (at least ``--min-steps`` steps), and variants that would start
-after ``--budget-s`` are recorded as skipped (default 220 s, so the run stays < 4 min
-plus one variant).
+once per model (eager fp32 step) and shared by its variants. The variants of a model are
+timed round-robin (one step of each in turn, ``--seconds`` per variant in total, at least
+``--min-steps`` rounds; medians), so load from other processes on a shared machine falls
+on all of them alike. Bounded: variants that would start after ``--budget-s`` are recorded
+as skipped (default 220 s).
 
     python benchmarks/bench_models.py [--batch 8] [--img 112] [--seconds 3] [--out PATH]
 """
@@ -57,16 +58,24 @@ def gemm_peak(dtype: torch.dtype, seconds: float, n: int = 2048) -> float:
     return best
 
 
-def timed(step, seconds: float, min_steps: int) -> tuple[float, int]:
-    """Median seconds per call of ``step()`` over at least ``min_steps`` calls / ``seconds``."""
-    times: list[float] = []
+def timed_round_robin(steps: dict, seconds: float, min_rounds: int) -> dict[str, tuple[float, float, int]]:
+    """Median wall seconds and median CPU seconds (this process, all threads) per call of each
+    ``steps[name]()``, calling them in turn (one round = one call of each) so that load
+    changes on a shared machine hit every variant alike. CPU time is the steadier number
+    when other processes compete for the cores."""
+    wall: dict[str, list[float]] = {k: [] for k in steps}
+    cpu: dict[str, list[float]] = {k: [] for k in steps}
     end = time.perf_counter() + seconds
-    while len(times) < min_steps or time.perf_counter() < end:
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return times[len(times) // 2], len(times)
+    rounds = 0
+    while rounds < min_rounds or time.perf_counter() < end:
+        for name, step in steps.items():
+            t, c = time.perf_counter(), time.process_time()
+            step()
+            wall[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
+        rounds += 1
+    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    return {k: (med(wall[k]), med(cpu[k]), len(wall[k])) for k in steps}
 
 
 def count_flops(step) -> int:
@@ -123,6 +132,7 @@ def main() -> int:
     parser.add_argument("--out", default="benchmarks/results/models.json")
     args = parser.parse_args()
     started = time.perf_counter()
+    load_at_start = os.getloadavg()
     device = torch.device("cpu")
     amp = autocast_dtype(device, "auto")
     peaks = {"fp32": gemm_peak(torch.float32, 3.0)}
@@ -140,7 +150,7 @@ def main() -> int:
             ("pipeline_eager", amp, lambda: pipeline_loop(name, images, labels, amp, False)),
             ("pipeline_compiled", amp, lambda: pipeline_loop(name, images, labels, amp, True)),
         ]
-        rows = {}
+        rows, steps, warm = {}, {}, {}
         flops = 0
         for variant, dtype, make in variants:
             if time.perf_counter() - started > args.budget_s:
@@ -148,25 +158,32 @@ def main() -> int:
                 print(json.dumps(rows[variant]), flush=True)
                 continue
             t0 = time.perf_counter()
-            step = make()
-            step()  # warm-up (and compile)
-            warm_s = time.perf_counter() - t0
-            flops = flops or count_flops(step)  # model FLOPs: counted on the first (eager) variant
-            sec, n = timed(step, args.seconds, args.min_steps)
-            peak = peaks["bf16" if dtype is torch.bfloat16 else "fp32"] if dtype is not torch.bfloat16 or "bf16" in peaks else None
+            steps[variant] = make()
+            steps[variant]()  # warm-up (and compile)
+            warm[variant] = time.perf_counter() - t0
+            flops = flops or count_flops(steps[variant])  # model FLOPs: counted once, eager
+        timings = timed_round_robin(steps, args.seconds * len(steps), args.min_steps)
+        for variant, dtype, _ in variants:
+            if variant not in steps:
+                continue
+            sec, cpu_sec, n = timings[variant]
+            peak = peaks.get("bf16" if dtype is torch.bfloat16 else "fp32")
             achieved = flops / sec
             rows[variant] = {
                 "model": name, "variant": variant, "precision": "bf16 autocast" if dtype else "fp32",
                 "batch_size": args.batch, "img_size": args.img, "steps_timed": n,
                 "step_ms": round(sec * 1000, 1), "img_per_s": round(args.batch / sec, 2),
+                "step_cpu_ms": round(cpu_sec * 1000, 1),
                 "flops_per_step": flops, "achieved_tflops": round(achieved / 1e12, 4),
-                "mfu": round(achieved / peak, 4) if peak else None, "warmup_s": round(warm_s, 1),
+                "mfu": round(achieved / peak, 4) if peak else None, "warmup_s": round(warm[variant], 1),
             }
             print(json.dumps(rows[variant]), flush=True)
         done = {k: v for k, v in rows.items() if "img_per_s" in v}
         base = done.get("timm_eager_bf16", {}).get("img_per_s")
+        base_cpu = done.get("timm_eager_bf16", {}).get("step_cpu_ms")
         for row in done.values():
             row["speedup_vs_timm_eager_bf16"] = round(row["img_per_s"] / base, 3) if base else None
+            row["cpu_time_speedup_vs_timm_eager_bf16"] = round(base_cpu / row["step_cpu_ms"], 3) if base_cpu else None
         candidates = [v for v in ("pipeline_eager", "pipeline_compiled") if v in done]
         if candidates:
             done[max(candidates, key=lambda v: done[v]["img_per_s"])]["pipeline_choice"] = True
@@ -176,6 +193,7 @@ def main() -> int:
         "what": __doc__.split("\n\n")[0].replace("\n", " "),
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "host_cpus": os.cpu_count(), "fast_bf16": cpu_has_fast_bf16(),
+                    "loadavg_at_start": load_at_start,
                     "loadavg_at_end": os.getloadavg()},
         "torch": torch.__version__, "python": platform.python_version(),
         "gemm_peak_tflops": {k: round(v / 1e12, 4) for k, v in peaks.items()},

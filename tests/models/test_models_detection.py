@@ -189,3 +189,17 @@ def test_tiny_detector_overfits_one_batch(name, steps, clip):
     for i, det in enumerate(dets):
         truth = set(batch["classes"][i][batch["box_mask"][i]].tolist())
         assert det["labels"][0].item() in truth
+
+
+@pytest.mark.parametrize("name", ["yolos_demo", "detr_demo"])
+def test_detector_is_deterministic_under_a_seed(name):
+    def run():
+        torch.manual_seed(7)
+        model = build_model(name, num_classes=3).eval()
+        patches = torch.randint(0, 256, (2, 16, 768), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+        with torch.no_grad():
+            out = model(patches, (4, 4))
+        return out["pred_logits"], out["pred_boxes"], build_criterion(3)(out, random_batch())["loss_giou"]
+
+    for a, b in zip(run(), run()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
