@@ -15,13 +15,13 @@ import sys
 
 # One line per group; a module per group keeps the stages' commands apart.
 GROUPS = (
-    "registry",
     "data",
-    "preflight",
-    "report",
     "models",
     "explain",
+    "registry",
     "serve",
+    "preflight",
+    "report",
 )
 
 
@@ -62,4 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the package's module, not this ``__main__`` copy, so that ``UserError``
+    # raised by handlers is the class caught above (``python -m components.cli.main``).
+    from components.cli.main import main as package_main
+
+    sys.exit(package_main())
