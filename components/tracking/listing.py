@@ -9,6 +9,13 @@ from components.tracking.registry import client
 KEY_METRICS = ("top1", "top5", "map", "map50")
 
 
+def _number(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text  # a hand-set tag: shown as it is
+
+
 def list_models(*, tracking_uri: str | None = None) -> list[dict[str, Any]]:
     """Every registered model with its versions (newest first), aliases and metric tags."""
     mlf = client(tracking_uri)
@@ -27,7 +34,7 @@ def list_models(*, tracking_uri: str | None = None) -> list[dict[str, Any]]:
                 "run_id": tags.get("run_id", mv.run_id),
                 "model_name": tags.get("model_name"),
                 "data_fingerprint": tags.get("data_fingerprint"),
-                "metrics": {k[len("metric."):]: float(v) for k, v in tags.items()
+                "metrics": {k[len("metric."):]: _number(v) for k, v in tags.items()
                             if k.startswith("metric.")},
                 "promotion": {k[len("promotion."):]: v for k, v in tags.items()
                               if k.startswith("promotion.")},
@@ -53,7 +60,9 @@ def format_models(models: list[dict[str, Any]]) -> str:
         lines.append(f"  {'version':>7}  {'aliases':20} {'arch':14} {'metrics':32} decision")
         for v in m["versions"]:
             metrics = " ".join(
-                f"{k}={v['metrics'][k]:.4f}" for k in KEY_METRICS if k in v["metrics"]
+                f"{k}={v['metrics'][k]:.4g}" if isinstance(v["metrics"][k], float)
+                else f"{k}={v['metrics'][k]}"
+                for k in KEY_METRICS if k in v["metrics"]
             )
             lines.append(
                 f"  {v['version']:>7}  {','.join(v['aliases']) or '-':20} "

@@ -250,7 +250,8 @@ def promote(cfg: PromoteConfig) -> PromotionResult:
 
     experiment = mlflow.set_experiment(cfg.experiment)
     with mlflow.start_run(experiment_id=experiment.experiment_id,
-                          run_name=f"promote-{name}-v{candidate}") as run:
+                          run_name=f"promote-{name}-v{candidate}",
+                          nested=mlflow.active_run() is not None) as run:
         mlflow.set_tags({"registered_model": name, "candidate": candidate,
                          "champion": champion or "none", "task": cfg.task})
         mlflow.log_params({"metric": metric, "margin": cfg.margin, "split": cfg.split,
@@ -281,6 +282,10 @@ def promote(cfg: PromoteConfig) -> PromotionResult:
         mlflow.set_tag("decision", decision)
 
         # Everything is measured: now, and only now, the registry changes.
+        if _alias_version(mlf, name, CHAMPION) != champion:
+            raise RegistryError(
+                f"{name}@{CHAMPION} moved while this promotion measured it: run it again"
+            )
         previous = _alias_version(mlf, name, alias)
         mlf.set_registered_model_alias(name, alias, candidate)
         if alias == CHAMPION and _alias_version(mlf, name, CHALLENGER) == candidate:

@@ -187,6 +187,12 @@ def test_bad_requests_move_no_alias(scenario, mlflow_uri, capsys):
                 "--alias", "champion"]) == 2
     assert cli(["registry", "history", "--model", "no-such-model-zz"]) == 2
     assert cli(["registry", "promote", "--model", name, "--version", "1"]) == 2
+    from pipelines.promote import main as promote_pipeline
+
+    assert promote_pipeline(["--config", "pipelines/configs/promote.yaml", f"model={name}",
+                             "candidate='7'", f"data.root={scenario['data']}"]) == 2
+    assert promote_pipeline(["--config", "pipelines/configs/promote.yaml", "margin=-1"]) == 2
+    assert "margin" in capsys.readouterr().err
     assert mlf.get_registered_model(name).aliases == {"champion": "1"}
     assert read_history(mlf, name) == []
 
