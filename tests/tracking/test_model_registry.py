@@ -126,8 +126,12 @@ def test_unknown_model_version_alias_and_uri(mlflow_uri, model_name, checkpoint_
                                              tmp_path):
     with pytest.raises(RegistryError, match="does not exist"):
         resolve_uri(f"models:/{model_name}@champion", tracking_uri=mlflow_uri)
-    register_checkpoint(checkpoint_factory(7), task="classification",
-                        registered_name=model_name, tracking_uri=mlflow_uri)
+    from components.cli.main import main as cli
+
+    assert cli(["registry", "register", "--checkpoint", str(tmp_path / "nowhere"),
+                "--model", model_name]) == 2  # not a checkpoint: exit 2, nothing registered
+    assert cli(["registry", "register", "--checkpoint", str(checkpoint_factory(7)),
+                "--model", model_name]) == 0  # task read from vitpipe.json
     with pytest.raises(RegistryError, match="no version 9"):
         resolve_uri(f"models:/{model_name}/9", tracking_uri=mlflow_uri)
     with pytest.raises(RegistryError, match="no alias @champion"):
