@@ -17,8 +17,9 @@
 7. stops Ray and MLflow (their own process groups only) unless ``KEEP=1`` / ``--keep``.
 
 Ray auth: ``ray start --head`` turns on token authentication (Ray >= 2.52); the demo keeps
-it on and gives every Ray CLI call ``RAY_AUTH_MODE=token`` (the token is Ray's own,
-``~/.ray/auth_token``).
+it on with a token of its own (``<workdir>/ray_auth_token``, made once, mode 0600) that the
+head, the Ray CLI calls, the job's drivers and the Serve replicas all get through
+``RAY_AUTH_MODE=token`` + ``RAY_AUTH_TOKEN_PATH``.
 """
 
 from __future__ import annotations
@@ -103,13 +104,19 @@ def _free_port() -> int:
 
 
 def _alive(pid: int | None) -> bool:
+    """``pid`` runs (a zombie counts as gone; one that is our child is reaped)."""
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    return True
+    return state != "Z"
 
 
 def _ours(pid: int, marker: str) -> bool:
@@ -132,16 +139,26 @@ def stop_group(pid: int | None, marker: str, timeout_s: float = 30.0) -> None:
         return
     os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
+    while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.5)
-    try:
+    try:  # whatever of the group outlived its leader
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    _alive(pid)  # reap
+
+
+def use_demo_token(workdir: Path) -> Path:
+    """Token auth with the demo's own token file (created once); exported to every child."""
+    import secrets
+
+    path = workdir / "ray_auth_token"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    return path
 
 
 def ray_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -471,6 +488,7 @@ def run_demo(cfg: DemoConfig, *, keep: bool) -> dict[str, Any]:
         workdir = REPO / workdir
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "demo.log"
+    use_demo_token(workdir)
     services = Services(workdir)
     summary: dict[str, Any] = {"workdir": str(workdir)}
     try:

@@ -104,6 +104,9 @@ def _ensure_ray() -> bool:
 
     if ray.is_initialized():
         return False
+    if os.environ.get("RAY_ADDRESS"):  # a running cluster (the demo's): join it as a driver
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False, configure_logging=False)
+        return True
     # A private local instance for this process (token auth left to Ray's default).
     ray.init(num_cpus=max(1, min(2, os.cpu_count() or 1)), include_dashboard=False,
              object_store_memory=300_000_000, log_to_driver=False, configure_logging=False)
