@@ -40,12 +40,22 @@ class TrainingError(RuntimeError):
     """The run could not train to the end (after its allowed restarts)."""
 
 
-def ensure_ray() -> None:
-    """Join the cluster of ``RAY_ADDRESS`` (``ray job submit``) or start a local one."""
+def ensure_ray(cfg: TrainConfig | None = None) -> None:
+    """Join the cluster of ``RAY_ADDRESS`` (``ray job submit``) or start a local one.
+
+    A local cluster gets enough logical CPUs for the training workers AND the data tasks
+    (Ray Data needs at least one free CPU, or the run waits forever): oversubscribing a
+    small machine's cores is fine, starving the data pipeline is not.
+    """
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, configure_logging=False,
+        address = os.environ.get("RAY_ADDRESS") or None
+        num_cpus = None
+        if address is None and cfg is not None:
+            need = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 2
+            num_cpus = int(max(os.cpu_count() or 1, need))
+        ray.init(address=address, num_cpus=num_cpus, configure_logging=False,
                  log_to_driver=True,
                  # Every worker process of this job turns SIGTERM into "checkpoint, then exit".
                  runtime_env={"worker_process_setup_hook":
@@ -100,7 +110,10 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[st
 
     data_cfg = resolve_data_config(cfg)
     started = time.monotonic()
-    ensure_ray()
+    ensure_ray(cfg)
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False  # progress: ours, per report
     storage_path = storage.check_storage(cfg.run.storage_path)
     run_dir = storage.join(storage_path, cfg.run.name)
 

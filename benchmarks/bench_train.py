@@ -1,0 +1,208 @@
+"""Training throughput on this machine (CPU), bounded to a few minutes.
+
+1. **Ray Train overhead**: img/s of ViT-Ti/16 and ViT-S/16 (at ``--img`` px) through Ray Train
+   (``TorchTrainer`` + ``train_loop_per_worker``: dataset shard iteration, ``prepare_model``,
+   metric reports) against the bare training step (``StepRunner`` on an in-memory batch),
+   same threads, same batch, measured in the same run. Goal: Ray ≥ 0.95× bare.
+2. **DDP scaling on 2 cores**: one worker with 2 threads vs two workers with 1 thread each
+   (same per-worker batch). Goal: 2 workers ≥ 0.85× one worker's throughput.
+3. **Time to accuracy** (``--tta``): the CI pretraining config on the synthetic set until its
+   val top-1, wall clock included Ray/data start-up.
+
+The Ray runs feed pre-made uint8 patch rows from a Ray Dataset (no image decoding), so the
+comparison isolates the training loop; the data pipeline has its own benchmark. MFU uses
+FLOPs counted by ``torch.utils.flop_counter`` and the peak bf16 rate passed as
+``--peak-tflops`` (unknown for this CPU unless given: then MFU is left null).
+
+    python benchmarks/bench_train.py [--img 96] [--steps 16] [--tta]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from components.core.device import autocast_dtype, cpu_has_fast_bf16  # noqa: E402
+from components.models import build_model  # noqa: E402
+from components.training.config import OptimSection, TrainConfig  # noqa: E402
+from components.training.optim import build_optimizer, build_scheduler  # noqa: E402
+from components.training.step import StepRunner, classification_loss  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NUM_CLASSES = 10
+
+
+def synthetic_rows(n: int, img: int, patch: int) -> dict[str, np.ndarray]:
+    g = img // patch
+    rng = np.random.default_rng(0)
+    return {"patches": rng.integers(0, 256, (n, g * g, patch * patch * 3), dtype=np.uint8),
+            "grid": np.tile(np.array([g, g], dtype=np.int64), (n, 1)),
+            "label": rng.integers(0, NUM_CLASSES, n).astype(np.int64)}
+
+
+def bare_step(model_name: str, img: int, batch: int, steps: int, warmup: int, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build_model(model_name, num_classes=NUM_CLASSES, img_size=img, head="mlp")
+    optim = OptimSection(lr=1e-3, warmup_steps=2)
+    opt = build_optimizer(model, optim)
+    runner = StepRunner(model=model, optimizer=opt, scheduler=build_scheduler(opt, optim, steps + warmup),
+                        loss_fn=classification_loss(), device=torch.device("cpu"),
+                        amp_dtype=autocast_dtype(torch.device("cpu"), "auto"), clip_grad_norm=1.0)
+    rows = synthetic_rows(batch, img, 16)
+    data = {k: torch.from_numpy(v) for k, v in rows.items()}
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        runner.micro_step(data)
+    for _ in range(warmup):
+        runner.micro_step(data)
+    start = time.perf_counter()
+    for _ in range(steps):
+        runner.micro_step(data)
+    elapsed = time.perf_counter() - start
+    return {"img_per_s": batch * steps / elapsed, "flops_per_img": counter.get_total_flops() / batch}
+
+
+def _collector(path: str):
+    """A Ray Train ``UserCallback`` appending each report's rank-0 metrics to a JSON-lines file."""
+    from ray.train import UserCallback
+
+    class Collect(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(path, "a") as f:
+                f.write(json.dumps(metrics[0]) + "\n")
+
+    return Collect()
+
+
+def ray_train(model_name: str, img: int, batch: int, steps: int, warmup: int, *, workers: int,
+              threads: int, storage: str) -> dict:
+    import ray
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from components.training.loop import train_loop_per_worker
+
+    total = steps + warmup
+    n_rows = batch * workers * total
+    rows = synthetic_rows(n_rows, img, 16)
+    ds = ray.data.from_items([{"patches": rows["patches"][i], "grid": rows["grid"][i],
+                               "label": rows["label"][i]} for i in range(n_rows)]).materialize()
+    val = ray.data.from_items([{"patches": rows["patches"][i], "grid": rows["grid"][i],
+                                "label": rows["label"][i]} for i in range(workers * 2)])
+    cfg = TrainConfig.model_validate({
+        "model": {"name": model_name, "head": "mlp"}, "batch_size": batch, "epochs": 1,
+        "scaling": {"num_workers": workers, "torch_threads": threads, "cpus_per_worker": threads},
+        "optim": {"lr": 1e-3, "warmup_steps": 2}, "run": {"name": "bench", "log_every_n_steps": warmup},
+        "checkpoint": {"every_n_steps": 0}, "mlflow": {"enabled": False}, "eval": {"batch_size": 2},
+    })
+    plan = {"steps_per_epoch": total, "total_steps": total, "epochs": 1,
+            "class_names": [str(i) for i in range(NUM_CLASSES)], "image_size": img, "has_val": True}
+    log = tempfile.mktemp(suffix=".jsonl")
+    name = f"bench-{model_name}-{workers}w-{int(time.time())}"
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config={"train": cfg.model_dump(mode="json"), "plan": plan},
+        datasets={"train": ds, "val": val},
+        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": threads}),
+        run_config=RunConfig(name=name, storage_path=storage, callbacks=[_collector(log)],
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+    )
+    trainer.fit()
+    reports = [json.loads(line) for line in Path(log).read_text().splitlines()]
+    # Reports at step `warmup` (window 1..warmup, start-up included) and at `total`
+    # (window warmup+1..total: the steady state we time).
+    steady = [r for r in reports if r.get("step") == total and "img_per_s" in r]
+    return {"img_per_s": steady[-1]["img_per_s"] if steady else None, "reports": len(reports)}
+
+
+def time_to_accuracy(storage: str) -> dict:
+    from components.data.synth import SynthConfig, synthesize
+    from components.training.config import load_train_config
+    from components.training.trainer import run_training
+
+    data = Path(storage) / "synth"
+    synthesize(data, SynthConfig(seed=0))  # the demo's default size
+    cfg = load_train_config(Path(__file__).resolve().parents[1] / "pipelines/configs/pretrain.yaml",
+                            [f"data.root={data}", f"run.storage_path={storage}", "run.name=tta",
+                             "mlflow.enabled=false", "registry.enabled=false", "epochs=6"])
+    start = time.monotonic()
+    summary = run_training(cfg)
+    return {"config": "pipelines/configs/pretrain.yaml (epochs=6)", "seconds": round(time.monotonic() - start, 1),
+            "top1": summary["metrics"].get("top1"), "steps": summary["steps"], "goal_top1": 0.95}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--img", type=int, default=96)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--models", default="vit_tiny_patch16_224,vit_small_patch16_224")
+    parser.add_argument("--peak-tflops", type=float, default=None)
+    parser.add_argument("--tta", action="store_true", help="also measure time-to-accuracy")
+    parser.add_argument("--out", default=str(RESULTS / "train.json"))
+    args = parser.parse_args()
+
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    storage = tempfile.mkdtemp(prefix="vitpipe-bench-")
+    started = time.monotonic()
+    rows = []
+    for name in args.models.split(","):
+        bare = bare_step(name, args.img, args.batch, args.steps, args.warmup, threads=2)
+        via_ray = ray_train(name, args.img, args.batch, args.steps, args.warmup, workers=1, threads=2,
+                            storage=storage)
+        ddp = ray_train(name, args.img, args.batch, args.steps, args.warmup, workers=2, threads=1,
+                        storage=storage)
+        peak = args.peak_tflops * 1e12 if args.peak_tflops else None
+        row = {
+            "model": name, "img_size": args.img, "batch_per_worker": args.batch,
+            "bare_img_per_s": round(bare["img_per_s"], 2),
+            "ray_1w_img_per_s": via_ray["img_per_s"] and round(via_ray["img_per_s"], 2),
+            "ray_vs_bare": via_ray["img_per_s"] and round(via_ray["img_per_s"] / bare["img_per_s"], 3),
+            "ddp_2w_img_per_s": ddp["img_per_s"] and round(ddp["img_per_s"], 2),
+            "ddp_2w_vs_1w": (ddp["img_per_s"] and via_ray["img_per_s"])
+            and round(ddp["img_per_s"] / via_ray["img_per_s"], 3),
+            "gflops_per_img_train": round(bare["flops_per_img"] / 1e9, 3),
+            "achieved_gflops_bare": round(bare["flops_per_img"] * bare["img_per_s"] / 1e9, 1),
+            "mfu_bare": round(bare["flops_per_img"] * bare["img_per_s"] / peak, 4) if peak else None,
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    doc = {
+        "benchmark": "train_cpu",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "cpu_fast_bf16": cpu_has_fast_bf16(), "torch": torch.__version__,
+                    "load_avg_at_start": os.getloadavg()},
+        "precision": "bf16 autocast" if cpu_has_fast_bf16() else "fp32",
+        "goals": {"ray_vs_bare": 0.95, "ddp_2w_vs_1w": 0.85},
+        "results": rows,
+    }
+    if args.tta:
+        doc["time_to_accuracy"] = time_to_accuracy(storage)
+        print(json.dumps(doc["time_to_accuracy"]), flush=True)
+    doc["seconds"] = round(time.monotonic() - started, 1)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(doc, indent=2))
+    print(f"wrote {args.out}")
+    ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
