@@ -26,8 +26,6 @@ class ModelSection(StrictModel):
     overrides: dict[str, Any] = Field(default_factory=dict)
     # Fine-tuning / detection init: a checkpoint directory (local path) or a models:/ URI.
     init_from: str | None = None
-    # Freeze everything but the head for the first N steps (linear probing warm-up).
-    freeze_backbone_steps: int = Field(0, ge=0)
 
 
 class ScalingSection(StrictModel):
