@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
                    help="log the report to this MLflow server (default $MLFLOW_TRACKING_URI)")
     p.add_argument("--no-train", action="store_true", help="cost measurements only")
+    p.add_argument("--no-cost", action="store_true", help="training to target only")
     p.add_argument("--families", default=None,
                    help="comma-separated subset of model labels' registered names (full or tiny)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -46,6 +47,10 @@ def _run(args: argparse.Namespace) -> int:
         settings["data_root"] = args.data_root
     if args.no_train:
         settings["train"] = False
+    if args.no_cost:
+        settings["cost"] = False
+    if args.no_train and args.no_cost:
+        raise UserError("--no-train and --no-cost leave nothing to report")
     try:
         cfg = ReportConfig.quick(**settings) if args.quick else ReportConfig(**settings)
     except ValidationError as err:

@@ -198,7 +198,7 @@ def build_report(cfg: ReportConfig, out_dir: str | Path, *, tracking_uri: str | 
         torch.set_num_threads(cfg.threads)
     try:
         results["machine"]["threads"] = torch.get_num_threads()
-        results["cost"] = measure_costs(cfg)
+        results["cost"] = measure_costs(cfg) if cfg.cost else []
         results["training"] = train_families(cfg, out_dir) if cfg.train else []
     finally:
         torch.set_num_threads(saved_threads)

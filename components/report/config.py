@@ -48,6 +48,7 @@ class ReportConfig(StrictModel):
     families: list[Family] = Field(default_factory=default_families)
     # Cost measurements: "full" measures the paper-sized models, each in its own process;
     # "tiny" measures the tiny variants in this process (the quick mode).
+    cost: bool = True  # measure inference cost at all
     cost_models: Literal["full", "tiny"] = "full"
     cost_budget_s: float = Field(6.0, gt=0)  # seconds of timed runs per model (b1 + b32)
     batch_large: int = Field(32, ge=1)

@@ -123,3 +123,5 @@ def test_cli_cost_only_and_usage_errors(tmp_path):
     assert bad.returncode == 2 and "unknown --families" in bad.stderr
     bad = _cli("--quick", "--set", "max_epochs=zero", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "max_epochs" in bad.stderr
+    bad = _cli("--quick", "--no-train", "--no-cost", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "nothing to report" in bad.stderr
