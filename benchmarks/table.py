@@ -1,0 +1,161 @@
+"""Print the README's benchmark tables from ``benchmarks/results/*.json`` (never typed in).
+
+    python benchmarks/table.py            # Markdown on stdout
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _machine(info: dict) -> str:
+    parts = [f"{k}={v}" for k, v in info.items() if not isinstance(v, (dict, list))]
+    return ", ".join(parts)
+
+
+def data_table(d: dict) -> list[str]:
+    ray, dl = d["ray_data"], d["torch_dataloader"]
+    return [
+        f"**Data pipeline** (`bench_data.py`; {d['what']}; {_machine(d['machine'])})",
+        "",
+        "| pipeline | images/s | peak memory (PSS, MiB) | processes |",
+        "|---|---|---|---|",
+        f"| Ray Data | {ray['images_per_s']} | {ray['peak_pss_mib']} | {ray['peak_processes']} |",
+        f"| torch DataLoader(num_workers=2) | {dl['images_per_s']} | {dl['peak_pss_mib']} | {dl['peak_processes']} |",
+        f"| **Ray Data / DataLoader** | **{d['speedup_ray_vs_dataloader']}×** (goal ≥ 1.0×) | | |",
+    ]
+
+
+def models_table(d: dict) -> list[str]:
+    rows = [
+        f"**Training step, CPU** (`bench_models.py`; {_machine(d['machine'])}; GEMM peak "
+        f"measured in the run: fp32 {d['gemm_peak_tflops']['fp32']} / bf16 "
+        f"{d['gemm_peak_tflops']['bf16']} TFLOP/s)",
+        "",
+        "| model | variant | precision | batch × px | ms/step (wall) | CPU ms/step | img/s | MFU | × eager bf16 (wall / CPU) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in d["results"]:
+        if "skipped" in r:
+            rows.append(f"| {r['model']} | {r['variant']} | – | – | skipped: {r['skipped']} | | | | |")
+            continue
+        rows.append(
+            f"| {r['model']} | {r['variant']} | {r['precision']} | {r['batch_size']} × {r['img_size']} "
+            f"| {r['step_ms']} | {r.get('step_cpu_ms', '–')} | {r['img_per_s']} | {r['mfu']:.3f} "
+            f"| {r['speedup_vs_timm_eager_bf16']} / {r.get('cpu_time_speedup_vs_timm_eager_bf16', '–')} |"
+        )
+    return rows
+
+
+def train_gpu_table(d: dict) -> list[str]:
+    rows = [
+        f"**Training step, GPU** (`bench_train_gpu.py`; {d['device']}, torch {d['torch']}, "
+        "the Ray worker's step without Ray)",
+        "",
+        "| model | batch × px | precision | AdamW | compiled | ms/step | img/s | TFLOP/s | MFU |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in d["results"]:
+        rows.append(
+            f"| {r['model']} | {r['batch_size']} × {r['img_size']} | {r['precision']} | {r['adamw']} "
+            f"| {'yes' if r['compiled'] else 'no'} | {r['step_ms']} | {r['img_per_s']} "
+            f"| {r['achieved_tflops']} | {r['mfu']:.1%} |"
+        )
+    return rows
+
+
+def serve_table(d: dict) -> list[str]:
+    rows = [
+        f"**Serving** (`bench_serve.py`; model {d['model']['name']}, {d['model']['image']}; "
+        f"{_machine(d['machine'])})",
+        "",
+        "| mode | concurrency | req/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode in ("batched", "unbatched"):
+        for r in d["serve"][mode]:
+            rows.append(
+                f"| HTTP {mode} | {r['concurrency']} | {r['throughput_rps']} | {r['p50_ms']} "
+                f"| {r['p99_ms']} | {r['errors']} |"
+            )
+    for mode, r in d.get("model_deployment_via_handle_c32", {}).items():
+        rows.append(
+            f"| model deployment via handle, {mode} | {r['concurrency']} | {r['throughput_rps']} "
+            f"| {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |"
+        )
+    ip = d["in_process"]["end_to_end"]
+    s = d["summary"]
+    rows += [
+        f"| in-process (decode + model), baseline | 1 | | {ip['p50_ms']} | {ip['p99_ms']} | |",
+        "",
+        f"Batched / unbatched throughput at c=32: HTTP {s['batched_over_unbatched_throughput_c32']}×, "
+        f"model deployment {s['batched_over_unbatched_model_deployment_c32']}× (goal ≥ 2×); "
+        f"p50 overhead over in-process at c=1: {s['p50_overhead_ms_c1_batched']} ms batched, "
+        f"{s['p50_overhead_ms_c1_unbatched']} ms unbatched (goal ≤ 10 ms); errors: {s['errors']}.",
+    ]
+    return rows
+
+
+def registry_table(d: dict) -> list[str]:
+    rows = [
+        f"**Registry loading** (`bench_registry.py`; {d['model']}, {d['weights_mib']} MiB; "
+        f"{_machine(d['machine'])})",
+        "",
+        "| path | median s | × `mlflow.pyfunc.load_model` |",
+        "|---|---|---|",
+    ]
+    for name, r in d["results"].items():
+        rows.append(f"| {name} | {r['median_s']} | {d['speedup_vs_pyfunc_load'][name]} |")
+    return rows
+
+
+def train_table(d: dict) -> list[str]:
+    """Ray Train CPU benchmark: free-form rows as the benchmark wrote them."""
+    rows = [f"**Training through Ray Train, CPU** (`bench_train.py`; {_machine(d.get('machine', {}))})", ""]
+    for section, value in d.items():
+        if section in ("machine", "benchmark"):
+            continue
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            keys = list(value[0])
+            rows += ["", f"_{section}_", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+            rows += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in value]
+        elif isinstance(value, dict):
+            flat = {k: v for k, v in value.items() if not isinstance(v, (dict, list))}
+            if flat:
+                rows += ["", f"_{section}_: " + ", ".join(f"{k}={v}" for k, v in flat.items())]
+    return rows
+
+
+SECTIONS = [
+    ("data", data_table),
+    ("models", models_table),
+    ("train", train_table),
+    ("train_gpu", train_gpu_table),
+    ("registry", registry_table),
+    ("serve", serve_table),
+]
+
+
+def main() -> int:
+    out: list[str] = []
+    for name, fmt in SECTIONS:
+        d = _load(name)
+        if d is None:
+            out += [f"_{name}: no results yet (run `python benchmarks/bench_{name}.py`)_", ""]
+            continue
+        out += fmt(d) + [""]
+    sys.stdout.write("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
