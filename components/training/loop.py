@@ -251,7 +251,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                     "epoch": progress.epoch},
         )
 
-    def report(metrics: dict[str, float], *, with_checkpoint: bool) -> None:
+    def report(metrics: dict[str, float], *, with_checkpoint: bool, kind: str = "mid") -> None:
         metrics = {**metrics, "step": progress.global_step, "epoch": progress.epoch,
                    "samples_seen": progress.samples_seen}
         if not with_checkpoint:
@@ -267,7 +267,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 save_train_state(tmp, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                                  progress=progress)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"checkpoint_step{progress.global_step:07d}")
+                             checkpoint_dir_name=f"checkpoint_step{progress.global_step:07d}_{kind}")
         logger.flush(up_to_step=progress.global_step)  # committed: these steps are final
 
     train_shard = ray.train.get_dataset_shard("train")
@@ -313,11 +313,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
                 stop = _all_any(stop_requested() or _preempted(), device)
                 if stop:
-                    report({"stopped": 1.0}, with_checkpoint=True)
+                    report({"stopped": 1.0}, with_checkpoint=True, kind="stop")
                     raise Preempted(f"rank {rank}: stop requested at step {step}; checkpoint written")
                 if not (every and step % every == 0):
                     report(metrics, with_checkpoint=False)
-            if every and step % every == 0 and step != last_ckpt_step and step < total_steps:
+            # Mid-epoch checkpoint, unless the epoch ends here (its end-of-epoch one follows).
+            if (every and step % every == 0 and step != last_ckpt_step and step < total_steps
+                    and progress.batch_in_epoch < micro_per_epoch):
                 report({}, with_checkpoint=True)
                 last_ckpt_step = step
         # End of an epoch (or of the run): validate, checkpoint, go on with the next epoch.
@@ -331,7 +333,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                            task=cfg.task, loss_fn=loss_fn, device=device, amp_dtype=amp)
             best_val = dict(val)
             logger.log(val, progress.global_step)
-        report(val, with_checkpoint=True)
+        report(val, with_checkpoint=True, kind=f"epoch{progress.epoch}")
     logger.flush()
 
 

@@ -43,7 +43,7 @@ class ProgressCallback(UserCallback):
         parts = [f"[{self.run_name}] step {step}/{self.total_steps}",
                  f"epoch {int(metrics.get('epoch', 0))}"]
         for key in ("train_loss", "val_loss", "val_top1"):
-            if key in metrics:
+            if key in metrics and abs(float(metrics[key])) < 1e8:  # ±1e9: "no value yet"
                 parts.append(f"{key} {float(metrics[key]):.4f}")
         if rate:
             parts.append(f"{rate:.1f} img/s")
