@@ -35,6 +35,7 @@ def ray_cluster():
     import ray
 
     ctx = ray.init(
+        _node_ip_address="127.0.0.1",  # bind the local cluster to loopback, not the node's IP
         num_cpus=4,
         object_store_memory=1_500_000_000,
         include_dashboard=False,

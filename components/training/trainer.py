@@ -55,8 +55,9 @@ def ensure_ray(cfg: TrainConfig | None = None) -> None:
         if address is None and cfg is not None:
             need = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 2
             num_cpus = int(max(os.cpu_count() or 1, need))
+        local = {"_node_ip_address": "127.0.0.1"} if address is None else {}  # loopback only
         ray.init(address=address, num_cpus=num_cpus, configure_logging=False,
-                 log_to_driver=True,
+                 log_to_driver=True, **local,
                  # Every worker process of this job turns SIGTERM into "checkpoint, then exit".
                  runtime_env={"worker_process_setup_hook":
                               "components.training.loop.install_sigterm_handler"})
