@@ -20,7 +20,7 @@ install: $(STAMP)
 # Whole test suite against real local services (Ray, mlflow server, S3 on loopback).
 # pytest's exit code 5 (nothing collected) is turned into a failure.
 test: $(STAMP)
-	$(PY) -m pytest tests -q -p no:cacheprovider; rc=$$?; \
+	$(PY) -m pytest tests -q -p no:cacheprovider --durations=20; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	  exit $$rc
 
