@@ -237,9 +237,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             log.info("resumed at step %d (epoch %d, batch %d)", progress.global_step,
                      progress.epoch, progress.batch_in_epoch)
 
-    logger = MetricLogger(plan.get("tracking_uri"), plan.get("mlflow_run_id"),
-                          max_retries=cfg.mlflow.max_retries,
-                          last_step=progress.global_step) if rank == 0 else MetricLogger(None, None)
+    logger = MetricLogger(None, None)
+    if rank == 0 and plan.get("tracking_uri") and plan.get("mlflow_run_id"):
+        # Steps at or below the last one MLflow already holds are never logged again: the
+        # controller may restore a checkpoint older than the last one this rank flushed for
+        # (a worker killed right after reporting), and those steps are then retrained.
+        from components.training.tracking import last_logged_step
+
+        last = max(progress.global_step,
+                   last_logged_step(plan["tracking_uri"], plan["mlflow_run_id"], "train_loss"))
+        logger = MetricLogger(plan["tracking_uri"], plan["mlflow_run_id"],
+                              max_retries=cfg.mlflow.max_retries, last_step=last)
 
     def meta_for(metrics: dict[str, float]) -> CheckpointMeta:
         return CheckpointMeta(
