@@ -42,6 +42,7 @@ import yaml
 from pydantic import Field
 
 from components.core.config import ConfigError, StrictModel, load_config
+from components.core.rayjobs import wait_for_job_agent
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "pipelines" / "configs" / "demo.yaml"
@@ -241,6 +242,10 @@ class Services:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise DemoError(f"the Ray head did not start; see {self.workdir / 'ray-head.log'}")
             time.sleep(1.0)
+        try:  # the dashboard answers before its job agent is ready to take submissions
+            wait_for_job_agent(ray_cli()[0], rec["dashboard"], env=ray_env())
+        except (TimeoutError, RuntimeError) as err:
+            raise DemoError(f"the Ray head takes no jobs: {err}") from None
         say(f"started Ray head at {rec['gcs_address']} (dashboard {rec['dashboard']}, pid {proc.pid})")
         return rec
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from components.core.rayjobs import wait_for_job_agent
+
 from components.tracking.server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,6 +93,7 @@ def head_cluster():
                 raise RuntimeError("ray start --head did not come up: "
                                    + (Path(temp_dir) / "ray-start.log").read_text()[-2000:])
             time.sleep(2)
+        wait_for_job_agent(RAY, address, env=env)  # `job list` answers before the agent is up
         yield address, env
     finally:
         _stop(proc, temp_dir)
