@@ -112,7 +112,12 @@ def init_from_classifier(detector: Yolos, classifier_state: dict[str, torch.Tens
         from components.core.checkpoint import load_checkpoint
 
         classifier_state, _ = load_checkpoint(classifier_state)
-    backbone_only = {k: v for k, v in classifier_state.items() if k.startswith("backbone.")}
+    # The classifier's pooling norm (``fc_norm``, present with global_pool="avg") reads a pooled
+    # token that YOLOS does not have: it is part of the classification head, dropped with it.
+    backbone_only = {
+        k: v for k, v in classifier_state.items()
+        if k.startswith("backbone.") and not k.startswith("backbone.fc_norm.")
+    }
     if not backbone_only:
         raise ValueError("the state dict has no 'backbone.*' keys: not a vitpipe ViT classifier")
     missing, unexpected = load_weights(detector, backbone_only, strict=False)

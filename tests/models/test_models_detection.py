@@ -142,6 +142,17 @@ def test_yolos_initialises_from_a_classification_vit():
         init_from_classifier(detector, {"head.fc.weight": torch.zeros(1)})
 
 
+def test_yolos_initialises_from_an_avg_pooled_vit():
+    """A classifier trained with global_pool="avg" has an fc_norm that belongs to its head."""
+    classifier = build_model("vit_demo", num_classes=5, img_size=64, global_pool="avg")
+    assert any(k.startswith("backbone.fc_norm.") for k in classifier.state_dict())
+    detector = build_model("yolos_demo", num_classes=3, img_size=64)
+    left = init_from_classifier(detector, classifier.state_dict())
+    # timm's avg-pooled ViT has no final token norm (fc_norm replaces it): that one keeps its init
+    assert {k for k in left if k.startswith("backbone.")} == {"backbone.norm.weight", "backbone.norm.bias"}
+    torch.testing.assert_close(detector.backbone.blocks[0].attn.qkv.weight, classifier.backbone.blocks[0].attn.qkv.weight)
+
+
 def _toy_detection_batch():
     """Four 64x64 images with 1–2 flat-coloured boxes each; the colour is the class."""
     from components.data.patchify import images_to_patches
