@@ -135,11 +135,32 @@ def train_table(d: dict) -> list[str]:
     return rows
 
 
+def accuracy_gpu_table(d: dict) -> list[str]:
+    st = d["settings"]
+    rows = [
+        f"**Time to accuracy of the demo classifiers** (`bench_accuracy_gpu.py`; {d['device']}, "
+        f"{d['precision']}, batch {st['batch']}, lr {st['lr']}, {st['steps']} steps, flip only, no Ray; "
+        "val top-1 on the synthetic shapes, 5 classes)",
+        "",
+        "| model | synthetic images (train crops) | best val top-1 | steps to 0.90 | steps to 0.95 | val top-1 at step 250 / 1000 / last |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in d["results"]:
+        at = {p["step"]: p["val_top1"] for p in r["curve"]}
+        last = r["curve"][-1]["val_top1"]
+        rows.append(
+            f"| {r['model']} | {r['synth_images']} ({r['train_crops']}) | {r['best_val_top1']} "
+            f"| {r['steps_to_0.90'] or '–'} | {r['steps_to_0.95'] or '–'} | {at.get(250, '–')} / {at.get(1000, '–')} / {last} |"
+        )
+    return rows
+
+
 SECTIONS = [
     ("data", data_table),
     ("models", models_table),
     ("train", train_table),
     ("train_gpu", train_gpu_table),
+    ("accuracy_gpu", accuracy_gpu_table),
     ("registry", registry_table),
     ("serve", serve_table),
 ]
