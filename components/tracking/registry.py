@@ -131,9 +131,13 @@ def _logging_run(run_id: str | None, tracking_uri: str | None, run_name: str) ->
         return
     mlf = client(tracking_uri)
     try:
-        previous = mlf.get_run(run_id).info.status
+        info = mlf.get_run(run_id).info
     except Exception as err:
         raise RegistryError(f"MLflow run {run_id} does not exist: {err}") from err
+    previous = info.status
+    # start_run(run_id) refuses a run outside the process's active experiment (a global that
+    # an earlier set_experiment, e.g. a promotion in the same process, may have moved).
+    mlflow.set_experiment(experiment_id=info.experiment_id)
     with mlflow.start_run(run_id=run_id):
         yield run_id
     if previous != "FINISHED":
