@@ -129,7 +129,7 @@ class TorchDetectionSet:
     def __getitem__(self, i: int) -> dict:
         import cv2
 
-        from components.data.dataset import _transform
+        from components.data.dataset import _transform, pad_boxes
         from components.data.image_io import decode_image
         from components.data.patchify import patchify
         from components.data.transforms import row_seed
@@ -142,13 +142,7 @@ class TorchDetectionSet:
         image, boxes, classes = transform(
             rgb, np.asarray(r["boxes"], np.float32).reshape(-1, 4),
             np.asarray(r["classes"], np.int64), seed=row_seed(spec.seed, 0, r["image_id"]))
-        m, k = spec.max_boxes, min(len(boxes), spec.max_boxes)
-        padded = np.zeros((m, 4), np.float32)
-        padded[:k] = boxes[:k]
-        labels = np.zeros((m,), np.int64)
-        labels[:k] = classes[:k]
-        mask = np.zeros((m,), bool)
-        mask[:k] = True
+        padded, labels, mask = pad_boxes(boxes, classes, spec.max_boxes)
         patches, grid = patchify(image, spec.patch_size)
         return {"patches": patches, "grid": np.asarray(grid, np.int64), "boxes": padded,
                 "classes": labels, "box_mask": mask, "image_id": r["image_id"],

@@ -51,6 +51,19 @@ log = logging.getLogger(__name__)
 Task = Literal["classification", "detection"]
 
 
+def pad_boxes(boxes: np.ndarray, classes: np.ndarray, max_boxes: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``[K, 4]`` boxes + ``[K]`` classes → fixed-shape ``[M, 4]``, ``[M]``, mask ``[M]`` (M = max_boxes)."""
+    k = min(len(boxes), max_boxes)
+    padded = np.zeros((max_boxes, 4), np.float32)
+    padded[:k] = boxes[:k]
+    labels = np.zeros((max_boxes,), np.int64)
+    labels[:k] = classes[:k]
+    mask = np.zeros((max_boxes,), bool)
+    mask[:k] = True
+    return padded, labels, mask
+
+
 def task_of(cfg: DataConfig) -> Task:
     return "detection" if cfg.format == "coco" else "classification"
 
@@ -125,13 +138,7 @@ def make_rows(batch: dict[str, np.ndarray], spec: RowSpec) -> dict[str, np.ndarr
             m = spec.max_boxes
             if len(boxes) > m:
                 log.warning("%s: %d boxes, keeping the first %d (max_boxes)", file, len(boxes), m)
-            k = min(len(boxes), m)
-            padded = np.zeros((m, 4), np.float32)
-            padded[:k] = boxes[:k]
-            labels = np.zeros((m,), np.int64)
-            labels[:k] = classes[:k]
-            mask = np.zeros((m,), bool)
-            mask[:k] = True
+            padded, labels, mask = pad_boxes(boxes, classes, m)
             rows["boxes"].append(padded)
             rows["classes"].append(labels)
             rows["box_mask"].append(mask)
