@@ -72,11 +72,14 @@ def head_cluster():
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex,
            "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    gcs, dashboard, client = free_port(), free_port(), free_port()
+    # Every port free and our own: the session's in-process cluster already holds Ray's default
+    # agent port (52365), and a second agent on it dies, leaving the head without a job agent.
+    gcs, dashboard, client, agent, metrics = (free_port() for _ in range(5))
     log = open(Path(temp_dir) / "ray-start.log", "wb")
     proc = subprocess.Popen(
         [RAY, "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
          "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", f"--ray-client-server-port={client}",
+         f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}",
          "--num-cpus=3", "--object-store-memory=400000000", f"--temp-dir={temp_dir}",
          "--include-dashboard=true", "--disable-usage-stats"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -93,7 +96,12 @@ def head_cluster():
                 raise RuntimeError("ray start --head did not come up: "
                                    + (Path(temp_dir) / "ray-start.log").read_text()[-2000:])
             time.sleep(2)
-        wait_for_job_agent(RAY, address, env=env)  # `job list` answers before the agent is up
+        try:  # `job list` answers before the agent is up
+            wait_for_job_agent(RAY, address, env=env)
+        except TimeoutError as err:
+            agent_log = Path(temp_dir) / "session_latest" / "logs" / "dashboard_agent.log"
+            tail = agent_log.read_text()[-2000:] if agent_log.exists() else "(no agent log)"
+            raise TimeoutError(f"{err}\n--- dashboard_agent.log ---\n{tail}") from None
         yield address, env
     finally:
         _stop(proc, temp_dir)
