@@ -68,10 +68,9 @@ def _on_sigterm(signum, frame) -> None:
 def install_sigterm_handler() -> None:
     """Turn SIGTERM into a stop request while the training loop runs in this process.
 
-    Must run in the process's main thread: the driver passes it to ``ray.init`` as the
-    job's ``worker_process_setup_hook`` (so every Ray worker process installs it at start;
-    processes that do not train keep Ray's behaviour), and it is called directly when the
-    loop runs without Ray.
+    Must run in the process's main thread: a Ray Train worker gets it through
+    :func:`arm_sigterm_in_ray_worker` (its own actor runs it there); without Ray, call it
+    directly. Processes that do not train keep their previous handler's behaviour.
     """
     global _PREVIOUS_HANDLER
     if threading.current_thread() is threading.main_thread():
@@ -83,6 +82,32 @@ def install_sigterm_handler() -> None:
 
 def stop_requested() -> bool:
     return _STOP.is_set()
+
+
+def arm_sigterm_in_ray_worker() -> bool:
+    """Install :func:`install_sigterm_handler` in this Ray Train worker process's main thread.
+
+    The training function runs in a thread of the worker actor, and Ray's worker main loop
+    sets its own SIGTERM handler (exit) after any ``worker_process_setup_hook`` ran, so the
+    handler can only be installed afterwards, from the main thread: the actor executes its
+    tasks there, so this rank asks its own actor to run the installer. Returns whether our
+    handler is now the process's SIGTERM handler (logged when not: SIGTERM then exits the
+    worker without a checkpoint, and ``FailureConfig`` resumes from the last one).
+    """
+    if threading.current_thread() is threading.main_thread():
+        install_sigterm_handler()
+    else:
+        try:
+            import ray
+
+            actor = ray.get_runtime_context().current_actor
+            ray.get(actor.execute.remote(install_sigterm_handler), timeout=60)
+        except Exception as err:  # noqa: BLE001 - degrade to Ray's behaviour, loudly
+            log.warning("could not install the SIGTERM checkpoint handler: %s", err)
+    armed = signal.getsignal(signal.SIGTERM) is _on_sigterm
+    if not armed:
+        log.warning("SIGTERM handler not installed: a SIGTERM ends this worker without a checkpoint")
+    return armed
 
 
 # ---------------------------------------------------------------------------- model setup
@@ -192,15 +217,22 @@ def _all_any(flag: bool, device: torch.device) -> bool:
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's ``train_loop_per_worker``. ``loop_config``: ``train`` (TrainConfig as a
     dict) and ``plan`` (decided by the driver: class names, step counts, MLflow run id...)."""
+    cfg = TrainConfig.model_validate(loop_config["train"])
+    _TRAINING.set()
+    arm_sigterm_in_ray_worker()
+    try:
+        _train(cfg, loop_config["plan"])
+    finally:
+        _TRAINING.clear()  # a SIGTERM after training ends Ray's way again
+
+
+def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint
 
     from components.data.loader import iter_batches
 
-    cfg = TrainConfig.model_validate(loop_config["train"])
-    plan = loop_config["plan"]
-    _TRAINING.set()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -286,6 +318,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     global_batch = cfg.batch_size * accum * world
     every = cfg.checkpoint.every_n_steps
     fault_marker = plan.get("fault_marker")
+    heartbeat = _Heartbeat(plan.get("heartbeat_dir"), rank, progress.global_step)
 
     while progress.global_step < total_steps and progress.epoch < plan["epochs"]:
         skip = progress.batch_in_epoch
@@ -319,6 +352,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                         metrics[f"train_{key}"] = float(value)
                 logger.log(metrics, step)
                 window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
+                heartbeat.beat(step)
                 stop = _all_any(stop_requested() or _preempted(), device)
                 if stop:
                     report({"stopped": 1.0}, with_checkpoint=True, kind="stop")
@@ -356,6 +390,29 @@ def _preempted() -> bool:
         return ray.train.get_preemption_info() is not None
     except Exception:  # older Ray or not inside Ray Train
         return False
+
+
+class _Heartbeat:
+    """Test/ops hook (``run.heartbeat``, off): this rank's pid and step in the run's storage."""
+
+    def __init__(self, directory: str | None, rank: int, started_at_step: int):
+        self.path = None
+        if directory:
+            from components.training import storage
+
+            self.path = storage.join(directory, f"rank{rank}.json")
+        self.started_at_step = started_at_step
+
+    def beat(self, step: int) -> None:
+        if self.path is None:
+            return
+        import json
+
+        from components.training import storage
+
+        storage.write_text(self.path, json.dumps({
+            "pid": os.getpid(), "step": step, "started_at_step": self.started_at_step,
+            "stop_requested": stop_requested(), "time": time.time()}))
 
 
 def _maybe_inject_fault(cfg: TrainConfig, rank: int, step: int, marker: str | None) -> None:

@@ -28,7 +28,7 @@ import torch
 from components.core.config import ConfigError, dump_config, flatten
 from components.training import storage
 from components.training.config import TrainConfig, resolve_data_config
-from components.training.loop import install_sigterm_handler, steps_plan, train_loop_per_worker
+from components.training.loop import steps_plan, train_loop_per_worker
 from components.training.tracking import (
     TrackingError, check_tracking_server, log_params_safely, open_run, retry, system_info,
 )
@@ -56,11 +56,10 @@ def ensure_ray(cfg: TrainConfig | None = None) -> None:
             need = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 2
             num_cpus = int(max(os.cpu_count() or 1, need))
         local = {"_node_ip_address": "127.0.0.1"} if address is None else {}  # loopback only
+        # No worker_process_setup_hook for SIGTERM: Ray's worker main loop replaces any
+        # handler a hook installs; each training worker arms its own (loop.py).
         ray.init(address=address, num_cpus=num_cpus, configure_logging=False,
-                 log_to_driver=True, **local,
-                 # Every worker process of this job turns SIGTERM into "checkpoint, then exit".
-                 runtime_env={"worker_process_setup_hook":
-                              "components.training.loop.install_sigterm_handler"})
+                 log_to_driver=True, **local)
 
 
 def resolve_init(init_from: str, tracking_uri: str | None) -> tuple[dict[str, torch.Tensor], dict]:
@@ -169,6 +168,7 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[st
         "fingerprint": train.fingerprint, "mlflow_run_id": run_id, "tracking_uri": uri,
         "has_val": True, "init_state_ref": init_ref, "init_meta": init_meta,
         "fault_marker": storage.join(run_dir, "fault_injected") if cfg.run.fail_at_step else None,
+        "heartbeat_dir": storage.join(run_dir, "heartbeat") if cfg.run.heartbeat else None,
     }
     from components.training.progress import ProgressCallback
 
