@@ -65,6 +65,8 @@ def _build_timm(
     """``norm_eps`` sets the transformer LayerNorm eps (Hugging Face ViTs use 1e-12)."""
     if family != "cnn":
         timm_kwargs["img_size"] = img_size
+    if family in ("vit", "tnt"):  # the hybrid's patch is its CNN stem's stride, fixed by the stem
+        timm_kwargs["patch_size"] = patch_size
     if norm_eps is not None:
         timm_kwargs["norm_layer"] = partial(nn.LayerNorm, eps=norm_eps)
     backbone = timm.create_model(timm_name, pretrained=False, num_classes=0, **timm_kwargs)

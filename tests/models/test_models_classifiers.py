@@ -67,6 +67,20 @@ def test_wrong_grid_is_a_clear_error():
         model(torch.zeros(1, 36, 768, dtype=torch.uint8), (6, 6))
 
 
+@pytest.mark.parametrize("name", ["vit_demo", "deit_demo"])
+def test_patch_size_override_reaches_the_patch_embedding(name):
+    """``patch_size=8`` builds an 8x8 patch embedding with one position per 8x8 patch (a
+    wrapper that said 8 while timm embedded 16x16 patches once trained the wrong model)."""
+    model = build_model(name, num_classes=5, img_size=64, patch_size=8)
+    assert model.patch_size == 8 and model.grid_size == (8, 8)
+    assert model.backbone.patch_embed.proj.kernel_size == (8, 8)
+    assert model.backbone.pos_embed.shape[1] == 1 + 8 * 8
+    patches, grid = images_to_patches(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8), 8)
+    assert model(patches, grid).shape == (2, 5)
+    rebuilt = build_model(model.name, **model.build_config)
+    assert rebuilt.backbone.patch_embed.proj.kernel_size == (8, 8)
+
+
 def test_mlp_head_then_linear_head_for_fine_tuning():
     model = build_model("vit_demo", num_classes=10, head="mlp")
     assert hasattr(model.head, "hidden") and isinstance(model.head.act, torch.nn.Tanh)
