@@ -1,6 +1,9 @@
-"""Supervised pretraining of a ViT-family classifier (MLP head) on Ray Train.
+"""Pretraining on Ray Train: supervised (a ViT-family classifier with the MLP head,
+``task: classification``) or self-supervised masked-autoencoder pretraining of a ViT encoder
+on the images alone (``task: mae``; labels unused; see docs/training.md).
 
 ``python -m pipelines.pretrain --config pipelines/configs/pretrain.yaml [overrides]``
+``python -m pipelines.pretrain --config pipelines/configs/pretrain_mae.yaml [overrides]``
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from pipelines._common import main
 
 
 def check(cfg: TrainConfig) -> None:
-    if cfg.task != "classification":
-        raise ConfigError("pretrain trains classifiers: task must be 'classification'")
+    if cfg.task not in ("classification", "mae"):
+        raise ConfigError("pretrain trains classifiers or MAE encoders: task must be 'classification' or 'mae'")
 
 
 if __name__ == "__main__":

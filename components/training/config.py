@@ -119,6 +119,24 @@ class EvalSection(StrictModel):
     score_threshold: float = Field(0.0, ge=0, le=1)
 
 
+class MaeSection(StrictModel):
+    """Masked-autoencoder pretraining (``task: mae``, He et al. 2021); see ``components.models.mae``."""
+
+    mask_ratio: float = Field(0.75, gt=0, lt=1)  # share of patches hidden from the encoder
+    decoder_dim: int = Field(64, ge=8)
+    decoder_depth: int = Field(2, ge=1)
+    decoder_heads: int = Field(4, ge=1)
+    decoder_mlp_ratio: float = Field(4.0, gt=0)
+    norm_pix_loss: bool = True  # per-patch normalised pixel targets (the paper's default)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "MaeSection":
+        if self.decoder_dim % self.decoder_heads:
+            raise ValueError(f"mae.decoder_dim ({self.decoder_dim}) must be a multiple of "
+                             f"mae.decoder_heads ({self.decoder_heads})")
+        return self
+
+
 class TrainConfig(StrictModel):
     """Everything one pipeline run needs. ``task`` picks the loss and the evaluator.
 
@@ -126,7 +144,8 @@ class TrainConfig(StrictModel):
     says whether and under which name the final checkpoint is registered.
     """
 
-    task: Literal["classification", "detection"] = "classification"
+    # mae: self-supervised masked-autoencoder pretraining of a ViT encoder (labels unused).
+    task: Literal["classification", "detection", "mae"] = "classification"
     model: ModelSection = Field(default_factory=ModelSection)
     data: dict[str, Any] = Field(default_factory=dict)
     scaling: ScalingSection = Field(default_factory=ScalingSection)
@@ -140,9 +159,16 @@ class TrainConfig(StrictModel):
     mlflow: MlflowSection = Field(default_factory=MlflowSection)
     registry: RegisterSection = Field(default_factory=RegisterSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    mae: MaeSection = Field(default_factory=MaeSection)
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
+        if self.task == "mae":
+            if self.model.init_from:
+                raise ValueError("task 'mae' trains an encoder from scratch: model.init_from is not supported")
+            # In-loop validation is the masked-patch reconstruction loss: lower is better.
+            object.__setattr__(self.checkpoint, "metric", "val_loss")
+            object.__setattr__(self.checkpoint, "mode", "min")
         if self.task == "detection" and self.checkpoint.metric.startswith("val_top"):
             # In-loop validation of detectors is the val loss; mAP is the final evaluation.
             object.__setattr__(self.checkpoint, "metric", "val_loss")
@@ -166,10 +192,25 @@ def resolve_data_config(cfg: TrainConfig):
         raise ConfigError("\n".join(lines)) from None
 
 
+def check_model(cfg: TrainConfig) -> None:
+    """The model name is registered and fits the task (MAE: a ViT-family encoder)."""
+    from components.models import get_spec
+
+    try:
+        spec = get_spec(cfg.model.name)
+    except KeyError as err:
+        raise ConfigError(f"model.name: {err.args[0]}") from None
+    if cfg.task == "mae" and (spec.task != "classification" or spec.family != "vit"):
+        raise ConfigError(f"task 'mae' needs a ViT-family encoder (e.g. vit_demo, deit_demo, "
+                          f"vit_small_patch16_224); {cfg.model.name!r} is a {spec.family} {spec.task} model")
+
+
 def load_train_config(path, overrides: list[str] = ()) -> TrainConfig:
     """Read, override and validate a training config, the data section included."""
     from components.core.config import load_config
 
     cfg = load_config(TrainConfig, path, overrides)
     resolve_data_config(cfg)
+    if cfg.task == "mae":
+        check_model(cfg)
     return cfg

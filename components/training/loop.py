@@ -124,6 +124,11 @@ def build_task_model(cfg: TrainConfig, *, num_classes: int, image_size: int,
     from components.models import build_model
 
     overrides = dict(cfg.model.overrides)
+    if cfg.task == "mae":  # a fresh ViT encoder inside the masked autoencoder (labels unused)
+        from components.models.mae import build_mae
+
+        return build_mae(cfg.model.name, img_size=image_size, head=cfg.model.head, overrides=overrides,
+                         **cfg.mae.model_dump(), eval_seed=cfg.run.seed)
     if init_state is None:
         return build_model(cfg.model.name, num_classes=num_classes, img_size=image_size,
                            head=cfg.model.head, **overrides) if cfg.task == "classification" \
@@ -157,9 +162,62 @@ def build_task_model(cfg: TrainConfig, *, num_classes: int, image_size: int,
 def make_loss(cfg: TrainConfig, num_classes: int):
     if cfg.task == "classification":
         return classification_loss(cfg.optim.label_smoothing)
+    if cfg.task == "mae":
+        return mae_loss()
     from components.models.criterion import build_criterion
 
     return detection_loss(build_criterion(num_classes))
+
+
+def mae_loss():
+    """``loss_fn(model, batch) -> {"loss_recon"}``: the MAE computes its masked-patch loss
+    in its forward (under DDP the wrapped module must run it); labels/boxes are ignored."""
+
+    def loss_fn(model, batch):
+        return {"loss_recon": model(batch["patches"], batch_grid(batch))["loss_recon"]}
+
+    loss_fn.weight_dict = {"loss_recon": 1.0}
+    return loss_fn
+
+
+MAE_DECODER_FILE = "mae_decoder.safetensors"
+
+
+def checkpoint_weights(model: torch.nn.Module, task: str) -> dict[str, torch.Tensor]:
+    """The weights saved as ``model.safetensors``: the model's, or an MAE's encoder alone
+    (a classifier in the checkpoint contract, so fine-tuning and YOLOS start from it)."""
+    return model.encoder.state_dict() if task == "mae" else model.state_dict()
+
+
+def save_extra_weights(directory: str, model: torch.nn.Module, task: str) -> None:
+    """MAE: the decoder (and mask token) beside the encoder, for resuming the pretraining."""
+    if task == "mae":
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.decoder_state_dict().items()},
+                  os.path.join(directory, MAE_DECODER_FILE))
+
+
+def restore_weights(model: torch.nn.Module, task: str, state_dict: dict[str, torch.Tensor],
+                    directory: str) -> None:
+    if task != "mae":
+        model.load_state_dict(state_dict)
+        return
+    from safetensors.torch import load_file
+
+    model.encoder.load_state_dict(state_dict)
+    missing, unexpected = model.load_state_dict(load_file(os.path.join(directory, MAE_DECODER_FILE)),
+                                                strict=False)
+    missing = [k for k in missing if not k.startswith("encoder.")]
+    if missing or unexpected:
+        raise RuntimeError(f"MAE decoder state does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def loader_task(cfg: TrainConfig, data_format: str | None) -> str:
+    """The batch contract the loader collates: an MAE reads either format, ignoring labels."""
+    if cfg.task != "mae":
+        return cfg.task
+    return "detection" if data_format == "coco" else "classification"
 
 
 # ---------------------------------------------------------------------------- validation
@@ -261,7 +319,7 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             state_dict, meta = load_checkpoint(ckpt_dir, map_location="cpu")
-            base.load_state_dict(state_dict)
+            restore_weights(base, cfg.task, state_dict, ckpt_dir)
             progress = load_train_state(ckpt_dir, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
             load_rng(ckpt_dir, rank)
             best_val = {k: v for k, v in meta.metrics.items() if k.startswith("val_")}
@@ -281,14 +339,19 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
         logger = MetricLogger(plan["tracking_uri"], plan["mlflow_run_id"],
                               max_retries=cfg.mlflow.max_retries, last_step=last)
 
+    mae_extra = {"objective": "mae", "mae": cfg.mae.model_dump(), "decoder_file": MAE_DECODER_FILE} \
+        if cfg.task == "mae" else {}
+
     def meta_for(metrics: dict[str, float]) -> CheckpointMeta:
+        # MAE: the encoder as a classifier with no classes (task "classification", head unused).
         return CheckpointMeta(
-            model_name=cfg.model.name, task=cfg.task, model_config=dict(base.build_config),
-            class_names=list(plan["class_names"]), image_size=plan["image_size"],
+            model_name=cfg.model.name, task="classification" if cfg.task == "mae" else cfg.task,
+            model_config=dict(base.build_config),
+            class_names=[] if cfg.task == "mae" else list(plan["class_names"]), image_size=plan["image_size"],
             patch_size=int(base.patch_size), mean=tuple(base.mean), std=tuple(base.std),
             data_fingerprint=plan.get("fingerprint", ""), step=progress.global_step,
             metrics=metrics, extra={"run_name": cfg.run.name, "mlflow_run_id": plan.get("mlflow_run_id"),
-                                    "epoch": progress.epoch},
+                                    "epoch": progress.epoch, **mae_extra},
         )
 
     def report(metrics: dict[str, float], *, with_checkpoint: bool, kind: str = "mid") -> None:
@@ -303,7 +366,8 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="vitpipe-ckpt-") as tmp:
             save_rng(tmp, rank)
             if rank == 0:
-                save_checkpoint(tmp, base.state_dict(), meta_for(ckpt_metrics))
+                save_checkpoint(tmp, checkpoint_weights(base, cfg.task), meta_for(ckpt_metrics))
+                save_extra_weights(tmp, base, cfg.task)
                 save_train_state(tmp, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                                  progress=progress)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
@@ -318,6 +382,7 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
     global_batch = cfg.batch_size * accum * world
     every = cfg.checkpoint.every_n_steps
     fault_marker = plan.get("fault_marker")
+    batch_task = plan.get("loader_task", cfg.task)
     heartbeat = _Heartbeat(plan.get("heartbeat_dir"), rank, progress.global_step)
 
     while progress.global_step < total_steps and progress.epoch < plan["epochs"]:
@@ -326,7 +391,7 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
         window_loss, window_n = 0.0, 0
         t_window = time.perf_counter()
         for micro, batch in enumerate(iter_batches(train_shard, batch_size=cfg.batch_size,
-                                                   task=cfg.task, drop_last=True, device=device)):
+                                                   task=batch_task, drop_last=True, device=device)):
             # Resumed mid-epoch: batches this rank consumed before the checkpoint are skipped;
             # a trailing remainder shorter than one optimizer step is not trained on.
             if micro < skip or micro >= micro_per_epoch or progress.global_step >= total_steps:
@@ -370,7 +435,7 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
         val = {}
         if val_shard is not None and (progress.epoch % cfg.eval.every_n_epochs == 0
                                       or progress.global_step >= total_steps):
-            val = validate(base, iter_batches(val_shard, batch_size=cfg.eval.batch_size, task=cfg.task,
+            val = validate(base, iter_batches(val_shard, batch_size=cfg.eval.batch_size, task=batch_task,
                                               drop_last=False, device=device),
                            task=cfg.task, loss_fn=loss_fn, device=device, amp_dtype=amp)
             best_val = dict(val)

@@ -27,8 +27,8 @@ import torch
 
 from components.core.config import ConfigError, dump_config, flatten
 from components.training import storage
-from components.training.config import TrainConfig, resolve_data_config
-from components.training.loop import steps_plan, train_loop_per_worker
+from components.training.config import TrainConfig, check_model, resolve_data_config
+from components.training.loop import loader_task, steps_plan, train_loop_per_worker
 from components.training.tracking import (
     TrackingError, check_tracking_server, log_params_safely, open_run, retry, system_info,
 )
@@ -109,6 +109,8 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[st
     from components.data.dataset import build_dataset
 
     data_cfg = resolve_data_config(cfg)
+    if cfg.task == "mae":
+        check_model(cfg)
     started = time.monotonic()
     ensure_ray(cfg)
     import ray.data
@@ -169,6 +171,7 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[st
         "has_val": True, "init_state_ref": init_ref, "init_meta": init_meta,
         "fault_marker": storage.join(run_dir, "fault_injected") if cfg.run.fail_at_step else None,
         "heartbeat_dir": storage.join(run_dir, "heartbeat") if cfg.run.heartbeat else None,
+        "loader_task": loader_task(cfg, data_cfg.format),
     }
     from components.training.progress import ProgressCallback
 
@@ -218,7 +221,10 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[st
         retry(lambda: client.log_dict(run_id, report, "eval/report.json"), attempts=3, what="log eval report")
         for png in report.pop("_plots", []):
             retry(lambda: client.log_artifact(run_id, png, "eval"), attempts=3, what="log plot")
-        if cfg.registry.enabled:
+        if cfg.registry.enabled and cfg.task == "mae":
+            log.info("task mae: the checkpoint is a ViT encoder to fine-tune (pipelines.finetune / "
+                     "pipelines.detect model.init_from=%s), nothing to serve: not registered", best.path)
+        elif cfg.registry.enabled:
             from components.tracking.registry import register_checkpoint
 
             registered_version = register_checkpoint(
@@ -287,6 +293,12 @@ def evaluate_checkpoint(checkpoint_dir: Path, val_bundle, cfg: TrainConfig) -> d
     from components.tracking.packaging import model_from_checkpoint
     from components.training import evaluate as ev
 
+    if cfg.task == "mae":  # no classes to score: the best val reconstruction loss is the report
+        from components.core.checkpoint import read_meta
+
+        meta = read_meta(checkpoint_dir)
+        return {"val_loss": meta.metrics.get("val_loss"), "step": meta.step,
+                "checkpoint_metrics": meta.metrics, "_plots": []}
     device = pick_device(prefer_gpu=cfg.scaling.use_gpu)
     model, meta = model_from_checkpoint(checkpoint_dir, device=device)
     amp = autocast_dtype(device, cfg.precision)
