@@ -31,6 +31,7 @@ class AugmentConfig(StrictModel):
     enabled: bool = True
     hflip: float = Field(0.5, ge=0, le=1)  # probability
     vflip: float = Field(0.0, ge=0, le=1)
+    rotate90: float = Field(0.0, ge=0, le=1)  # probability of a random quarter turn (k = 0..3)
     scale: tuple[float, float] = (0.6, 1.0)  # RandomResizedCrop area fraction
     ratio: tuple[float, float] = (0.75, 1.3333)  # RandomResizedCrop aspect range
     brightness: float = Field(0.3, ge=0)

@@ -59,6 +59,7 @@ def build_train_augment(aug: AugmentConfig, image_size: int, *, with_boxes: bool
                             ratio=tuple(aug.ratio), p=1.0),
         A.HorizontalFlip(p=aug.hflip),
         A.VerticalFlip(p=aug.vflip),
+        A.RandomRotate90(p=aug.rotate90),
         A.ColorJitter(brightness=aug.brightness, contrast=aug.contrast,
                       saturation=aug.saturation, hue=aug.hue, p=aug.color_p),
     ]

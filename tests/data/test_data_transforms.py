@@ -17,7 +17,8 @@ def _bright(image: np.ndarray) -> np.ndarray:
 
 def test_augmented_box_still_covers_the_painted_object():
     image, box = painted(80, 60)
-    aug = AugmentConfig(hflip=0.5, vflip=0.5, scale=(0.3, 1.0), color_p=0.0, min_visibility=0.0)
+    aug = AugmentConfig(hflip=0.5, vflip=0.5, rotate90=0.5, scale=(0.3, 1.0), color_p=0.0,
+                        min_visibility=0.0)
     transform = ImageTransform(task="detection", training=True, image_size=64, augment=aug)
     kept = 0
     for seed in range(40):
@@ -37,6 +38,21 @@ def test_augmented_box_still_covers_the_painted_object():
         inside = mask[int(np.ceil(y0)):int(y1), int(np.ceil(x0)):int(x1)]
         assert inside.mean() > 0.8, seed
     assert kept >= 20
+
+
+def test_quarter_turns_rotate_the_box_with_the_image():
+    image, box = painted(64, 64)  # a 20x14 object: a quarter turn makes it 14x20
+    aug = AugmentConfig(hflip=0.0, rotate90=1.0, scale=(1.0, 1.0), ratio=(1.0, 1.0), color_p=0.0)
+    transform = ImageTransform(task="detection", training=True, image_size=64, augment=aug)
+    shapes = set()
+    for seed in range(12):
+        out, boxes, _ = transform(image, np.array([box]), np.array([1]), seed=seed)
+        mask = _bright(out)
+        ys, xs = np.nonzero(mask)
+        w, h = (boxes[0, 2:] * 64).round().tolist()
+        assert (w, h) == (xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()), seed
+        shapes.add((w, h))
+    assert shapes == {(20.0, 14.0), (14.0, 20.0)}
 
 
 def test_min_visibility_drops_mostly_cropped_boxes():
