@@ -5,11 +5,11 @@ Per rank: build the model (``prepare_model`` wraps it in DDP), restore the last 
 if Ray Train hands one over (weights, optimizer, scheduler, data position, RNG), then train
 with :class:`components.training.step.StepRunner` on this rank's dataset shard.
 
-Checkpoints are reported from every rank with ``ray.train.report(metrics, checkpoint=...)``:
-rank 0 writes the weights (checkpoint contract) and the resume state, every rank its RNG
-state; Ray Train merges the ranks' directories. Rank 0 logs metrics to the driver's MLflow
-run, flushing each step's metrics only once the checkpoint covering it is committed, so a
-restarted run never logs a step twice.
+Checkpoints are reported from every rank through
+:class:`components.training.reporting.CheckpointReporter` (rank 0: weights in the checkpoint
+contract + resume state; every rank: its RNG state; Ray Train merges the directories). Rank 0
+logs metrics to the driver's MLflow run, flushing each step's metrics only once the
+checkpoint covering it is committed, so a restarted run never logs a step twice.
 
 A stop request (SIGTERM from a node drain or spot preemption, or Ray Train's preemption
 notice) makes every rank write a checkpoint at the next step boundary before it exits.
@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import signal
-import tempfile
 import threading
 import time
 from typing import Any
@@ -29,11 +28,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from components.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from components.core.device import autocast_dtype, needs_grad_scaler
 from components.training.config import TrainConfig
 from components.training.optim import build_optimizer, build_scheduler
-from components.training.state import Progress, load_rng, load_train_state, save_rng, save_train_state
+from components.training.reporting import CheckpointReporter, restore_from
+from components.training.state import Progress
 from components.training.step import StepRunner, batch_grid, classification_loss, detection_loss
 from components.training.tracking import MetricLogger
 
@@ -180,39 +179,6 @@ def mae_loss():
     return loss_fn
 
 
-MAE_DECODER_FILE = "mae_decoder.safetensors"
-
-
-def checkpoint_weights(model: torch.nn.Module, task: str) -> dict[str, torch.Tensor]:
-    """The weights saved as ``model.safetensors``: the model's, or an MAE's encoder alone
-    (a classifier in the checkpoint contract, so fine-tuning and YOLOS start from it)."""
-    return model.encoder.state_dict() if task == "mae" else model.state_dict()
-
-
-def save_extra_weights(directory: str, model: torch.nn.Module, task: str) -> None:
-    """MAE: the decoder (and mask token) beside the encoder, for resuming the pretraining."""
-    if task == "mae":
-        from safetensors.torch import save_file
-
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.decoder_state_dict().items()},
-                  os.path.join(directory, MAE_DECODER_FILE))
-
-
-def restore_weights(model: torch.nn.Module, task: str, state_dict: dict[str, torch.Tensor],
-                    directory: str) -> None:
-    if task != "mae":
-        model.load_state_dict(state_dict)
-        return
-    from safetensors.torch import load_file
-
-    model.encoder.load_state_dict(state_dict)
-    missing, unexpected = model.load_state_dict(load_file(os.path.join(directory, MAE_DECODER_FILE)),
-                                                strict=False)
-    missing = [k for k in missing if not k.startswith("encoder.")]
-    if missing or unexpected:
-        raise RuntimeError(f"MAE decoder state does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
-
-
 def loader_task(cfg: TrainConfig, data_format: str | None) -> str:
     """The batch contract the loader collates: an MAE reads either format, ignoring labels."""
     if cfg.task != "mae":
@@ -287,7 +253,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
-    from ray.train import Checkpoint
 
     from components.data.loader import iter_batches
 
@@ -318,11 +283,8 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            state_dict, meta = load_checkpoint(ckpt_dir, map_location="cpu")
-            restore_weights(base, cfg.task, state_dict, ckpt_dir)
-            progress = load_train_state(ckpt_dir, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
-            load_rng(ckpt_dir, rank)
-            best_val = {k: v for k, v in meta.metrics.items() if k.startswith("val_")}
+            progress, best_val = restore_from(ckpt_dir, task=cfg.task, model=base, optimizer=optimizer,
+                                              scheduler=scheduler, scaler=scaler, rank=rank)
         if rank == 0:
             log.info("resumed at step %d (epoch %d, batch %d)", progress.global_step,
                      progress.epoch, progress.batch_in_epoch)
@@ -339,40 +301,9 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
         logger = MetricLogger(plan["tracking_uri"], plan["mlflow_run_id"],
                               max_retries=cfg.mlflow.max_retries, last_step=last)
 
-    mae_extra = {"objective": "mae", "mae": cfg.mae.model_dump(), "decoder_file": MAE_DECODER_FILE} \
-        if cfg.task == "mae" else {}
-
-    def meta_for(metrics: dict[str, float]) -> CheckpointMeta:
-        # MAE: the encoder as a classifier with no classes (task "classification", head unused).
-        return CheckpointMeta(
-            model_name=cfg.model.name, task="classification" if cfg.task == "mae" else cfg.task,
-            model_config=dict(base.build_config),
-            class_names=[] if cfg.task == "mae" else list(plan["class_names"]), image_size=plan["image_size"],
-            patch_size=int(base.patch_size), mean=tuple(base.mean), std=tuple(base.std),
-            data_fingerprint=plan.get("fingerprint", ""), step=progress.global_step,
-            metrics=metrics, extra={"run_name": cfg.run.name, "mlflow_run_id": plan.get("mlflow_run_id"),
-                                    "epoch": progress.epoch, **mae_extra},
-        )
-
-    def report(metrics: dict[str, float], *, with_checkpoint: bool, kind: str = "mid") -> None:
-        metrics = {**metrics, "step": progress.global_step, "epoch": progress.epoch,
-                   "samples_seen": progress.samples_seen}
-        if not with_checkpoint:
-            ray.train.report(metrics)
-            return
-        ckpt_metrics = {**best_val, **{k: v for k, v in metrics.items() if k.startswith("val_")}}
-        metrics = {**ckpt_metrics, **metrics}
-        metrics.setdefault(cfg.checkpoint.metric, _worst(cfg.checkpoint.mode))
-        with tempfile.TemporaryDirectory(prefix="vitpipe-ckpt-") as tmp:
-            save_rng(tmp, rank)
-            if rank == 0:
-                save_checkpoint(tmp, checkpoint_weights(base, cfg.task), meta_for(ckpt_metrics))
-                save_extra_weights(tmp, base, cfg.task)
-                save_train_state(tmp, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                                 progress=progress)
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"checkpoint_step{progress.global_step:07d}_{kind}")
-        logger.flush(up_to_step=progress.global_step)  # committed: these steps are final
+    reporter = CheckpointReporter(cfg=cfg, plan=plan, model=base, optimizer=optimizer, scheduler=scheduler,
+                                  scaler=scaler, rank=rank, progress=progress, logger=logger, best_val=best_val)
+    report = reporter.report
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if plan.get("has_val") else None
@@ -438,14 +369,10 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
             val = validate(base, iter_batches(val_shard, batch_size=cfg.eval.batch_size, task=batch_task,
                                               drop_last=False, device=device),
                            task=cfg.task, loss_fn=loss_fn, device=device, amp_dtype=amp)
-            best_val = dict(val)
+            reporter.best_val = dict(val)
             logger.log(val, progress.global_step)
         report(val, with_checkpoint=True, kind=f"epoch{progress.epoch}")
     logger.flush()
-
-
-def _worst(mode: str) -> float:
-    return -1e9 if mode == "max" else 1e9
 
 
 def _preempted() -> bool:

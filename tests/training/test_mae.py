@@ -14,7 +14,8 @@ from components.core.checkpoint import load_checkpoint, read_meta
 from components.core.config import ConfigError
 from components.models.mae import MaeConfigError, build_mae, masked_patch_loss
 from components.training.config import load_train_config
-from components.training.loop import MAE_DECODER_FILE, build_task_model
+from components.training.loop import build_task_model
+from components.training.reporting import MAE_DECODER_FILE
 from components.training.trainer import run_training
 
 CONFIGS = Path(__file__).resolve().parents[2] / "pipelines" / "configs"
@@ -155,3 +156,25 @@ def test_finetune_and_yolos_start_from_the_mae_encoder(mae_run, synth_dataset, t
     ft = run_training(cfg)
     assert ft["steps"] == 6 and 0.0 <= ft["metrics"]["top1"] <= 1.0
     assert read_meta(ft["local_checkpoint"]).step == 6
+
+
+def test_mae_checkpoint_round_trip_restores_encoder_and_decoder(tmp_path):
+    """What the loop saves for an MAE (encoder in the contract + decoder file) restores the
+    whole autoencoder, so a stopped/restarted MAE pretraining resumes with its decoder."""
+    from components.core.checkpoint import CheckpointMeta, save_checkpoint
+    from components.training.reporting import checkpoint_weights, restore_weights, save_extra_weights
+
+    kwargs = dict(img_size=64, decoder_dim=32, decoder_depth=1, decoder_heads=2)
+    torch.manual_seed(0)
+    saved = build_mae("vit_demo", **kwargs)
+    torch.manual_seed(1)
+    fresh = build_mae("vit_demo", **kwargs)
+    meta = CheckpointMeta(model_name="vit_demo", task="classification", model_config=saved.build_config,
+                          class_names=[], image_size=64, patch_size=16, mean=saved.mean, std=saved.std,
+                          data_fingerprint="", step=3, metrics={}, extra={"objective": "mae"})
+    save_checkpoint(tmp_path, checkpoint_weights(saved, "mae"), meta)
+    save_extra_weights(str(tmp_path), saved, "mae")
+    state, _ = load_checkpoint(tmp_path)
+    restore_weights(fresh, "mae", state, str(tmp_path))
+    a, b = saved.state_dict(), fresh.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,132 @@
+"""Checkpoint reporting of the training loop: what a rank hands to ``ray.train.report`` and
+how it restores from the checkpoint Ray Train hands back. One job: checkpoint I/O per rank.
+
+A checkpoint directory (merged by Ray Train from every rank's temporary directory):
+- rank 0: ``model.safetensors`` + ``vitpipe.json`` (the checkpoint contract: for ``task: mae``
+  the ENCODER as a classifier with no classes, and ``mae_decoder.safetensors`` beside it),
+  ``optimizer.safetensors`` + ``train_state.json`` (optimizer, scheduler, scaler, progress);
+- every rank: ``rng_rank<r>.{safetensors,json}``.
+
+Every rank calls :meth:`CheckpointReporter.report` at the same points (Ray Train's report is
+a collective). Rank 0's metric logger is flushed up to the reported step only after the
+checkpoint is committed, so a restarted run never logs a step twice.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+from components.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from components.training.config import TrainConfig
+from components.training.state import Progress, load_rng, load_train_state, save_rng, save_train_state
+from components.training.tracking import MetricLogger
+
+MAE_DECODER_FILE = "mae_decoder.safetensors"
+
+
+def checkpoint_weights(model: torch.nn.Module, task: str) -> dict[str, torch.Tensor]:
+    """The weights saved as ``model.safetensors``: the model's, or an MAE's encoder alone
+    (a classifier in the checkpoint contract, so fine-tuning and YOLOS start from it)."""
+    return model.encoder.state_dict() if task == "mae" else model.state_dict()
+
+
+def save_extra_weights(directory: str, model: torch.nn.Module, task: str) -> None:
+    """MAE: the decoder (and mask token) beside the encoder, for resuming the pretraining."""
+    if task == "mae":
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.decoder_state_dict().items()},
+                  os.path.join(directory, MAE_DECODER_FILE))
+
+
+def restore_weights(model: torch.nn.Module, task: str, state_dict: dict[str, torch.Tensor],
+                    directory: str) -> None:
+    """Inverse of :func:`checkpoint_weights` + :func:`save_extra_weights`."""
+    if task != "mae":
+        model.load_state_dict(state_dict)
+        return
+    from safetensors.torch import load_file
+
+    model.encoder.load_state_dict(state_dict)
+    missing, unexpected = model.load_state_dict(load_file(os.path.join(directory, MAE_DECODER_FILE)),
+                                                strict=False)
+    missing = [k for k in missing if not k.startswith("encoder.")]
+    if missing or unexpected:
+        raise RuntimeError(f"MAE decoder state does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def restore_from(checkpoint_dir: str, *, task: str, model: torch.nn.Module, optimizer, scheduler, scaler,
+                 rank: int) -> tuple[Progress, dict[str, float]]:
+    """Weights, optimizer, scheduler, scaler and this rank's RNG from a checkpoint directory.
+
+    Returns the progress to continue from and the checkpoint's validation metrics.
+    """
+    state_dict, meta = load_checkpoint(checkpoint_dir, map_location="cpu")
+    restore_weights(model, task, state_dict, checkpoint_dir)
+    progress = load_train_state(checkpoint_dir, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    load_rng(checkpoint_dir, rank)
+    return progress, {k: v for k, v in meta.metrics.items() if k.startswith("val_")}
+
+
+def worst_score(mode: str) -> float:
+    return -1e9 if mode == "max" else 1e9
+
+
+class CheckpointReporter:
+    """``report(metrics, with_checkpoint=..., kind=...)`` for one rank of one run.
+
+    ``progress`` is the loop's live :class:`Progress` (mutated by the loop); ``best_val``
+    holds the latest validation metrics, carried into every checkpoint's metadata and
+    score (the loop updates it after each validation).
+    """
+
+    def __init__(self, *, cfg: TrainConfig, plan: dict[str, Any], model: torch.nn.Module, optimizer,
+                 scheduler, scaler, rank: int, progress: Progress, logger: MetricLogger,
+                 best_val: dict[str, float] | None = None) -> None:
+        self.cfg, self.plan, self.model = cfg, plan, model
+        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.rank, self.progress, self.logger = rank, progress, logger
+        self.best_val = dict(best_val or {})
+        self._mae_extra = {"objective": "mae", "mae": cfg.mae.model_dump(), "decoder_file": MAE_DECODER_FILE} \
+            if cfg.task == "mae" else {}
+
+    def meta_for(self, metrics: dict[str, float]) -> CheckpointMeta:
+        cfg, plan, model, progress = self.cfg, self.plan, self.model, self.progress
+        # MAE: the encoder as a classifier with no classes (task "classification", head unused).
+        return CheckpointMeta(
+            model_name=cfg.model.name, task="classification" if cfg.task == "mae" else cfg.task,
+            model_config=dict(model.build_config),
+            class_names=[] if cfg.task == "mae" else list(plan["class_names"]), image_size=plan["image_size"],
+            patch_size=int(model.patch_size), mean=tuple(model.mean), std=tuple(model.std),
+            data_fingerprint=plan.get("fingerprint", ""), step=progress.global_step,
+            metrics=metrics, extra={"run_name": cfg.run.name, "mlflow_run_id": plan.get("mlflow_run_id"),
+                                    "epoch": progress.epoch, **self._mae_extra},
+        )
+
+    def report(self, metrics: dict[str, float], *, with_checkpoint: bool, kind: str = "mid") -> None:
+        import ray.train
+        from ray.train import Checkpoint
+
+        progress = self.progress
+        metrics = {**metrics, "step": progress.global_step, "epoch": progress.epoch,
+                   "samples_seen": progress.samples_seen}
+        if not with_checkpoint:
+            ray.train.report(metrics)
+            return
+        ckpt_metrics = {**self.best_val, **{k: v for k, v in metrics.items() if k.startswith("val_")}}
+        metrics = {**ckpt_metrics, **metrics}
+        metrics.setdefault(self.cfg.checkpoint.metric, worst_score(self.cfg.checkpoint.mode))
+        with tempfile.TemporaryDirectory(prefix="vitpipe-ckpt-") as tmp:
+            save_rng(tmp, self.rank)
+            if self.rank == 0:
+                save_checkpoint(tmp, checkpoint_weights(self.model, self.cfg.task), self.meta_for(ckpt_metrics))
+                save_extra_weights(tmp, self.model, self.cfg.task)
+                save_train_state(tmp, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+                                 progress=progress)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"checkpoint_step{progress.global_step:07d}_{kind}")
+        self.logger.flush(up_to_step=progress.global_step)  # committed: these steps are final
