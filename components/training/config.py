@@ -77,7 +77,11 @@ class RunSection(StrictModel):
     storage_path: str = "~/vitpipe_runs"
     max_failures: int = Field(2, ge=-1)
     seed: int = 0
-    log_every_n_steps: int = Field(10, ge=1)
+    log_every_n_steps: int = Field(10, ge=1)  # MLflow per-step metrics (rank 0, direct)
+    # Driver progress lines (ray.train.report without a checkpoint) at most this often. Ray
+    # Train V2 holds one unconsumed report per worker and its controller takes it once per
+    # poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s): reporting more often blocks the loop.
+    progress_every_s: float = Field(3.0, ge=0)
     # Fault injection for tests: the rank-0 worker kills its own process (SIGKILL) once,
     # when it reaches this global step. Off (None) unless a test sets it.
     fail_at_step: int | None = None

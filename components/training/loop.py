@@ -315,6 +315,7 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
     fault_marker = plan.get("fault_marker")
     batch_task = plan.get("loader_task", cfg.task)
     heartbeat = _Heartbeat(plan.get("heartbeat_dir"), rank, progress.global_step)
+    last_progress = time.monotonic()
 
     while progress.global_step < total_steps and progress.epoch < plan["epochs"]:
         skip = progress.batch_in_epoch
@@ -353,8 +354,11 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
                 if stop:
                     report({"stopped": 1.0}, with_checkpoint=True, kind="stop")
                     raise Preempted(f"rank {rank}: stop requested at step {step}; checkpoint written")
-                if not (every and step % every == 0):
+                # A progress report is a collective call: every rank makes the same decision.
+                due = time.monotonic() - last_progress >= cfg.run.progress_every_s or step == total_steps
+                if not (every and step % every == 0) and _all_any(due, device):
                     report(metrics, with_checkpoint=False)
+                    last_progress = time.monotonic()
             # Mid-epoch checkpoint, unless the epoch ends here (its end-of-epoch one follows).
             if (every and step % every == 0 and step != last_ckpt_step and step < total_steps
                     and progress.batch_in_epoch < micro_per_epoch):
