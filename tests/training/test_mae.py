@@ -93,28 +93,20 @@ def test_mae_config_is_validated():
     assert (cfg.task, cfg.checkpoint.metric, cfg.checkpoint.mode, cfg.mae.mask_ratio) == ("mae", "val_loss", "min", 0.75)
 
 
-@pytest.fixture(scope="module")
-def mae_run(ray_cluster, mlflow_server, synth_dataset, tmp_path_factory):
-    storage = tmp_path_factory.mktemp("mae-runs")
-    cfg = load_train_config(CONFIGS / "pretrain_mae_ci.yaml", [
-        f"data.root={synth_dataset}", f"run.storage_path={storage}", "run.name=mae-tiny", "epochs=3",
-        "run.log_every_n_steps=3", "mlflow.enabled=true", f"mlflow.tracking_uri={mlflow_server.uri}",
-        "mlflow.experiment=training-mae", "registry.enabled=true"])
-    return run_training(cfg), mlflow_server.uri
-
-
 @pytest.mark.slow
-def test_mae_pretraining_through_ray_train_lowers_the_loss(mae_run):
-    summary, uri = mae_run
+def test_mae_pretraining_through_ray_train_lowers_the_loss(mae_sigterm_run):
+    # The session's tiny MAE run (conftest.py): 45 steps on Ray Train, stopped by a SIGTERM
+    # at step ~3 and resumed (test_sigterm.py checks that part).
+    summary, uri = mae_sigterm_run["summary"], mae_sigterm_run["tracking_uri"]
     assert summary["task"] == "mae" and summary["registered_version"] is None  # nothing to serve
     history = sorted(MlflowClient(uri).get_metric_history(summary["mlflow_run_id"], "train_loss"),
                      key=lambda m: m.step)
     losses = [m.value for m in history]
-    assert len(losses) >= 8, losses
-    late = sum(losses[-3:]) / 3
-    # Measured here: 1.32 at step 3 → ~0.91 over the last steps. It falls, and below 1.0: with
-    # per-patch normalised targets a flat (all-mean) prediction scores ~1.0, so < 1 is learning.
-    assert late < 0.85 * losses[0] and late < 1.0, losses
+    assert len(losses) == summary["steps"] == 45, losses  # every step, once (across the stop)
+    early, late = sum(losses[:3]) / 3, sum(losses[-5:]) / 5
+    # Measured here (window means): ~1.3 at the start → ~0.91 at the end. It falls, and below
+    # 1.0: with per-patch normalised targets a flat (all-mean) prediction scores ~1.0.
+    assert late < 0.85 * early and late < 1.0, losses
     val = [m.value for m in MlflowClient(uri).get_metric_history(summary["mlflow_run_id"], "val_loss")]
     assert len(val) == 3 and min(val) == pytest.approx(summary["metrics"]["val_loss"])
 
@@ -129,8 +121,8 @@ def test_mae_pretraining_through_ray_train_lowers_the_loss(mae_run):
 
 
 @pytest.mark.slow
-def test_finetune_and_yolos_start_from_the_mae_encoder(mae_run, synth_dataset, tmp_path):
-    summary, _ = mae_run
+def test_finetune_and_yolos_start_from_the_mae_encoder(mae_sigterm_run, synth_dataset, tmp_path):
+    summary = mae_sigterm_run["summary"]
     ckpt = summary["local_checkpoint"]
     state, meta = load_checkpoint(ckpt)
     from dataclasses import asdict
