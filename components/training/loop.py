@@ -12,7 +12,8 @@ logs metrics to the driver's MLflow run, flushing each step's metrics only once 
 checkpoint covering it is committed, so a restarted run never logs a step twice.
 
 A stop request (SIGTERM from a node drain or spot preemption, or Ray Train's preemption
-notice) makes every rank write a checkpoint at the next step boundary before it exits.
+notice; :mod:`components.training.preemption`) makes every rank write a checkpoint at the
+next log boundary, then raise ``Preempted``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import logging
 import math
 import os
 import signal
-import threading
 import time
 from typing import Any
 
@@ -31,82 +31,13 @@ import torch.distributed as dist
 from components.core.device import autocast_dtype, needs_grad_scaler
 from components.training.config import TrainConfig
 from components.training.optim import build_optimizer, build_scheduler
+from components.training.preemption import Preempted, preemption_notice, stop_requested, stop_requests_armed
 from components.training.reporting import CheckpointReporter, restore_from
 from components.training.state import Progress
 from components.training.step import StepRunner, batch_grid, classification_loss, detection_loss
 from components.training.tracking import MetricLogger
 
 log = logging.getLogger(__name__)
-
-
-class Preempted(RuntimeError):
-    """This rank was asked to stop (SIGTERM / preemption) and wrote its checkpoint first."""
-
-
-# ------------------------------------------------------------------ stop requests (SIGTERM)
-_STOP = threading.Event()
-_TRAINING = threading.Event()  # set while this process runs the training loop
-_PREVIOUS_HANDLER: Any = None
-
-
-def _on_sigterm(signum, frame) -> None:
-    if not _TRAINING.is_set():  # not a training worker: behave as before (Ray exits)
-        if callable(_PREVIOUS_HANDLER):
-            _PREVIOUS_HANDLER(signum, frame)
-            return
-        raise SystemExit(128 + signum)
-    _STOP.set()
-    # The training thread checkpoints at its next log boundary; if it cannot within the
-    # grace period, the process exits anyway (what SIGTERM means).
-    grace = float(os.environ.get("VITPIPE_SIGTERM_GRACE_S", "120"))
-    timer = threading.Timer(grace, lambda: os._exit(128 + signum))
-    timer.daemon = True
-    timer.start()
-
-
-def install_sigterm_handler() -> None:
-    """Turn SIGTERM into a stop request while the training loop runs in this process.
-
-    Must run in the process's main thread: a Ray Train worker gets it through
-    :func:`arm_sigterm_in_ray_worker` (its own actor runs it there); without Ray, call it
-    directly. Processes that do not train keep their previous handler's behaviour.
-    """
-    global _PREVIOUS_HANDLER
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.getsignal(signal.SIGTERM)
-        if previous is not _on_sigterm:
-            _PREVIOUS_HANDLER = previous
-            signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def stop_requested() -> bool:
-    return _STOP.is_set()
-
-
-def arm_sigterm_in_ray_worker() -> bool:
-    """Install :func:`install_sigterm_handler` in this Ray Train worker process's main thread.
-
-    The training function runs in a thread of the worker actor, and Ray's worker main loop
-    sets its own SIGTERM handler (exit) after any ``worker_process_setup_hook`` ran, so the
-    handler can only be installed afterwards, from the main thread: the actor executes its
-    tasks there, so this rank asks its own actor to run the installer. Returns whether our
-    handler is now the process's SIGTERM handler (logged when not: SIGTERM then exits the
-    worker without a checkpoint, and ``FailureConfig`` resumes from the last one).
-    """
-    if threading.current_thread() is threading.main_thread():
-        install_sigterm_handler()
-    else:
-        try:
-            import ray
-
-            actor = ray.get_runtime_context().current_actor
-            ray.get(actor.execute.remote(install_sigterm_handler), timeout=60)
-        except Exception as err:  # noqa: BLE001 - degrade to Ray's behaviour, loudly
-            log.warning("could not install the SIGTERM checkpoint handler: %s", err)
-    armed = signal.getsignal(signal.SIGTERM) is _on_sigterm
-    if not armed:
-        log.warning("SIGTERM handler not installed: a SIGTERM ends this worker without a checkpoint")
-    return armed
 
 
 # ---------------------------------------------------------------------------- model setup
@@ -242,12 +173,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's ``train_loop_per_worker``. ``loop_config``: ``train`` (TrainConfig as a
     dict) and ``plan`` (decided by the driver: class names, step counts, MLflow run id...)."""
     cfg = TrainConfig.model_validate(loop_config["train"])
-    _TRAINING.set()
-    arm_sigterm_in_ray_worker()
-    try:
+    with stop_requests_armed():
         _train(cfg, loop_config["plan"])
-    finally:
-        _TRAINING.clear()  # a SIGTERM after training ends Ray's way again
 
 
 def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
@@ -350,7 +277,7 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
                 logger.log(metrics, step)
                 window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
                 heartbeat.beat(step)
-                stop = _all_any(stop_requested() or _preempted(), device)
+                stop = _all_any(stop_requested() or preemption_notice(), device)
                 if stop:
                     report({"stopped": 1.0}, with_checkpoint=True, kind="stop")
                     raise Preempted(f"rank {rank}: stop requested at step {step}; checkpoint written")
@@ -377,15 +304,6 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
             logger.log(val, progress.global_step)
         report(val, with_checkpoint=True, kind=f"epoch{progress.epoch}")
     logger.flush()
-
-
-def _preempted() -> bool:
-    try:
-        import ray.train
-
-        return ray.train.get_preemption_info() is not None
-    except Exception:  # older Ray or not inside Ray Train
-        return False
 
 
 class _Heartbeat:
