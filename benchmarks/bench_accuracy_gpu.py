@@ -30,7 +30,7 @@ from components.data.synth import SynthConfig, synthesize
 from components.models import build_model
 from components.training.step import StepRunner, classification_loss
 
-IMAGE_SIZE, PATCH = 64, 16
+IMAGE_SIZE, PATCH = 64, 16  # crops are stored at PATCH-aligned 64 px; a model may use a finer patch
 
 
 def load_crops(root: Path, split: str, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,20 +44,41 @@ def load_crops(root: Path, split: str, classes: list[str]) -> tuple[torch.Tensor
     return torch.from_numpy(np.stack(images)), torch.tensor(labels)
 
 
-def evaluate(model, images, labels, amp) -> float:
+def split_spec(spec: str) -> tuple[str, int]:
+    """``"vit_demo/8"`` → (``"vit_demo"``, 8): a registered model and its patch size."""
+    name, _, patch = spec.partition("/")
+    return name, int(patch or PATCH)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, *, rot90: bool) -> torch.Tensor:
+    """Random horizontal flip (and, with ``rot90``, a random multiple of 90°) per image [B, H, W, 3]."""
+    batch = images.shape[0]
+    flip = (torch.rand(batch, generator=generator) < 0.5).to(images.device)
+    images = torch.where(flip[:, None, None, None], images.flip(2), images)
+    if rot90:
+        turns = torch.randint(0, 4, (batch,), generator=generator).to(images.device)
+        images = torch.stack([torch.rot90(image, int(k), dims=(0, 1)) for image, k in zip(images, turns)])
+    return images
+
+
+def evaluate(model, images, labels, amp, patch: int) -> float:
     model.eval()
     correct = 0
     with torch.inference_mode(), torch.autocast(images.device.type, dtype=amp or torch.float32, enabled=amp is not None):
         for i in range(0, len(images), 512):
-            patches, grid = patchify(images[i:i + 512], PATCH)
+            patches, grid = patchify(images[i:i + 512], patch)
             correct += (model(patches, grid).argmax(1) == labels[i:i + 512]).sum().item()
     return correct / len(images)
 
 
-def train_curve(name: str, train, val, *, steps: int, eval_every: int, batch: int, lr: float,
-                device, amp) -> dict:
+def train_curve(spec: str, train, val, *, steps: int, eval_every: int, batch: int, lr: float,
+                device, amp, rot90: bool) -> dict:
     torch.manual_seed(0)
-    model = build_model(name, num_classes=5, img_size=IMAGE_SIZE, **({"head": "mlp"} if "vit" in name else {})).to(device)
+    name, patch = split_spec(spec)
+    extra = {"head": "mlp"} if "vit" in name else {}
+    if patch != PATCH:
+        extra["patch_size"] = patch
+    model = build_model(name, num_classes=5, img_size=IMAGE_SIZE, **extra).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     warmup = max(steps // 20, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -69,18 +90,16 @@ def train_curve(name: str, train, val, *, steps: int, eval_every: int, batch: in
     generator = torch.Generator(device="cpu").manual_seed(0)
     for step in range(1, steps + 1):
         idx = torch.randint(0, len(x_train), (batch,), generator=generator).to(device)
-        images = x_train[idx]
-        flip = torch.rand(batch, device=device) < 0.5
-        images = torch.where(flip[:, None, None, None], images.flip(2), images)
-        patches, grid = patchify(images, PATCH)
+        images = augment(x_train[idx], generator, rot90=rot90)
+        patches, grid = patchify(images, patch)
         out = runner.micro_step({"patches": patches, "grid": torch.tensor([grid] * batch), "label": y_train[idx]}, step=step)
         if step % eval_every == 0 or step == steps:
-            top1 = evaluate(model, *val, amp)
+            top1 = evaluate(model, *val, amp, patch)
             curve.append({"step": step, "images_seen": step * batch, "seconds": round(time.perf_counter() - started, 1),
                           "train_loss": round(float(out["loss"]), 4), "val_top1": round(top1, 4)})
             print(name, curve[-1], flush=True)
     first = {t: next((p["step"] for p in curve if p["val_top1"] >= t), None) for t in (0.9, 0.95)}
-    return {"model": name, "curve": curve, "best_val_top1": max(p["val_top1"] for p in curve),
+    return {"model": spec, "curve": curve, "best_val_top1": max(p["val_top1"] for p in curve),
             "steps_to_0.90": first[0.9], "steps_to_0.95": first[0.95]}
 
 
@@ -92,6 +111,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--num-train", type=int, nargs="+", default=[320, 2000])
     parser.add_argument("--models", nargs="+", default=["vit_demo", "hybrid_demo", "resnet_demo"])
+    parser.add_argument("--rot90", action="store_true", help="also rotate by multiples of 90 degrees")
     parser.add_argument("--out", default="benchmarks/results/accuracy_gpu.json")
     args = parser.parse_args()
     device = pick_device()
@@ -106,7 +126,7 @@ def main() -> None:
             val = tuple(t.to(device) for t in load_crops(crops, "val", classes))
             for name in args.models:
                 row = train_curve(name, train, val, steps=args.steps, eval_every=args.eval_every,
-                                  batch=args.batch, lr=args.lr, device=device, amp=amp)
+                                  batch=args.batch, lr=args.lr, device=device, amp=amp, rot90=args.rot90)
                 row.update(synth_images=num_train, train_crops=len(train[0]), val_crops=len(val[0]))
                 results.append(row)
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"

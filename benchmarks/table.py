@@ -139,7 +139,8 @@ def accuracy_gpu_table(d: dict) -> list[str]:
     st = d["settings"]
     rows = [
         f"**Time to accuracy of the demo classifiers** (`bench_accuracy_gpu.py`; {d['device']}, "
-        f"{d['precision']}, batch {st['batch']}, lr {st['lr']}, {st['steps']} steps, flip only, no Ray; "
+        f"{d['precision']}, batch {st['batch']}, lr {st['lr']}, {st['steps']} steps, "
+        f"{'random flip + quarter turns' if st.get('rot90') else 'flip only'}, no Ray; "
         "val top-1 on the synthetic shapes, 5 classes)",
         "",
         "| model | synthetic images (train crops) | best val top-1 | steps to 0.90 | steps to 0.95 | val top-1 at step 250 / 1000 / last |",
@@ -161,8 +162,10 @@ SECTIONS = [
     ("train", train_table),
     ("train_gpu", train_gpu_table),
     ("accuracy_gpu", accuracy_gpu_table),
+    ("accuracy_gpu_rot90", accuracy_gpu_table),
     ("registry", registry_table),
     ("serve", serve_table),
+    ("serve_vit_tiny_patch16_224", serve_table),
 ]
 
 
@@ -171,7 +174,8 @@ def main() -> int:
     for name, fmt in SECTIONS:
         d = _load(name)
         if d is None:
-            out += [f"_{name}: no results yet (run `python benchmarks/bench_{name}.py`)_", ""]
+            script = name.split("_")[0] if name.startswith("serve_") else name
+            out += [f"_{name}: no results yet (run `python benchmarks/bench_{script}.py`)_", ""]
             continue
         out += fmt(d) + [""]
     sys.stdout.write("\n".join(out))
