@@ -45,6 +45,8 @@ class ModelServer:
         self._batched_requests = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._model_free = asyncio.Event()  # set while no batch runs (see ``infer``)
+        self._model_free.set()
         self._poller: threading.Thread | None = None
 
     # --- configuration -------------------------------------------------------------------
@@ -112,12 +114,20 @@ class ModelServer:
     # --- requests ------------------------------------------------------------------------
     async def infer(self, patches: np.ndarray, image_size: int, patch_size: int,
                     orig_hw: tuple[int, int]) -> dict[str, Any]:
-        """One image's patches → its result (joined into a dynamic batch with others)."""
+        """One image's patches → its result (joined into a dynamic batch with others).
+
+        Ray Serve's batcher forms the next batch while the current one runs (forming is not
+        gated by ``max_concurrent_batches``), so under load it cuts many 1-2 item batches
+        that then queue for the model one after another (mean batch 1.3 at 32 concurrent
+        callers of a 28 ms model). Requests wait here while a batch runs instead, and enter
+        the batch queue together when the model is free: one full batch."""
+        await self._model_free.wait()
         return await self._run_batch(InferItem(patches, image_size, patch_size, tuple(orig_hw)))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.004)
     async def _run_batch(self, items: list[InferItem]) -> list[dict[str, Any]]:
         loaded, settings = self._loaded, self._settings
+        self._model_free.clear()
         self._batch_started = time.monotonic()
         self._batches += 1
         self._batched_requests += len(items)
@@ -129,6 +139,7 @@ class ModelServer:
             )
         finally:
             self._batch_started = None
+            self._model_free.set()
 
     async def explain(self, patches: np.ndarray, image_size: int, patch_size: int,
                       orig_hw: tuple[int, int]) -> dict[str, Any]:

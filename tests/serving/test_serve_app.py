@@ -220,6 +220,35 @@ def test_cancelled_burst_then_normal_requests_succeed(serve_url, sample_image):
     assert requests.get(f"{serve_url}/healthz", timeout=30).status_code == 200
 
 
+def test_concurrent_callers_share_dynamic_batches(serve_url):
+    """16 closed-loop callers: every answer arrives, and the model runs them in shared
+    batches no larger than ``max_batch_size`` (not one forward pass per request)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("classifier", app_name="vitpipe")
+    before = handle.describe.remote().result()
+    limit = before["settings"]["max_batch_size"]
+    side = before["image_size"]
+    patch = before["patch_size"]
+    patches = np.zeros(((side // patch) ** 2, patch * patch * 3), np.uint8)
+
+    def caller(_: int) -> int:
+        done = 0
+        for _ in range(6):
+            result = handle.infer.remote(patches, side, patch, (side, side)).result(timeout_s=60)
+            done += len(result["probabilities"]) == len(CLASS_NAMES)
+        return done
+
+    with ThreadPoolExecutor(16) as pool:
+        assert sum(pool.map(caller, range(16))) == 96
+    after = handle.describe.remote().result()
+    batches = after["batches"]["count"] - before["batches"]["count"]
+    requests_run = after["batches"]["requests"] - before["batches"]["requests"]
+    assert requests_run == 96
+    assert requests_run / batches >= 2.0, f"{batches} batches for {requests_run} requests"
+    assert batches >= 96 / limit
+
+
 def test_live_retune_through_user_config(serve_url, registered, model_cache, sample_image):
     from ray import serve
 
