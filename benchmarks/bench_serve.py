@@ -65,7 +65,7 @@ def sample_png(size_hw=(240, 320)) -> bytes:
     return buf.getvalue()
 
 
-def register_model(tracking_uri: str, workdir: Path) -> str:
+def register_model(tracking_uri: str, workdir: Path, model_name: str) -> str:
     import torch
     from mlflow import MlflowClient
 
@@ -74,8 +74,8 @@ def register_model(tracking_uri: str, workdir: Path) -> str:
     from components.tracking.registry import register_checkpoint
 
     torch.manual_seed(0)
-    model = build_model("vit_demo", num_classes=len(CLASS_NAMES))
-    meta = CheckpointMeta(model_name="vit_demo", task="classification",
+    model = build_model(model_name, num_classes=len(CLASS_NAMES))
+    meta = CheckpointMeta(model_name=model_name, task="classification",
                           model_config=dict(model.build_config), class_names=CLASS_NAMES,
                           image_size=int(model.img_size), patch_size=int(model.patch_size),
                           mean=model.mean, std=model.std)
@@ -219,8 +219,14 @@ def main() -> int:
     parser.add_argument("--wait-ms", type=float, default=2.0, help="batched: batch_wait_timeout")
     parser.add_argument("--access-log", action="store_true",
                         help="keep Serve's per-request access log on (off: high-QPS setting)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve.json"))
+    parser.add_argument("--model", default="vit_demo",
+                        help="registered model to serve (random weights), e.g. vit_tiny_patch16_224")
+    parser.add_argument("--out", default=None, help="default: results/serve.json (vit_demo) "
+                        "or results/serve_<model>.json")
     args = parser.parse_args()
+    if args.out is None:
+        suffix = "" if args.model == "vit_demo" else f"_{args.model}"
+        args.out = str(ROOT / "benchmarks" / "results" / f"serve{suffix}.json")
 
     import ray
     from ray import serve
@@ -234,7 +240,7 @@ def main() -> int:
         tmp = Path(tmp)
         server = MlflowServer(root=tmp / "mlflow").start()
         try:
-            version = register_model(server.uri, tmp)
+            version = register_model(server.uri, tmp, args.model)
             uri = f"models:/{NAME}@champion"
             ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
                      object_store_memory=500_000_000)
@@ -273,7 +279,8 @@ def main() -> int:
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "load_average_1m_at_start": load_at_start, "load_average_1m_at_end": os.getloadavg()[0],
                     "gpu": None, "note": "client, proxy, ingress and model replica share the cores"},
-        "model": {"name": "vit_demo", "registered": f"{NAME}/{version}", "image": "PNG 320x240"},
+        "model": {"name": args.model, "input": f"{size}x{size}", "registered": f"{NAME}/{version}",
+                  "image": "PNG 320x240"},
         "in_process": baseline,
         "serve": runs,
         "model_deployment_via_handle_c32": handle_runs,
