@@ -156,6 +156,23 @@ def accuracy_gpu_table(d: dict) -> list[str]:
     return rows
 
 
+def detect_table(d: dict) -> list[str]:
+    st = d["settings"]
+    rows = [
+        f"**Time to mAP of the demo detectors** (`bench_detect_gpu.py`; {d['device']}, {d['precision']}, "
+        f"{st['num_train']} synthetic images at {d['image_size']} px, batch {st['batch']}, lr {st['lr']}, "
+        f"{st['steps']} steps, {d['augment']}, {d['init']}, no Ray; COCO mAP on the val split)",
+        "",
+        "| model | patch | best mAP50 | best mAP | steps to mAP50 0.5 | mAP50 by step |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in d["results"]:
+        by_step = " / ".join(f"{p['step']}: {p['map50']}" for p in r["curve"])
+        rows.append(f"| {r['model']} | {r['patch_size']} | {r['best_map50']} | {r['best_map']} "
+                    f"| {r['steps_to_map50_0.5'] or '–'} | {by_step} |")
+    return rows
+
+
 SECTIONS = [
     ("data", data_table),
     ("models", models_table),
@@ -163,6 +180,7 @@ SECTIONS = [
     ("train_gpu", train_gpu_table),
     ("accuracy_gpu", accuracy_gpu_table),
     ("accuracy_gpu_rot90", accuracy_gpu_table),
+    ("detect_cpu", detect_table),
     ("registry", registry_table),
     ("serve", serve_table),
     ("serve_vit_tiny_patch16_224", serve_table),
@@ -174,7 +192,7 @@ def main() -> int:
     for name, fmt in SECTIONS:
         d = _load(name)
         if d is None:
-            script = name.split("_")[0] if name.startswith("serve_") else name
+            script = {"detect_cpu": "detect_gpu"}.get(name, name.split("_")[0] if name.startswith("serve_") else name)
             out += [f"_{name}: no results yet (run `python benchmarks/bench_{script}.py`)_", ""]
             continue
         out += fmt(d) + [""]
