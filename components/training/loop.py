@@ -164,10 +164,6 @@ def _all_reduce_sum(values: torch.Tensor, device: torch.device) -> torch.Tensor:
     return values
 
 
-def _all_any(flag: bool, device: torch.device) -> bool:
-    return bool(_all_reduce_sum(torch.tensor([float(flag)], dtype=torch.float64), device)[0] > 0)
-
-
 # ----------------------------------------------------------------------------- the loop
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's ``train_loop_per_worker``. ``loop_config``: ``train`` (TrainConfig as a
@@ -267,7 +263,12 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
             _maybe_inject_fault(cfg, rank, step, fault_marker)
             if step % cfg.run.log_every_n_steps == 0 or step == total_steps:
                 elapsed = time.perf_counter() - t_window
-                sums = _all_reduce_sum(torch.tensor([window_loss, window_n], dtype=torch.float64), device)
+                # One collective per log window: the loss sums, and two flags every rank must
+                # agree on (stop now; send a progress report, itself a collective call).
+                stop_here = stop_requested() or preemption_notice()
+                due = time.monotonic() - last_progress >= cfg.run.progress_every_s or step == total_steps
+                sums = _all_reduce_sum(torch.tensor([window_loss, window_n, stop_here, due],
+                                                    dtype=torch.float64), device)
                 loss_mean = float(sums[0]) / max(1.0, float(sums[1]))
                 metrics = {"train_loss": loss_mean, "lr": float(out["lr"]),
                            "img_per_s": global_batch * window_n / max(elapsed, 1e-9)}
@@ -277,13 +278,10 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
                 logger.log(metrics, step)
                 window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
                 heartbeat.beat(step)
-                stop = _all_any(stop_requested() or preemption_notice(), device)
-                if stop:
+                if sums[2] > 0:
                     report({"stopped": 1.0}, with_checkpoint=True, kind="stop")
                     raise Preempted(f"rank {rank}: stop requested at step {step}; checkpoint written")
-                # A progress report is a collective call: every rank makes the same decision.
-                due = time.monotonic() - last_progress >= cfg.run.progress_every_s or step == total_steps
-                if not (every and step % every == 0) and _all_any(due, device):
+                if not (every and step % every == 0) and sums[3] > 0:
                     report(metrics, with_checkpoint=False)
                     last_progress = time.monotonic()
             # Mid-epoch checkpoint, unless the epoch ends here (its end-of-epoch one follows).
