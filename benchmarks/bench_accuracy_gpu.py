@@ -55,9 +55,12 @@ def augment(images: torch.Tensor, generator: torch.Generator, *, rot90: bool) ->
     batch = images.shape[0]
     flip = (torch.rand(batch, generator=generator) < 0.5).to(images.device)
     images = torch.where(flip[:, None, None, None], images.flip(2), images)
-    if rot90:
+    if rot90:  # square crops: each group of images with the same turn count rotates at once
         turns = torch.randint(0, 4, (batch,), generator=generator).to(images.device)
-        images = torch.stack([torch.rot90(image, int(k), dims=(0, 1)) for image, k in zip(images, turns)])
+        images = images.clone()
+        for k in range(1, 4):
+            chosen = turns == k
+            images[chosen] = torch.rot90(images[chosen], k, dims=(1, 2))
     return images
 
 

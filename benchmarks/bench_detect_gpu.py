@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from components.models import build_model
 from components.models.criterion import build_criterion
 from components.training.evaluate import evaluate_detection
 from components.training.step import StepRunner, detection_loss
+from _machine import cpu_name  # benchmarks/, the script's own folder
 
 IMAGE_SIZE, PATCH, MAX_BOXES = 96, 16, 10
 
@@ -124,13 +124,6 @@ def train_curve(spec: str, train, val, gt_path: Path, *, steps: int, eval_every:
             "best_map": max(p["map"] for p in curve), "steps_to_map50_0.5": first}
 
 
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "cpu"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=3000)
@@ -150,7 +143,7 @@ def main() -> None:
         gt_path = root / "annotations" / "instances_val.json"
         results = [train_curve(spec, train, val, gt_path, steps=args.steps, eval_every=args.eval_every,
                                batch=args.batch, lr=args.lr, device=device, amp=amp) for spec in args.models]
-    device_name = torch.cuda.get_device_name() if device.type == "cuda" else _cpu_name()
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
     report = {"benchmark": "detect_gpu", "device": device_name, "torch": torch.__version__,
               "precision": str(amp), "settings": vars(args), "image_size": IMAGE_SIZE,
               "init": "random weights", "augment": "random horizontal flip", "results": results}

@@ -42,22 +42,9 @@ from components.core.device import autocast_dtype, cpu_has_fast_bf16  # noqa: E4
 from components.data.patchify import images_to_patches  # noqa: E402
 from components.models import build_model  # noqa: E402
 from components.training.step import StepRunner, classification_loss  # noqa: E402
+from _machine import gemm_peak  # noqa: E402  (benchmarks/, the script's own folder)
 
 MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224")
-
-
-def gemm_peak(dtype: torch.dtype, seconds: float, n: int = 2048) -> float:
-    """Best FLOP/s of ``n×n @ n×n`` matmuls in ``dtype`` over ``seconds``."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    for _ in range(2):
-        a @ b
-    best, end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t = time.perf_counter()
-        a @ b
-        best = max(best, 2 * n**3 / (time.perf_counter() - t))
-    return best
 
 
 def timed_round_robin(steps: dict, seconds: float, min_rounds: int) -> dict[str, tuple[float, float, int]]:

@@ -37,6 +37,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from _machine import cpu_name  # noqa: E402  (benchmarks/, the script's own folder)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.pop("RAY_ADDRESS", None)
 
@@ -276,7 +277,7 @@ def main() -> int:
     errors = sum(r["errors"] for rs in runs.values() for r in rs)
     result = {
         "benchmark": "serve",
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "load_average_1m_at_start": load_at_start, "load_average_1m_at_end": os.getloadavg()[0],
                     "gpu": None, "note": "client, proxy, ingress and model replica share the cores"},
         "model": {"name": args.model, "input": f"{size}x{size}", "registered": f"{NAME}/{version}",
@@ -302,16 +303,6 @@ def main() -> int:
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["summary"], indent=2))
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -173,27 +173,27 @@ def detect_table(d: dict) -> list[str]:
     return rows
 
 
+# (results/<name>.json, the script that writes it, its table)
 SECTIONS = [
-    ("data", data_table),
-    ("models", models_table),
-    ("train", train_table),
-    ("train_gpu", train_gpu_table),
-    ("accuracy_gpu", accuracy_gpu_table),
-    ("accuracy_gpu_rot90", accuracy_gpu_table),
-    ("detect_cpu", detect_table),
-    ("registry", registry_table),
-    ("serve", serve_table),
-    ("serve_vit_tiny_patch16_224", serve_table),
+    ("data", "bench_data.py", data_table),
+    ("models", "bench_models.py", models_table),
+    ("train", "bench_train.py", train_table),
+    ("train_gpu", "bench_train_gpu.py", train_gpu_table),
+    ("accuracy_gpu", "bench_accuracy_gpu.py", accuracy_gpu_table),
+    ("accuracy_gpu_rot90", "bench_accuracy_gpu.py --rot90", accuracy_gpu_table),
+    ("detect_cpu", "bench_detect_gpu.py", detect_table),
+    ("registry", "bench_registry.py", registry_table),
+    ("serve", "bench_serve.py", serve_table),
+    ("serve_vit_tiny_patch16_224", "bench_serve.py --model vit_tiny_patch16_224", serve_table),
 ]
 
 
 def main() -> int:
     out: list[str] = []
-    for name, fmt in SECTIONS:
+    for name, script, fmt in SECTIONS:
         d = _load(name)
         if d is None:
-            script = {"detect_cpu": "detect_gpu"}.get(name, name.split("_")[0] if name.startswith("serve_") else name)
-            out += [f"_{name}: no results yet (run `python benchmarks/bench_{script}.py`)_", ""]
+            out += [f"_{name}: no results yet (run `python benchmarks/{script}`)_", ""]
             continue
         out += fmt(d) + [""]
     sys.stdout.write("\n".join(out))
