@@ -42,7 +42,7 @@ import yaml
 from pydantic import Field
 
 from components.core.config import ConfigError, StrictModel, load_config
-from components.core.rayjobs import wait_for_job_agent
+from components.core.rayjobs import HEAD_PORTS, head_start_args, wait_for_job_agent
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "pipelines" / "configs" / "demo.yaml"
@@ -220,16 +220,10 @@ class Services:
         # Ray's socket paths must stay short: a temp dir named after this workdir.
         tag = hashlib.sha1(str(self.workdir.resolve()).encode()).hexdigest()[:8]
         temp_dir = Path(tempfile.gettempdir()) / f"vitpipe-ray-{tag}"
-        ports = {name: _free_port() for name in ("gcs", "dashboard", "client", "agent", "metrics")}
+        ports = {name: _free_port() for name in HEAD_PORTS}
         log = open(self.workdir / "ray-head.log", "ab")
-        cmd = ray_cli(
-            "start", "--head", "--block", "--disable-usage-stats",
-            "--node-ip-address=127.0.0.1", f"--port={ports['gcs']}",
-            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
-            f"--ray-client-server-port={ports['client']}", f"--dashboard-agent-listen-port={ports['agent']}",
-            f"--metrics-export-port={ports['metrics']}", f"--num-cpus={cfg.num_cpus}",
-            f"--object-store-memory={cfg.object_store_memory}", f"--temp-dir={temp_dir}",
-        )
+        cmd = ray_cli(*head_start_args(ports, num_cpus=cfg.num_cpus, temp_dir=str(temp_dir),
+                                       object_store_memory=cfg.object_store_memory))
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ray_env(env_for_head),
                                 start_new_session=True, cwd=REPO)
         rec = {"pid": proc.pid, "gcs_address": f"127.0.0.1:{ports['gcs']}",

@@ -14,6 +14,23 @@ import time
 import uuid
 
 AGENT_NOT_READY = "No available agent to submit job"
+# Every port a local head opens. Each must be free and its own: another Ray instance on this
+# machine (a test session's ``ray.init``) already holds the defaults, e.g. the agent's 52365,
+# and a second agent there dies, leaving the head with no job agent.
+HEAD_PORTS = ("gcs", "dashboard", "client", "agent", "metrics")
+
+
+def head_start_args(ports: dict[str, int], *, num_cpus: int, object_store_memory: int,
+                    temp_dir: str) -> list[str]:
+    """Arguments for ``ray start`` of a blocking head on 127.0.0.1 with a dashboard, on
+    ``ports`` (one per name in :data:`HEAD_PORTS`)."""
+    return [
+        "start", "--head", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
+        f"--port={ports['gcs']}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={ports['dashboard']}", f"--ray-client-server-port={ports['client']}",
+        f"--dashboard-agent-listen-port={ports['agent']}", f"--metrics-export-port={ports['metrics']}",
+        f"--num-cpus={num_cpus}", f"--object-store-memory={object_store_memory}", f"--temp-dir={temp_dir}",
+    ]
 
 
 def wait_for_job_agent(

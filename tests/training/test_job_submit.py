@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from components.core.rayjobs import wait_for_job_agent
+from components.core.rayjobs import HEAD_PORTS, head_start_args, wait_for_job_agent
 
 from components.tracking.server import free_port
 
@@ -72,16 +72,11 @@ def head_cluster():
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex,
            "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    # Every port free and our own: the session's in-process cluster already holds Ray's default
-    # agent port (52365), and a second agent on it dies, leaving the head without a job agent.
-    gcs, dashboard, client, agent, metrics = (free_port() for _ in range(5))
+    ports = {name: free_port() for name in HEAD_PORTS}  # all free and our own (see HEAD_PORTS)
+    dashboard = ports["dashboard"]
     log = open(Path(temp_dir) / "ray-start.log", "wb")
     proc = subprocess.Popen(
-        [RAY, "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
-         "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", f"--ray-client-server-port={client}",
-         f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}",
-         "--num-cpus=3", "--object-store-memory=400000000", f"--temp-dir={temp_dir}",
-         "--include-dashboard=true", "--disable-usage-stats"],
+        [RAY, *head_start_args(ports, num_cpus=3, object_store_memory=400_000_000, temp_dir=temp_dir)],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard}"
