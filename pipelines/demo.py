@@ -493,8 +493,10 @@ def run_demo(cfg: DemoConfig, *, keep: bool) -> dict[str, Any]:
     try:
         mlflow_uri = services.mlflow()
         cache = workdir / "model-cache"
-        env_vars = {"MLFLOW_TRACKING_URI": mlflow_uri, "VITPIPE_MODEL_CACHE": str(cache),
-                    "HF_HUB_OFFLINE": "1"}
+        # The registry URI too: MLflow reads MLFLOW_REGISTRY_URI before the tracking URI, and
+        # one inherited from the caller's environment would send Serve to another registry.
+        env_vars = {"MLFLOW_TRACKING_URI": mlflow_uri, "MLFLOW_REGISTRY_URI": mlflow_uri,
+                    "VITPIPE_MODEL_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
         head = services.ray(cfg.ray, env_vars)
         data = synthesize_data(cfg.synth, workdir / "synth")
         storage = workdir / "runs"
