@@ -47,6 +47,7 @@ class ModelServer:
         self._wake = threading.Event()
         self._model_free = asyncio.Event()  # set while no batch runs (see ``infer``)
         self._model_free.set()
+        self._pending = 0  # infer() calls in this replica not yet answered
         self._poller: threading.Thread | None = None
 
     # --- configuration -------------------------------------------------------------------
@@ -116,16 +117,29 @@ class ModelServer:
                     orig_hw: tuple[int, int]) -> dict[str, Any]:
         """One image's patches → its result (joined into a dynamic batch with others).
 
-        Ray Serve's batcher forms the next batch while the current one runs (forming is not
-        gated by ``max_concurrent_batches``), so under load it cuts many 1-2 item batches
-        that then queue for the model one after another (mean batch 1.3 at 32 concurrent
-        callers of a 28 ms model). Requests wait here while a batch runs instead, and enter
-        the batch queue together when the model is free: one full batch."""
-        await self._model_free.wait()
-        return await self._run_batch(InferItem(patches, image_size, patch_size, tuple(orig_hw)))
+        Alone on an idle replica a request runs at once: waiting ``batch_wait_timeout_s``
+        for company that is not coming is pure latency. Otherwise it waits while a batch
+        runs: Ray Serve's batcher forms the next batch while the current one runs (forming
+        is not gated by ``max_concurrent_batches``), so under load it cut many 1-2 item
+        batches that then queued for the model (mean batch 1.3 at 32 concurrent callers of
+        a 28 ms model); waiting for the model lets them enter the queue together, as one
+        full batch."""
+        item = InferItem(patches, image_size, patch_size, tuple(orig_hw))
+        self._pending += 1
+        try:
+            if self._pending == 1 and self._model_free.is_set():
+                return (await self._execute([item]))[0]
+            await self._model_free.wait()
+            return await self._run_batch(item)
+        finally:
+            self._pending -= 1
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.004)
     async def _run_batch(self, items: list[InferItem]) -> list[dict[str, Any]]:
+        return await self._execute(items)
+
+    async def _execute(self, items: list[InferItem]) -> list[dict[str, Any]]:
+        """Run ``items`` as one forward pass (on a thread: the event loop keeps taking requests)."""
         loaded, settings = self._loaded, self._settings
         self._model_free.clear()
         self._batch_started = time.monotonic()
