@@ -6,6 +6,12 @@ HTTP ─► ingress (FastAPI: auth, limits, decode + eval transform in a thread 
           └─► detector   (ModelServer: @serve.batch, alias poller)  models:/vitpipe-detector@champion
 ```
 
+With ``colocate=True`` the ingress runs the ``ModelServer`` objects itself: one deployment,
+and a request makes one Ray hop (proxy → replica) instead of two, which at low load is most
+of the latency added to the model's own time. The split layout scales decoding and model
+replicas apart (model replicas on GPUs, decoding on CPUs); colocated suits CPU serving and
+latency-bound traffic.
+
 Images are decoded and patchified in the ingress *before* batching, so a bad image fails
 only its own request and the model replicas only ever see valid ``[N, P*P*3]`` tensors.
 
@@ -20,6 +26,7 @@ Inference Protocol v2 REST API under ``/v2`` (see :mod:`components.serving.v2`).
 import asyncio
 import base64
 import hmac
+import inspect
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -43,8 +50,8 @@ from components.serving.errors import (
 )
 from components.serving.model_server import ModelServer
 from components.serving.settings import (
-    DEFAULT_CLASSIFIER_URI, DEFAULT_DETECTOR_URI, TOKEN_ENV, IngressSettings,
-    ModelServerSettings,
+    DEFAULT_CLASSIFIER_URI, DEFAULT_DETECTOR_URI, TOKEN_ENV, ColocatedSettings,
+    IngressSettings, ModelServerSettings,
 )
 
 log = logging.getLogger("ray.serve")
@@ -136,22 +143,42 @@ def _preprocess_batch(images: np.ndarray, image_size: int, patch_size: int):
 class Ingress:
     """HTTP front: auth, limits, decoding, routing to the model deployments."""
 
-    def __init__(self, classifier=None, detector=None) -> None:
-        self._handles = {"classification": classifier, "detection": detector}
+    def __init__(self, classifier=None, detector=None, *, local_tasks: tuple[str, ...] = (),
+                 tracking_uri: str | None = None) -> None:
+        """``classifier``/``detector``: model deployment handles; ``local_tasks``: tasks whose
+        ModelServer runs in this replica instead (colocated; configured by ``user_config``)."""
+        self._handles: dict[str, Any] = {"classification": classifier, "detection": detector}
         self._handles = {task: h for task, h in self._handles.items() if h is not None}
+        for task in local_tasks:
+            self._handles[task] = ModelServer(task, tracking_uri)
         self._token = os.environ.get(TOKEN_ENV) or None
         self._settings = IngressSettings()
         self._pool = ThreadPoolExecutor(self._settings.decode_threads, "decode")
         self._info: dict[str, dict[str, Any]] = {}  # task → last describe() / result geometry
 
+    def _local(self) -> dict[str, ModelServer]:
+        return {t: h for t, h in self._handles.items() if isinstance(h, ModelServer)}
+
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        settings = IngressSettings.model_validate(user_config or {})
+        local = self._local()
+        kind = ColocatedSettings if local else IngressSettings
+        settings = kind.model_validate(user_config or {})
         if settings.require_token and not self._token:
             raise ValueError(f"require_token is set but ${TOKEN_ENV} is empty")
+        if local and set(settings.models) != set(local):
+            raise ValueError(f"user_config.models must configure exactly {sorted(local)}, "
+                             f"got {sorted(settings.models)}")
+        for task, server in local.items():
+            server.reconfigure(settings.models[task].model_dump())
         if settings.decode_threads != self._settings.decode_threads:
             old, self._pool = self._pool, ThreadPoolExecutor(settings.decode_threads, "decode")
             old.shutdown(wait=False)
         self._settings = settings
+
+    def check_health(self) -> None:
+        """Serve's periodic probe: a colocated model with a stalled batch fails it."""
+        for server in self._local().values():
+            server.check_health()
 
     # --- helpers -------------------------------------------------------------------------
     def _authorize(self, request: Request) -> None:
@@ -171,8 +198,17 @@ class Ingress:
         return handle
 
     async def _call(self, task: str, method: str, *args, timeout_s: float | None = None):
-        response = getattr(self._handle(task), method).remote(*args)
+        target = self._handle(task)
         timeout = timeout_s or self._settings.request_timeout_s
+        if isinstance(target, ModelServer):  # colocated: a plain call (cancelled with us)
+            result = getattr(target, method)(*args)
+            if not inspect.isawaitable(result):
+                return result
+            try:
+                return await asyncio.wait_for(result, timeout)
+            except asyncio.TimeoutError:
+                raise unavailable(f"the {task} model did not answer within {timeout:.0f}s") from None
+        response = getattr(target, method).remote(*args)
         try:
             return await asyncio.wait_for(_await(response), timeout)
         except asyncio.TimeoutError:
@@ -400,14 +436,18 @@ class Ingress:
 
 
 # --- the application -------------------------------------------------------------------------
+# A model replica (or a colocated one): queue enough for full batches, scale on batch-sized load.
+MODEL_MAX_ONGOING = 64
+MODEL_AUTOSCALING = {
+    "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16,
+    "upscale_delay_s": 10, "downscale_delay_s": 120,
+}
+
 ModelDeployment = serve.deployment(
     ModelServer,
     name="classifier",
-    max_ongoing_requests=64,
-    autoscaling_config={
-        "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16,
-        "upscale_delay_s": 10, "downscale_delay_s": 120,
-    },
+    max_ongoing_requests=MODEL_MAX_ONGOING,
+    autoscaling_config=MODEL_AUTOSCALING,
     ray_actor_options={"num_cpus": 1},
     health_check_period_s=10,
     health_check_timeout_s=30,
@@ -432,6 +472,9 @@ class AppArgs(StrictModel):
     ingress_num_cpus: float = 1.0
     num_gpus: float = 0.0
     replicas: int | None = Field(None, description="fixed replicas instead of autoscaling")
+    colocate: bool = Field(
+        False, description="run the models inside the ingress replicas (one deployment, one "
+                           "hop less per request) instead of their own deployments")
 
     @field_validator("classifier_uri", "detector_uri", "tracking_uri", mode="before")
     @classmethod
@@ -448,11 +491,15 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> serve.Application
     if not args.classifier_uri and not args.detector_uri:
         raise ValueError("serve at least one model: classifier_uri or detector_uri")
     scaling = {"num_replicas": args.replicas, "autoscaling_config": None} if args.replicas else {}
+    models = {
+        task: ModelServerSettings.model_validate({**args.model_settings, "model_uri": uri})
+        for task, uri in (("classification", args.classifier_uri), ("detection", args.detector_uri))
+        if uri
+    }
+    if args.colocate:
+        return _colocated_app(args, models, scaling)
     bound = {}
-    for task, uri in (("classification", args.classifier_uri), ("detection", args.detector_uri)):
-        if not uri:
-            continue
-        settings = ModelServerSettings.model_validate({**args.model_settings, "model_uri": uri})
+    for task, settings in models.items():
         bound[TASKS[task]] = ModelDeployment.options(
             name=TASKS[task], user_config=settings.model_dump(),
             ray_actor_options={"num_cpus": args.model_num_cpus,
@@ -468,6 +515,28 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> serve.Application
         **scaling,
     )
     return ingress.bind(bound.get("classifier"), bound.get("detector"))
+
+
+def _colocated_app(args: AppArgs, models: dict[str, ModelServerSettings],
+                   scaling: dict[str, Any]) -> serve.Application:
+    """One ``server`` deployment: the ingress with the models in its own replicas.
+
+    Its resources are the model deployments' (a GPU each when ``num_gpus``), its autoscaling
+    the model deployments' (each replica holds a model and takes its share of requests)."""
+    settings = ColocatedSettings.model_validate(
+        {**args.ingress_settings, "models": {t: m.model_dump() for t, m in models.items()}})
+    server = Ingress.options(
+        name="server",
+        max_ongoing_requests=MODEL_MAX_ONGOING,
+        user_config=settings.model_dump(),
+        ray_actor_options={
+            "num_cpus": max(args.model_num_cpus, args.ingress_num_cpus),
+            **({"num_gpus": args.num_gpus} if args.num_gpus else {}),
+            **({"runtime_env": {"env_vars": dict(args.ingress_env)}} if args.ingress_env else {}),
+        },
+        **(scaling or {"autoscaling_config": MODEL_AUTOSCALING}),
+    )
+    return server.bind(local_tasks=tuple(models), tracking_uri=args.tracking_uri)
 
 
 app = build_app()

@@ -97,14 +97,17 @@ def validate_config(config: dict[str, Any]) -> list[str]:
     """
     from ray.serve.schema import ServeDeploySchema
 
-    from components.serving.settings import IngressSettings, ModelServerSettings
+    from components.serving.settings import (
+        ColocatedSettings, IngressSettings, ModelServerSettings,
+    )
 
     schema = ServeDeploySchema.model_validate(config)
     lines = []
     for app in schema.applications:
         for dep in app.deployments:
             user_config = dep.user_config if isinstance(dep.user_config, dict) else {}
-            kind = ModelServerSettings if "model_uri" in user_config else IngressSettings
+            kind = (ModelServerSettings if "model_uri" in user_config
+                    else ColocatedSettings if "models" in user_config else IngressSettings)
             kind.model_validate(user_config)
             scaling = dep.autoscaling_config if isinstance(dep.autoscaling_config, dict) else {}
             lines.append(

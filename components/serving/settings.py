@@ -60,3 +60,15 @@ class IngressSettings(StrictModel):
     require_token: bool = Field(
         False, description=f"refuse to start when ${TOKEN_ENV} is unset (auth must be on)"
     )
+
+
+class ColocatedSettings(IngressSettings):
+    """``user_config`` of an ingress that also runs the models itself (``colocate=True``).
+
+    One deployment, one hop less per request: no handle call to a model deployment, no
+    second serialisation. Each ``models`` entry configures that task's in-process
+    :class:`~components.serving.model_server.ModelServer` (``model_uri`` required).
+    """
+
+    models: dict[Literal["classification", "detection"], ModelServerSettings] = Field(
+        ..., min_length=1, description="task → that model's settings (batching, URI, ...)")
