@@ -41,6 +41,7 @@ from components.tracking.registry import (
     client,
     default_name,
     fetch_checkpoint,
+    fluent_uris,
     get_version,
 )
 
@@ -218,13 +219,16 @@ def _tracking_uri(cfg_uri: str | None) -> str | None:
 # ---------------------------------------------------------------------------- promote
 def promote(cfg: PromoteConfig) -> PromotionResult:
     """Judge a candidate against the champion on fresh measurements; move aliases."""
+    tracking_uri = _tracking_uri(cfg.tracking_uri)
+    with fluent_uris(tracking_uri):  # MLflow's process-wide URIs, put back afterwards
+        return _promote(cfg, tracking_uri)
+
+
+def _promote(cfg: PromoteConfig, tracking_uri: str | None) -> PromotionResult:
     import mlflow
 
     from components.training.evaluate import primary_metric
 
-    tracking_uri = _tracking_uri(cfg.tracking_uri)
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
     mlf = client(tracking_uri)
     name = cfg.registered_name
     metric = cfg.metric or primary_metric(cfg.task)

@@ -144,6 +144,38 @@ def _logging_run(run_id: str | None, tracking_uri: str | None, run_name: str) ->
         mlf.update_run(run_id, status=previous)
 
 
+@contextmanager
+def fluent_uris(tracking_uri: str | None) -> Iterator[None]:
+    """MLflow's fluent API (``log_model``, ``start_run``) for ``tracking_uri``, for this block.
+
+    ``mlflow.set_tracking_uri``/``set_registry_uri`` are process-global and also write
+    ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI`` into ``os.environ``, which every Ray worker,
+    job and Serve replica started later inherits (a registry URI leaked that way once sent
+    the demo's replicas to another registry). Both are put back on exit. ``None``: as is.
+    """
+    if not tracking_uri:
+        yield
+        return
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        mlflow.set_registry_uri(saved[1])
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
     return {
         k: float(v) for k, v in metrics.items()
@@ -180,9 +212,6 @@ def register_checkpoint(
             f"{checkpoint_dir} holds a {meta.task} model, not {task}: register it as {meta.task}"
         )
     name = registered_name or default_name(task)
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
     model, _ = packaging.model_from_checkpoint(checkpoint_dir)
     example = packaging.input_example(meta)
     signature = packaging.signature_for(meta, packaging.predict_arrays(model, meta, example))
@@ -196,7 +225,8 @@ def register_checkpoint(
         staged.mkdir()
         for fname in (WEIGHTS_FILE, META_FILE):
             shutil.copy2(checkpoint_dir / fname, staged / fname)
-        with _logging_run(run_id, tracking_uri, f"register-{name}") as logged_run:
+        with fluent_uris(tracking_uri), _logging_run(run_id, tracking_uri,
+                                                     f"register-{name}") as logged_run:
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(packaging.ENTRY_FILE),

@@ -190,3 +190,19 @@ def test_wrong_task_and_broken_checkpoint_are_not_registered(mlflow_uri, model_n
 
     with pytest.raises(MlflowException):
         registry.client(mlflow_uri).get_registered_model(model_name)
+
+
+def test_registering_leaves_the_process_mlflow_uris_alone(mlflow_server, model_name,
+                                                          checkpoint_factory, monkeypatch):
+    """MLflow's URI setters write os.environ, which Ray workers and Serve replicas started
+    later inherit: registering against an explicit server must not leave them behind."""
+    import os
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    version = register_checkpoint(checkpoint_factory(9), task="classification",
+                                  registered_name=model_name, tracking_uri=mlflow_server.uri)
+    assert registry.client(mlflow_server.uri).get_model_version(model_name, version).version == version
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before
