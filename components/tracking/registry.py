@@ -211,6 +211,11 @@ def register_checkpoint(
         raise RegistryError(
             f"{checkpoint_dir} holds a {meta.task} model, not {task}: register it as {meta.task}"
         )
+    if not meta.class_names:
+        raise RegistryError(
+            f"{checkpoint_dir} has no classes (an MAE-pretrained encoder?): nothing to serve; "
+            "fine-tune it on labelled data and register that checkpoint"
+        )
     name = registered_name or default_name(task)
     model, _ = packaging.model_from_checkpoint(checkpoint_dir)
     example = packaging.input_example(meta)

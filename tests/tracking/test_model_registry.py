@@ -3,6 +3,7 @@ URI resolution, the per-version cache, manual aliases with history, and bad inpu
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -185,6 +186,14 @@ def test_wrong_task_and_broken_checkpoint_are_not_registered(mlflow_uri, model_n
     shutil.copy(other / "model.safetensors", mismatched / "model.safetensors")
     with pytest.raises(CheckpointError, match="do not fit"):
         register_checkpoint(mismatched, task="classification", registered_name=model_name,
+                            tracking_uri=mlflow_uri)
+    # An encoder without classes (what MAE pretraining writes): nothing to serve.
+    encoder = tmp_path / "encoder"
+    shutil.copytree(ckpt, encoder)
+    meta = json.loads((encoder / "vitpipe.json").read_text())
+    (encoder / "vitpipe.json").write_text(json.dumps({**meta, "class_names": []}))
+    with pytest.raises(RegistryError, match="no classes"):
+        register_checkpoint(encoder, task="classification", registered_name=model_name,
                             tracking_uri=mlflow_uri)
     from mlflow.exceptions import MlflowException
 
