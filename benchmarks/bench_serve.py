@@ -165,6 +165,20 @@ async def load(url: str, png: bytes, concurrency: int, requests: int, cap_s: flo
             "throughput_rps": round(len(latencies) / wall, 1), **percentiles(latencies or [0.0])}
 
 
+async def get_latency(url: str, requests: int) -> dict:
+    """p50/p99 of sequential GETs: what one HTTP round trip through Serve costs, no work."""
+    import aiohttp
+
+    latencies = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(requests):
+            start = time.perf_counter()
+            async with session.get(url) as resp:
+                await resp.read()
+            latencies.append(time.perf_counter() - start)
+    return percentiles(latencies)
+
+
 async def load_handle(patches: np.ndarray, size: int, patch: int, concurrency: int,
                       requests: int, cap_s: float) -> dict:
     """The model deployment alone, through a DeploymentHandle (no HTTP, no decoding)."""
@@ -255,7 +269,7 @@ def main() -> int:
             baseline = in_process(uri, server.uri, tmp / "cache", png, n=200)
             url = f"http://127.0.0.1:{port}/v1/classify"
             runs: dict[str, dict[str, list]] = {layout: {} for layout in LAYOUTS}
-            handle_runs = {}
+            handle_runs, floors = {}, {}
             size, patch = baseline.pop("geometry")
             patches = np.zeros(((size // patch) ** 2, patch * patch * 3), np.uint8)
             try:
@@ -268,6 +282,9 @@ def main() -> int:
                         runs[layout][mode] = [
                             asyncio.run(load(url, png, c, args.requests, args.cap_s, None))
                             for c in (1, 8, 32)]
+                        if mode == "batched":  # Serve's own floor: proxy → replica → proxy
+                            floors[layout] = asyncio.run(get_latency(
+                                f"http://127.0.0.1:{port}/v2/health/live", args.requests // 2))
                         if layout == "split":  # the model deployment alone: batching itself
                             handle_runs[mode] = asyncio.run(
                                 load_handle(patches, size, patch, 32, args.requests, args.cap_s))
@@ -306,6 +323,7 @@ def main() -> int:
         "in_process": baseline,
         "serve": runs,
         "model_deployment_via_handle_c32": handle_runs,
+        "serve_floor_get_c1": floors,
         "settings": {"access_log": args.access_log,
                      "batched": {"max_batch_size": 32, "batch_wait_timeout_s": args.wait_ms / 1e3},
                      "unbatched": {"max_batch_size": 1},

@@ -94,6 +94,9 @@ def serve_table(d: dict) -> list[str]:
             f"| model deployment via handle, {mode} | {r['concurrency']} | {r['throughput_rps']} "
             f"| {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |"
         )
+    for layout, r in d.get("serve_floor_get_c1", {}).items():
+        rows.append(f"| GET /v2/health/live ({layout}: Serve's floor, no work) | 1 | "
+                    f"| {r['p50_ms']} | {r['p99_ms']} | |")
     ip = d["in_process"]["end_to_end"]
     s = d["summary"]
     per_layout = {k: v for k, v in s.items() if isinstance(v, dict) and k != "goals"} or {"split": s}

@@ -7,15 +7,15 @@ request the tests make carries ``AUTH`` unless the test is about auth itself.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
-import requests
 
 from components.tracking.server import free_port
 
-from serve_testlib import CLASSIFIER, DETECTOR, deploy, make_checkpoint, set_champion
+from serve_testlib import (
+    CLASSIFIER, DETECTOR, deploy, make_checkpoint, set_champion, wait_healthy,
+)
+
 
 @pytest.fixture(scope="session")
 def registered(mlflow_server, tmp_path_factory):
@@ -53,16 +53,7 @@ def serve_url(ray_cluster, registered, model_cache):
     try:
         deploy(registered, model_cache)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300  # replicas import torch & co: slow on a busy box
-        while True:
-            try:
-                if requests.get(f"{url}/healthz", timeout=30).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("the serving app did not become healthy in 300 s")
-            time.sleep(0.5)
+        wait_healthy(url)
         yield url
     finally:
         serve.shutdown()

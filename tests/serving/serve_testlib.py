@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +73,19 @@ def deploy(registered, cache_dir, model_uri_override: str | None = None, **model
         num_cpus=0.5, num_replicas=1,
     )
     _get_global_client().deploy_apps(schema)  # callers wait for what they need
+
+
+def wait_healthy(url: str, timeout_s: float = 300.0) -> None:
+    """Poll ``GET /healthz`` until 200 (replicas import torch & co: slow on a busy box)."""
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if requests.get(f"{url}/healthz", timeout=30).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the serving app at {url} did not become healthy in {timeout_s:.0f} s")
+        time.sleep(0.5)

@@ -16,7 +16,7 @@ import requests
 
 from components.tracking.server import free_port
 
-from serve_testlib import AUTH, CLASSIFIER, DETECTOR, TOKEN, encode
+from serve_testlib import AUTH, CLASSIFIER, DETECTOR, TOKEN, encode, wait_healthy
 
 APP = "vitpipe-colocated"
 PNG = {**AUTH, "content-type": "image/png"}
@@ -74,15 +74,7 @@ def colocated_url(ray_cluster, registered, tmp_path_factory):
     try:
         _get_global_client().deploy_apps(colocated_schema(registered, cache))
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if requests.get(f"{url}/healthz", timeout=30).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "the colocated app did not become healthy"
-            time.sleep(0.5)
+        wait_healthy(url)
         yield {"url": url, "cache": cache}
     finally:
         serve.shutdown()
