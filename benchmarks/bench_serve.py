@@ -1,18 +1,21 @@
 """Serving latency and throughput: batched vs unbatched, and the overhead over in-process.
 
-One run, loopback only, bounded (< 6 min here):
+One run, loopback only, bounded (< 8 min here):
 
 1. a real ``mlflow server`` with a random-weight ``vit_demo`` classifier registered as
    ``@champion``; a local Ray cluster; Serve on a free 127.0.0.1 port;
 2. in-process baseline: the same PNG through the same code the replicas run
    (``decode_image_bytes`` + ``preprocess`` + ``LoadedModel.run`` on one item), p50/p99;
 3. the application in both layouts — *split* (ingress + classifier deployment, 1 replica
-   each) and *colocated* (one ``server`` replica running the model itself) — each deployed
-   twice: *batched* (``max_batch_size`` 32) and *unbatched* (``max_batch_size`` 1), the
-   same code path otherwise; for each, closed-loop clients (aiohttp) at concurrency 1, 8,
-   32 post the PNG to ``/v1/classify`` for a fixed number of requests (time-capped) after
-   a warm-up; in the split layout 32 concurrent callers then hit the model deployment alone
-   through a DeploymentHandle (no HTTP, no decode: where batching itself acts);
+   each) and *colocated* (one ``server`` replica running the model itself) — on Serve's
+   gRPC data plane (what vitpipe ships), and the split layout once more on Ray actor calls
+   (Serve's default; a second Ray cluster in the same run); each deployed twice: *batched*
+   (``max_batch_size`` 32) and *unbatched* (``max_batch_size`` 1), the same code path
+   otherwise; for each, closed-loop clients (aiohttp) at concurrency 1, 8, 32 post the PNG
+   to ``/v1/classify`` for a fixed number of requests (time-capped) after a warm-up, and
+   sequential ``GET /v2/health/live`` give Serve's own floor; in the split layout 32
+   concurrent callers then hit the model deployment alone through a DeploymentHandle (no
+   HTTP, no decode: where batching itself acts);
 4. p50/p99 latency, throughput, errors per (layout, mode, concurrency) →
    ``benchmarks/results/serve.json``.
 
@@ -44,7 +47,12 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.pop("RAY_ADDRESS", None)
 
 NAME = "bench-serve-classifier"
-LAYOUTS = ("split", "colocated")  # ingress → model deployment, or models inside the ingress
+# Serve's transport between proxy and replicas (and between deployments) → the layouts run on
+# it: split = ingress → model deployment; colocated = the models inside the ingress replica.
+# "grpc" is what vitpipe ships (components.serving.settings.SERVE_NODE_ENV); "actor_calls" is
+# Ray Serve's default, the baseline.
+TRANSPORTS = {"grpc": ("split", "colocated"), "actor_calls": ("split",)}
+os.environ["RAY_SERVE_USE_GRPC_BY_DEFAULT"] = "1"  # the driver's handle calls (read at import)
 CLASS_NAMES = ["circle", "square", "triangle"]
 
 
@@ -261,39 +269,41 @@ def main() -> int:
         try:
             version = register_model(server.uri, tmp, args.model)
             uri = f"models:/{NAME}@champion"
-            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                     object_store_memory=500_000_000)
-            port = free_port()
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
-            # measured with Ray and Serve's system actors running, as the served runs are
-            baseline = in_process(uri, server.uri, tmp / "cache", png, n=200)
-            url = f"http://127.0.0.1:{port}/v1/classify"
-            runs: dict[str, dict[str, list]] = {layout: {} for layout in LAYOUTS}
-            handle_runs, floors = {}, {}
-            size, patch = baseline.pop("geometry")
-            patches = np.zeros(((size // patch) ** 2, patch * patch * 3), np.uint8)
-            try:
-                for layout in LAYOUTS:
-                    for mode, batch, wait in (("batched", 32, args.wait_ms / 1e3),
-                                              ("unbatched", 1, 0.0)):
-                        deploy(server.uri, tmp / "cache", batch, wait, port, args.access_log,
-                               colocate=layout == "colocated")
-                        asyncio.run(load(url, png, 8, 100, 30, None))  # warm-up
-                        runs[layout][mode] = [
-                            asyncio.run(load(url, png, c, args.requests, args.cap_s, None))
-                            for c in (1, 8, 32)]
-                        if mode == "batched":  # Serve's own floor: proxy → replica → proxy
-                            floors[layout] = asyncio.run(get_latency(
-                                f"http://127.0.0.1:{port}/v2/health/live", args.requests // 2))
-                        if layout == "split":  # the model deployment alone: batching itself
-                            handle_runs[mode] = asyncio.run(
-                                load_handle(patches, size, patch, 32, args.requests, args.cap_s))
-                        print(layout, mode, json.dumps(runs[layout][mode]),
-                              json.dumps(handle_runs.get(mode) if layout == "split" else None),
-                              flush=True)
-            finally:
-                serve.shutdown()
-                ray.shutdown()
+            runs: dict[str, dict[str, list]] = {}
+            handle_runs, floors, baseline = {}, {}, None
+            for transport, configs in TRANSPORTS.items():
+                os.environ["RAY_SERVE_USE_GRPC_BY_DEFAULT"] = "1" if transport == "grpc" else "0"
+                ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+                         object_store_memory=500_000_000)
+                port = free_port()
+                serve.start(http_options={"host": "127.0.0.1", "port": port})
+                try:
+                    if baseline is None:  # with Ray and Serve's system actors running
+                        baseline = in_process(uri, server.uri, tmp / "cache", png, n=200)
+                        size, patch = baseline.pop("geometry")
+                        patches = np.zeros(((size // patch) ** 2, patch * patch * 3), np.uint8)
+                    url = f"http://127.0.0.1:{port}/v1/classify"
+                    for layout in configs:
+                        key = layout if transport == "grpc" else f"{layout}_actor_calls"
+                        runs[key] = {}
+                        for mode, batch, wait in (("batched", 32, args.wait_ms / 1e3),
+                                                  ("unbatched", 1, 0.0)):
+                            deploy(server.uri, tmp / "cache", batch, wait, port, args.access_log,
+                                   colocate=layout == "colocated")
+                            asyncio.run(load(url, png, 8, 100, 30, None))  # warm-up
+                            runs[key][mode] = [
+                                asyncio.run(load(url, png, c, args.requests, args.cap_s, None))
+                                for c in (1, 8, 32)]
+                            if mode == "batched":  # Serve's own floor: proxy → replica → proxy
+                                floors[key] = asyncio.run(get_latency(
+                                    f"http://127.0.0.1:{port}/v2/health/live", args.requests // 2))
+                            if key == "split":  # the model deployment alone: batching itself
+                                handle_runs[mode] = asyncio.run(load_handle(
+                                    patches, size, patch, 32, args.requests, args.cap_s))
+                            print(key, mode, json.dumps(runs[key][mode]), flush=True)
+                finally:
+                    serve.shutdown()
+                    ray.shutdown()
         finally:
             server.stop()
 
@@ -328,7 +338,9 @@ def main() -> int:
                      "batched": {"max_batch_size": 32, "batch_wait_timeout_s": args.wait_ms / 1e3},
                      "unbatched": {"max_batch_size": 1},
                      "replicas": {"split": {"ingress": 1, "classifier": 1},
-                                  "colocated": {"server": 1}}},
+                                  "colocated": {"server": 1}},
+                     "transport": {"split": "grpc", "colocated": "grpc",
+                                   "split_actor_calls": "Ray actor calls (Serve's default)"}},
         "summary": {
             **summary,
             "batched_over_unbatched_model_deployment_c32": round(handle_speedup, 2),

@@ -43,6 +43,7 @@ from pydantic import Field
 
 from components.core.config import ConfigError, StrictModel, load_config
 from components.core.rayjobs import HEAD_PORTS, head_start_args, wait_for_job_agent
+from components.serving.settings import SERVE_NODE_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "pipelines" / "configs" / "demo.yaml"
@@ -497,7 +498,7 @@ def run_demo(cfg: DemoConfig, *, keep: bool) -> dict[str, Any]:
         # one inherited from the caller's environment would send Serve to another registry.
         env_vars = {"MLFLOW_TRACKING_URI": mlflow_uri, "MLFLOW_REGISTRY_URI": mlflow_uri,
                     "VITPIPE_MODEL_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-        head = services.ray(cfg.ray, env_vars)
+        head = services.ray(cfg.ray, {**env_vars, **SERVE_NODE_ENV})
         data = synthesize_data(cfg.synth, workdir / "synth")
         storage = workdir / "runs"
         storage.mkdir(exist_ok=True)

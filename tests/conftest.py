@@ -21,12 +21,16 @@ from pathlib import Path
 import pytest
 import requests
 
+from components.serving.settings import SERVE_NODE_ENV
 from components.tracking.server import MlflowServer, free_port
 
 # Tests never reach the network, and each test run's Ray must not join a user's cluster.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.pop("RAY_ADDRESS", None)
+# The node environment vitpipe ships for serving (the demo's head, the k8s ConfigMap), set
+# before Ray is imported so this process, the test cluster and its workers all share it.
+os.environ.update(SERVE_NODE_ENV)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,13 @@ from pydantic import Field
 
 from components.core.config import StrictModel
 
+# Environment of every Ray node that serves (set before `ray start`; the k8s ConfigMap, the
+# demo's head and the test cluster carry it): Serve's gRPC data plane between the proxy and
+# the replicas (and between deployments) instead of Ray actor calls. It is what Ray's
+# documented RAY_SERVE_THROUGHPUT_OPTIMIZED mode turns on, without that mode's other
+# switches (direct ingress, user code on the main loop). bench_serve.py measures both.
+SERVE_NODE_ENV = {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}
+
 DEFAULT_CLASSIFIER_URI = "models:/vitpipe-classifier@champion"
 DEFAULT_DETECTOR_URI = "models:/vitpipe-detector@champion"
 TOKEN_ENV = "VITPIPE_SERVE_TOKEN"

@@ -154,6 +154,17 @@ def test_shared_storage_path_is_on_a_volume_every_ray_pod_mounts(overlay):
             assert "vitpipe-env" in env_from
 
 
+def test_every_ray_pod_gets_the_serving_node_env(overlay):
+    """What the demo's head and the test cluster run with (Serve's gRPC data plane) reaches
+    every Ray pod through the shared ConfigMap, before Ray starts there."""
+    from components.serving.settings import SERVE_NODE_ENV
+
+    name, _, docs = overlay
+    (env,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == "vitpipe-env"]
+    for key, value in SERVE_NODE_ENV.items():
+        assert env["data"].get(key) == value, f"{name}: {key} is not {value!r} in vitpipe-env"
+
+
 def test_mlflow_on_postgres_and_object_storage_with_secrets(overlay):
     name, _, docs = overlay
     (deploy,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "vitpipe-mlflow"]
