@@ -89,19 +89,26 @@ def serve_table(d: dict) -> list[str]:
                     f"| HTTP {layout}, {mode} | {r['concurrency']} | {r['throughput_rps']} "
                     f"| {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |"
                 )
+        jpeg = d.get("serve_jpeg_c1_batched", {}).get(layout)
+        if jpeg:
+            rows.append(f"| HTTP {layout}, batched, JPEG body | 1 | {jpeg['throughput_rps']} "
+                        f"| {jpeg['p50_ms']} | {jpeg['p99_ms']} | {jpeg['errors']} |")
+        floor = d.get("serve_floor_get_c1", {}).get(layout)
+        if floor:
+            rows.append(f"| GET /v2/health/live ({layout}: Serve's floor, no work) | 1 | "
+                        f"| {floor['p50_ms']} | {floor['p99_ms']} | |")
     for mode, r in d.get("model_deployment_via_handle_c32", {}).items():
         rows.append(
             f"| model deployment via handle, {mode} | {r['concurrency']} | {r['throughput_rps']} "
             f"| {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |"
         )
-    for layout, r in d.get("serve_floor_get_c1", {}).items():
-        rows.append(f"| GET /v2/health/live ({layout}: Serve's floor, no work) | 1 | "
-                    f"| {r['p50_ms']} | {r['p99_ms']} | |")
     ip = d["in_process"]["end_to_end"]
     s = d["summary"]
     per_layout = {k: v for k, v in s.items() if isinstance(v, dict) and k != "goals"} or {"split": s}
     rows += [
         f"| in-process (decode + model), baseline | 1 | | {ip['p50_ms']} | {ip['p99_ms']} | |",
+        *([f"| in-process, JPEG body | 1 | | {d['in_process_jpeg']['end_to_end']['p50_ms']} "
+           f"| {d['in_process_jpeg']['end_to_end']['p99_ms']} | |"] if "in_process_jpeg" in d else []),
         "",
         f"Model deployment alone, batched / unbatched throughput at c=32: "
         f"{s['batched_over_unbatched_model_deployment_c32']}× (goal ≥ 2×). "
@@ -109,7 +116,9 @@ def serve_table(d: dict) -> list[str]:
             f"{layout.capitalize()}: HTTP batched / unbatched at c=32 "
             f"{v['batched_over_unbatched_throughput_c32']}×, p50 overhead over in-process at "
             f"c=1 {v['p50_overhead_ms_c1_batched']} ms batched, "
-            f"{v['p50_overhead_ms_c1_unbatched']} ms unbatched (goal ≤ 10 ms)."
+            f"{v['p50_overhead_ms_c1_unbatched']} ms unbatched"
+            + (f", {v['p50_overhead_ms_c1_batched_jpeg']} ms batched with the JPEG body"
+               if "p50_overhead_ms_c1_batched_jpeg" in v else "") + " (goal ≤ 10 ms)."
             for layout, v in per_layout.items())
         + f" Errors: {s['errors']}.",
     ]
