@@ -81,7 +81,8 @@ def serve_table(d: dict) -> list[str]:
         "| mode | concurrency | req/s | p50 ms | p99 ms | errors |",
         "|---|---|---|---|---|---|",
     ]
-    layouts = d["serve"] if "split" in d["serve"] else {"split": d["serve"]}  # older files
+    # files written before the layouts and the gRPC data plane: split layout, actor calls
+    layouts = d["serve"] if "split" in d["serve"] else {"split_actor_calls": d["serve"]}
     for layout, modes in layouts.items():
         for mode in ("batched", "unbatched"):
             for r in modes[mode]:
@@ -104,7 +105,8 @@ def serve_table(d: dict) -> list[str]:
         )
     ip = d["in_process"]["end_to_end"]
     s = d["summary"]
-    per_layout = {k: v for k, v in s.items() if isinstance(v, dict) and k != "goals"} or {"split": s}
+    per_layout = ({k: v for k, v in s.items() if isinstance(v, dict) and k != "goals"}
+                  or {"split_actor_calls": s})
     rows += [
         f"| in-process (decode + model), baseline | 1 | | {ip['p50_ms']} | {ip['p99_ms']} | |",
         *([f"| in-process, JPEG body | 1 | | {d['in_process_jpeg']['end_to_end']['p50_ms']} "
