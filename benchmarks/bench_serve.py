@@ -78,7 +78,8 @@ def sample_image(fmt: str = "PNG", size_hw=(240, 320)) -> bytes:
     return buf.getvalue()
 
 
-def register_model(tracking_uri: str, workdir: Path, model_name: str) -> str:
+def register_model(tracking_uri: str, workdir: Path, model_name: str,
+                   img_size: int | None = None) -> str:
     import torch
     from mlflow import MlflowClient
 
@@ -87,7 +88,8 @@ def register_model(tracking_uri: str, workdir: Path, model_name: str) -> str:
     from components.tracking.registry import register_checkpoint
 
     torch.manual_seed(0)
-    model = build_model(model_name, num_classes=len(CLASS_NAMES))
+    model = build_model(model_name, num_classes=len(CLASS_NAMES),
+                        **({"img_size": img_size} if img_size else {}))
     meta = CheckpointMeta(model_name=model_name, task="classification",
                           model_config=dict(model.build_config), class_names=CLASS_NAMES,
                           image_size=int(model.img_size), patch_size=int(model.patch_size),
@@ -247,6 +249,8 @@ def main() -> int:
     parser.add_argument("--wait-ms", type=float, default=2.0, help="batched: batch_wait_timeout")
     parser.add_argument("--access-log", action="store_true",
                         help="keep Serve's per-request access log on (off: high-QPS setting)")
+    parser.add_argument("--img-size", type=int, default=None,
+                        help="the model's input size (default: the model's own)")
     parser.add_argument("--model", default="vit_demo",
                         help="registered model to serve (random weights), e.g. vit_tiny_patch16_224")
     parser.add_argument("--out", default=None, help="default: results/serve.json (vit_demo) "
@@ -254,6 +258,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.out is None:
         suffix = "" if args.model == "vit_demo" else f"_{args.model}"
+        suffix += f"_{args.img_size}px" if args.img_size else ""
         args.out = str(ROOT / "benchmarks" / "results" / f"serve{suffix}.json")
 
     import ray
@@ -268,7 +273,7 @@ def main() -> int:
         tmp = Path(tmp)
         server = MlflowServer(root=tmp / "mlflow").start()
         try:
-            version = register_model(server.uri, tmp, args.model)
+            version = register_model(server.uri, tmp, args.model, args.img_size)
             uri = f"models:/{NAME}@champion"
             runs: dict[str, dict[str, list]] = {}
             handle_runs, floors, jpeg_c1, baseline = {}, {}, {}, None

@@ -206,6 +206,8 @@ SECTIONS = [
     ("detect_cpu", "bench_detect_gpu.py", detect_table),
     ("registry", "bench_registry.py", registry_table),
     ("serve", "bench_serve.py", serve_table),
+    ("serve_vit_tiny_patch16_224_64px",
+     "bench_serve.py --model vit_tiny_patch16_224 --img-size 64", serve_table),
     ("serve_vit_tiny_patch16_224", "bench_serve.py --model vit_tiny_patch16_224", serve_table),
 ]
 
