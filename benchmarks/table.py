@@ -75,7 +75,8 @@ def train_gpu_table(d: dict) -> list[str]:
 
 def serve_table(d: dict) -> list[str]:
     rows = [
-        f"**Serving** (`bench_serve.py`; model {d['model']['name']}, {d['model']['image']}; "
+        f"**Serving** (`bench_serve.py`; model {d['model']['name']} at {d['model']['input']}, "
+        f"{d['model']['image']}; "
         f"{_machine(d['machine'])})",
         "",
         "| mode | concurrency | req/s | p50 ms | p99 ms | errors |",
