@@ -1,7 +1,9 @@
 """``vitpipe serve ...``: the Serve config file and a local server.
 
-- ``build-config [-o PATH] [--check]``: run ``serve build components.serving.app:app`` and
-  write ``pipelines/configs/serve.yaml`` (``--check``: exit 1 if the file is out of date).
+- ``build-config [-o PATH] [--check]``: run ``serve build`` of ``components.serving.app:app``
+  and ``:colocated_app`` and write ``pipelines/configs/serve.yaml`` and
+  ``serve_colocated.yaml`` (``-o``: the split config only, there; ``--check``: exit 1 if a
+  file is out of date).
 - ``check-config [PATH]``: validate a Serve config with Ray's ``ServeDeploySchema`` and the
   deployments' ``user_config`` with vitpipe's settings models.
 
@@ -20,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser("serve", help="serving: the Serve config file")
     sub = serve.add_subparsers(dest="serve_command", required=True, metavar="SUBCOMMAND")
 
-    build = sub.add_parser("build-config", help="write pipelines/configs/serve.yaml with serve build")
+    build = sub.add_parser("build-config",
+                           help="write pipelines/configs/serve{,_colocated}.yaml with serve build")
     build.add_argument("-o", "--output", default=None, help="output path (default: the repo's)")
     build.add_argument("--check", action="store_true", help="exit 1 if the file is out of date")
     build.set_defaults(handler=_build_config)
@@ -33,21 +36,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _build_config(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from components.serving.config_file import SERVE_CONFIG, build_serve_config_text
+    from components.serving.config_file import CONFIG_FILES, IMPORT_PATH, build_serve_config_text
 
-    path = Path(args.output) if args.output else SERVE_CONFIG
-    text = build_serve_config_text()
-    if args.check:
-        current = path.read_text() if path.is_file() else ""
-        if current != text:
-            print(f"{path} is out of date: run 'vitpipe serve build-config'", file=sys.stderr)
-            return 1
-        print(f"{path} is up to date")
-        return 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    print(f"wrote {path}")
-    return 0
+    targets = ({Path(args.output): IMPORT_PATH} if args.output else CONFIG_FILES)
+    stale = 0
+    for path, import_path in targets.items():
+        text = build_serve_config_text(import_path)
+        if args.check:
+            current = path.read_text() if path.is_file() else ""
+            if current != text:
+                print(f"{path} is out of date: run 'vitpipe serve build-config'", file=sys.stderr)
+                stale += 1
+            else:
+                print(f"{path} is up to date")
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
+    return 1 if stale else 0
 
 
 def _check_config(args: argparse.Namespace) -> int:

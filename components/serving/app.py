@@ -540,3 +540,4 @@ def _colocated_app(args: AppArgs, models: dict[str, ModelServerSettings],
 
 
 app = build_app()
+colocated_app = build_app({"colocate": True})  # → pipelines/configs/serve_colocated.yaml

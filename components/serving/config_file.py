@@ -2,7 +2,9 @@
 
 ``write_serve_config`` runs ``serve build components.serving.app:app`` (the deployments'
 options in code become the file), names the application ``vitpipe`` and writes the result;
-``vitpipe serve build-config --check`` fails when the committed file is out of date. The
+``serve_colocated.yaml`` is the same for ``colocated_app`` (one deployment running the
+models in its replicas); ``vitpipe serve build-config --check`` fails when a committed file
+is out of date. The
 platform's ``k8s/sync_serve_config.py`` embeds the file verbatim in the RayService.
 
 ``deploy_schema`` reads the file as a ``ServeDeploySchema`` with per-environment edits
@@ -21,17 +23,21 @@ from typing import Any
 import yaml
 
 IMPORT_PATH = "components.serving.app:app"
+COLOCATED_IMPORT_PATH = "components.serving.app:colocated_app"
 APP_NAME = "vitpipe"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVE_CONFIG = REPO_ROOT / "pipelines" / "configs" / "serve.yaml"
+SERVE_COLOCATED_CONFIG = REPO_ROOT / "pipelines" / "configs" / "serve_colocated.yaml"
+# every committed config file → the application it is `serve build` of
+CONFIG_FILES = {SERVE_CONFIG: IMPORT_PATH, SERVE_COLOCATED_CONFIG: COLOCATED_IMPORT_PATH}
 
 
-def build_serve_config_text() -> str:
-    """The config text ``serve build`` produces for :data:`IMPORT_PATH`, app renamed."""
+def build_serve_config_text(import_path: str = IMPORT_PATH) -> str:
+    """The config text ``serve build`` produces for ``import_path``, app renamed."""
     serve_exe = Path(sys.executable).with_name("serve")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "serve.yaml"
-        cmd = [str(serve_exe) if serve_exe.exists() else "serve", "build", IMPORT_PATH,
+        cmd = [str(serve_exe) if serve_exe.exists() else "serve", "build", import_path,
                "--app-dir", str(REPO_ROOT), "-o", str(out)]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
@@ -42,9 +48,9 @@ def build_serve_config_text() -> str:
     return text.replace("- name: app1\n", f"- name: {APP_NAME}\n", 1)
 
 
-def write_serve_config(path: Path = SERVE_CONFIG) -> Path:
+def write_serve_config(path: Path = SERVE_CONFIG, import_path: str = IMPORT_PATH) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(build_serve_config_text())
+    path.write_text(build_serve_config_text(import_path))
     return path
 
 

@@ -1,6 +1,6 @@
 """The colocated layout (``build_app(colocate=True)``): one deployment whose replicas decode
-and run the models themselves, deployed as ``serve deploy`` would from a config whose
-application names ``components.serving.app:build_app`` with ``args``. Same endpoints and
+and run the models themselves, deployed as ``serve deploy`` would from the committed
+``pipelines/configs/serve_colocated.yaml`` (edited for the test run). Same endpoints and
 contracts as the split layout; these tests cover what differs: one deployment, the models'
 settings nested in its ``user_config`` (validated, retuned live), the health probe reaching
 the models, and dynamic batching inside the ingress replica (a lone request runs at once,
@@ -24,29 +24,30 @@ WAIT_S = 2.0  # a long batch wait: a lone request that waited for company would 
 
 
 def colocated_schema(registered, cache_dir, **classifier_settings):
+    """``pipelines/configs/serve_colocated.yaml`` as committed, edited for this test run the
+    way an operator edits it (URIs, cache, batching, one replica, the env), then deployed
+    through Serve's config path as ``serve deploy`` would."""
     from ray.serve.schema import ServeDeploySchema
 
+    from components.serving.config_file import SERVE_COLOCATED_CONFIG, load_config
     from components.serving.settings import TOKEN_ENV
 
+    config = load_config(SERVE_COLOCATED_CONFIG)
+    (app,) = config["applications"]
+    app["name"] = APP
+    (server,) = app["deployments"]
+    server.pop("autoscaling_config", None)
+    server["num_replicas"] = 1
+    server["ray_actor_options"]["num_cpus"] = 0.5
     common = {"poll_interval_s": 0.5, "cache_dir": str(cache_dir), "max_batch_size": 8,
               "batch_wait_timeout_s": WAIT_S, "score_threshold": 0.0}
-    return ServeDeploySchema.model_validate({"applications": [{
-        "name": APP, "route_prefix": "/", "import_path": "components.serving.app:build_app",
-        "args": {
-            "colocate": True, "replicas": 1, "model_num_cpus": 0.5, "ingress_num_cpus": 0.5,
-            "classifier_uri": f"models:/{CLASSIFIER}@champion",
-            "detector_uri": f"models:/{DETECTOR}@champion",
-            "model_settings": common,
-        },
-        "runtime_env": {"env_vars": {"MLFLOW_TRACKING_URI": registered["tracking_uri"],
-                                     TOKEN_ENV: TOKEN}},
-        # what an operator edits in the config file: the classifier's batching, live
-        "deployments": [{"name": "server", "user_config": {
-            "models": {"classification": {**common, "model_uri": f"models:/{CLASSIFIER}@champion",
-                                          **classifier_settings},
-                       "detection": {**common, "model_uri": f"models:/{DETECTOR}@champion"}},
-        }}],
-    }]})
+    models = server["user_config"]["models"]
+    models["classification"].update(common, model_uri=f"models:/{CLASSIFIER}@champion",
+                                    **classifier_settings)
+    models["detection"].update(common, model_uri=f"models:/{DETECTOR}@champion")
+    app["runtime_env"] = {"env_vars": {"MLFLOW_TRACKING_URI": registered["tracking_uri"],
+                                       TOKEN_ENV: TOKEN}}
+    return ServeDeploySchema.model_validate(config)
 
 
 def champion(registered, name: str) -> str:

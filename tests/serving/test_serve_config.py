@@ -8,7 +8,8 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from components.serving.config_file import (
-    SERVE_CONFIG, build_serve_config_text, deploy_schema, load_config, validate_config,
+    COLOCATED_IMPORT_PATH, SERVE_COLOCATED_CONFIG, SERVE_CONFIG, build_serve_config_text,
+    deploy_schema, load_config, validate_config,
 )
 from components.serving.settings import IngressSettings, ModelServerSettings
 
@@ -36,6 +37,19 @@ def test_committed_config_is_a_valid_serve_deploy_schema():
 def test_committed_config_matches_serve_build_of_the_code():
     assert SERVE_CONFIG.read_text() == build_serve_config_text(), (
         "pipelines/configs/serve.yaml is out of date: run 'vitpipe serve build-config'")
+
+
+def test_committed_colocated_config_matches_serve_build_and_validates():
+    assert SERVE_COLOCATED_CONFIG.read_text() == build_serve_config_text(COLOCATED_IMPORT_PATH), (
+        "pipelines/configs/serve_colocated.yaml is out of date: run 'vitpipe serve build-config'")
+    config = load_config(SERVE_COLOCATED_CONFIG)
+    (app,) = ServeDeploySchema.model_validate(config).applications
+    assert [d.name for d in app.deployments] == ["server"]
+    (line,) = validate_config(config)
+    assert line.startswith("vitpipe/server: ColocatedSettings ok")
+    models = app.deployments[0].user_config["models"]
+    assert models["classification"]["model_uri"] == "models:/vitpipe-classifier@champion"
+    assert models["detection"]["model_uri"] == "models:/vitpipe-detector@champion"
 
 
 def test_environment_edits_stay_valid_and_bad_settings_are_caught():
