@@ -200,22 +200,23 @@ class Ingress:
     async def _call(self, task: str, method: str, *args, timeout_s: float | None = None):
         target = self._handle(task)
         timeout = timeout_s or self._settings.request_timeout_s
+        response = None  # a model deployment's call, cancelled explicitly
         if isinstance(target, ModelServer):  # colocated: a plain call (cancelled with us)
-            result = getattr(target, method)(*args)
-            if not inspect.isawaitable(result):
-                return result
-            try:
-                return await asyncio.wait_for(result, timeout)
-            except asyncio.TimeoutError:
-                raise unavailable(f"the {task} model did not answer within {timeout:.0f}s") from None
-        response = getattr(target, method).remote(*args)
+            pending = getattr(target, method)(*args)
+            if not inspect.isawaitable(pending):
+                return pending
+        else:
+            response = getattr(target, method).remote(*args)
+            pending = _await(response)
         try:
-            return await asyncio.wait_for(_await(response), timeout)
+            return await asyncio.wait_for(pending, timeout)
         except asyncio.TimeoutError:
-            response.cancel()
+            if response is not None:
+                response.cancel()
             raise unavailable(f"the {task} model did not answer within {timeout:.0f}s") from None
         except asyncio.CancelledError:  # the client went away: drop its queued model call
-            response.cancel()
+            if response is not None:
+                response.cancel()
             raise
 
     async def _geometry(self, task: str) -> dict[str, Any]:
