@@ -9,6 +9,12 @@ term → weight (auxiliary terms take their base term's weight); :func:`total_lo
 - ``loss_bbox``: L1 of matched normalised cxcywh boxes / number of boxes.
 - ``loss_giou``: 1 − GIoU of matched boxes / number of boxes.
 
+One-to-many matching (``match_repeats = k > 1``): each image's targets are repeated k times
+before the Hungarian matching, so up to k distinct queries are positives for every box (more
+positive queries per image, faster learning of box regression; the duplicates it teaches
+the model to emit are removed at inference by NMS, ``postprocess.detections(nms_iou=...)``).
+The number of boxes is then the repeated count. ``k = 1`` is DETR's one-to-one matching.
+
 The number of boxes is summed over all ranks when ``torch.distributed`` is initialised
 (and divided by the world size), so every rank normalises by the same count.
 """
@@ -38,20 +44,41 @@ def batch_targets(batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor
     ]
 
 
+def repeat_targets(targets: list[dict[str, torch.Tensor]], k: int) -> list[dict[str, torch.Tensor]]:
+    """Each image's ``{"boxes": [T_i, 4], "classes": [T_i]}`` → ``[k·T_i, 4]``, ``[k·T_i]``
+    (the whole list k times: repeated row ``j`` is original row ``j % T_i``)."""
+    if k == 1:
+        return targets
+    return [{"boxes": t["boxes"].repeat(k, 1), "classes": t["classes"].repeat(k)} for t in targets]
+
+
 class SetCriterion(nn.Module):
     def __init__(self, num_classes: int, matcher: HungarianMatcher, *, eos_coef: float = 0.1,
-                 weight_dict: dict[str, float]) -> None:
+                 weight_dict: dict[str, float], match_repeats: int = 1) -> None:
         super().__init__()
+        if match_repeats < 1:
+            raise ValueError(f"match_repeats must be >= 1, got {match_repeats}")
         self.num_classes = num_classes
         self.matcher = matcher
         self.eos_coef = eos_coef
+        self.match_repeats = match_repeats
         self.weight_dict = dict(weight_dict)
         class_weight = torch.ones(num_classes + 1)
         class_weight[-1] = eos_coef
         self.register_buffer("class_weight", class_weight)
 
+    def match(self, outputs: dict, targets: list[dict[str, torch.Tensor]]
+              ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per image ``(query_idx [K_i], target_idx [K_i])`` with ``K_i = min(Q, k·T_i)``:
+        distinct queries; ``target_idx`` indexes the *original* ``T_i`` targets, each at most
+        ``k = match_repeats`` times."""
+        indices = self.matcher(outputs, repeat_targets(targets, self.match_repeats))
+        if self.match_repeats == 1:
+            return indices
+        return [(q, j % max(len(t["classes"]), 1)) for (q, j), t in zip(indices, targets)]
+
     def _num_boxes(self, targets: list[dict], device: torch.device) -> torch.Tensor:
-        count = torch.tensor(float(sum(len(t["classes"]) for t in targets)), device=device)
+        count = torch.tensor(float(self.match_repeats * sum(len(t["classes"]) for t in targets)), device=device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(count)
             count = count / dist.get_world_size()
@@ -59,7 +86,7 @@ class SetCriterion(nn.Module):
 
     def _losses(self, outputs: dict, targets: list[dict], num_boxes: torch.Tensor) -> dict[str, torch.Tensor]:
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
-        indices = self.matcher(outputs, targets)
+        indices = self.match(outputs, targets)
         batch_idx = torch.cat([torch.full_like(q, i) for i, (q, _) in enumerate(indices)]).to(logits.device)
         query_idx = torch.cat([q for q, _ in indices]).to(logits.device)
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
@@ -89,11 +116,12 @@ class SetCriterion(nn.Module):
 
 
 def build_criterion(num_classes: int, *, class_weight: float = 1.0, bbox_weight: float = 5.0,
-                    giou_weight: float = 2.0, eos_coef: float = 0.1) -> SetCriterion:
-    """DETR's defaults: matcher and loss weights class 1, L1 5, GIoU 2; no-object weight 0.1."""
+                    giou_weight: float = 2.0, eos_coef: float = 0.1, match_repeats: int = 1) -> SetCriterion:
+    """DETR's defaults: matcher and loss weights class 1, L1 5, GIoU 2; no-object weight 0.1;
+    one-to-one matching (``match_repeats=1``; k > 1: each box matched to k queries)."""
     matcher = HungarianMatcher(cost_class=class_weight, cost_bbox=bbox_weight, cost_giou=giou_weight)
     weights = {"loss_ce": class_weight, "loss_bbox": bbox_weight, "loss_giou": giou_weight}
-    return SetCriterion(num_classes, matcher, eos_coef=eos_coef, weight_dict=weights)
+    return SetCriterion(num_classes, matcher, eos_coef=eos_coef, weight_dict=weights, match_repeats=match_repeats)
 
 
 def loss_weight(weight_dict: dict[str, float], key: str) -> float:
