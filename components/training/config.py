@@ -123,6 +123,24 @@ class EvalSection(StrictModel):
     score_threshold: float = Field(0.0, ge=0, le=1)
 
 
+class CriterionSection(StrictModel):
+    """The detectors' set criterion (``components.models.criterion.build_criterion``): matcher
+    costs and loss weights (the same numbers), no-object weight, one-to-many matching."""
+
+    class_weight: float = Field(1.0, ge=0)
+    bbox_weight: float = Field(5.0, ge=0)
+    giou_weight: float = Field(2.0, ge=0)
+    eos_coef: float = Field(0.1, gt=0, le=1)  # cross-entropy weight of the no-object class
+    # k > 1: each box is matched to k queries (set the model's nms_iou to drop the duplicates)
+    match_repeats: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _some_cost(self) -> "CriterionSection":
+        if self.class_weight == self.bbox_weight == self.giou_weight == 0:
+            raise ValueError("criterion: class_weight, bbox_weight and giou_weight are all 0")
+        return self
+
+
 class MaeSection(StrictModel):
     """Masked-autoencoder pretraining (``task: mae``, He et al. 2021); see ``components.models.mae``."""
 
@@ -164,6 +182,7 @@ class TrainConfig(StrictModel):
     registry: RegisterSection = Field(default_factory=RegisterSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     mae: MaeSection = Field(default_factory=MaeSection)
+    criterion: CriterionSection = Field(default_factory=CriterionSection)  # task: detection
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":

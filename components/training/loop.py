@@ -96,7 +96,7 @@ def make_loss(cfg: TrainConfig, num_classes: int):
         return mae_loss()
     from components.models.criterion import build_criterion
 
-    return detection_loss(build_criterion(num_classes))
+    return detection_loss(build_criterion(num_classes, **cfg.criterion.model_dump()))
 
 
 def mae_loss():
