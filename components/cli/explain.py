@@ -69,9 +69,8 @@ def _explain(args: argparse.Namespace) -> int:
             files.append(save_png(overlay(image, patch_map(layer[0].mean(0)[cls], layout)), out / f"layer_{i:02d}.png"))
     else:
         orig = torch.tensor([image.shape[:2]])
-        (det,) = detections(outputs, orig, top_k=args.top)
-        probs = outputs["pred_logits"].float().softmax(-1)[0, :, :-1].max(-1).values
-        queries = probs.argsort(descending=True)[: args.top]
+        (det,) = detections(outputs, orig, top_k=args.top, nms_iou=getattr(model, "nms_iou", None))
+        queries = det["queries"]  # after the model's NMS, if it has one
         report["detections"] = []
         files = []
         for k, q in enumerate(queries.tolist()):

@@ -103,9 +103,14 @@ class Detr(VisionModel):
         backbone: str = "resnet50", backbone_kwargs: dict[str, Any] | None = None, backbone_stage: int = 4,
         frozen_bn: bool = False, hidden_dim: int = 256, num_heads: int = 8, num_encoder_layers: int = 6,
         num_decoder_layers: int = 6, ffn_dim: int = 2048, dropout: float = 0.1, num_queries: int = 100,
-        mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, nms_iou: float | None = None,
     ) -> None:
         super().__init__(img_size=img_size, patch_size=patch_size, mean=mean, std=std)
+        if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
+            raise ValueError(f"nms_iou must lie in (0, 1] or be None, got {nms_iou}")
+        # IoU of class-aware NMS at inference (postprocess.detections); None = off, as
+        # one-to-one matching needs none. Set it when training with criterion.match_repeats > 1.
+        self.nms_iou = nms_iou
         self.backbone = timm.create_model(
             backbone, pretrained=False, features_only=True, out_indices=(backbone_stage,), **(backbone_kwargs or {})
         )

@@ -125,7 +125,8 @@ class LoadedModel:
         from components.models.postprocess import detections
 
         orig = torch.tensor([item.orig_hw for item in items], dtype=torch.int64)
-        found = detections(outputs, orig, score_threshold=score_threshold, top_k=max_detections)
+        found = detections(outputs, orig, score_threshold=score_threshold, top_k=max_detections,
+                           nms_iou=getattr(self.model, "nms_iou", None))
         return [
             {**common, "boxes": d["boxes"].float().numpy(), "scores": d["scores"].float().numpy(),
              "labels": d["labels"].numpy()}

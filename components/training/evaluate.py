@@ -225,6 +225,7 @@ def predict_detections(
     image_ids: list[int] = []
     samples: list[dict[str, Any]] = []
     patch_size = _patch_size(model)
+    nms_iou = getattr(getattr(model, "module", model), "nms_iou", None)  # the model's own NMS setting
     with _eval_mode(model):
         for batch in batches:
             patches = batch["patches"].to(device, non_blocking=True)
@@ -234,7 +235,7 @@ def predict_detections(
                 k: v.float().cpu() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")
             }
             orig = batch["orig_size"].detach().cpu()
-            per_image = detections(outputs, orig, score_threshold=score_threshold, top_k=top_k)
+            per_image = detections(outputs, orig, score_threshold=score_threshold, top_k=top_k, nms_iou=nms_iou)
             ids = [int(i) for i in batch["image_id"].detach().cpu()]
             image_ids.extend(ids)
             for image_id, det in zip(ids, per_image):
