@@ -10,9 +10,18 @@ the one evaluator (``evaluate_detection``, pycocotools). Ray is not used (the GP
 none); augmentation is a random horizontal flip (boxes follow) done on the device. Models
 start from random weights (the demo initialises YOLOS from its pretrained ViT).
 
+A model spec is ``name[+stem][/patch]``: ``yolos_demo+conv`` builds YOLOS with the conv stem
+(``stem="conv"``), ``yolos_demo/8`` with 8x8 patches. ``--match-repeats 1 3`` trains each
+model once per k (one-to-many matching: every box matched to k queries); runs with k > 1
+build the model with ``nms_iou=--nms-iou`` so the evaluator drops the duplicates, and their
+curve also reports mAP50 without NMS (``map50_no_nms``).
+
     python benchmarks/bench_detect_gpu.py [--steps 3000] [--models yolos_demo yolos_demo/8 detr_demo]
     python benchmarks/bench_detect_gpu.py --models yolos_demo --batch 32 --steps 2000 \\
         --num-train 1000 --out benchmarks/results/detect_cpu.json          # this 2-core CPU
+    OMP_NUM_THREADS=1 python benchmarks/bench_detect_gpu.py --threads 1 --models yolos_demo+conv \\
+        --match-repeats 1 3 --nms-iou 0.7 --batch 16 --steps 1500 --eval-every 250 --num-train 1000 \\
+        --out benchmarks/results/detect_cpu_o2m.json                      # one-to-many, one core
 """
 
 from __future__ import annotations
@@ -41,10 +50,15 @@ from _machine import cpu_name  # benchmarks/, the script's own folder
 IMAGE_SIZE, PATCH, MAX_BOXES = 96, 16, 10
 
 
-def split_spec(spec: str) -> tuple[str, int | None]:
-    """``"yolos_demo/8"`` → (``"yolos_demo"``, 8); no suffix: the model's own patch size."""
+def split_spec(spec: str) -> tuple[str, dict]:
+    """``"yolos_demo+conv/8"`` → (``"yolos_demo"``, ``{"stem": "conv", "patch_size": 8}``);
+    without a suffix: the model's own stem and patch size."""
     name, _, patch = spec.partition("/")
-    return name, int(patch) if patch else None
+    name, _, stem = name.partition("+")
+    extra: dict = {"stem": stem} if stem else {}
+    if patch:
+        extra["patch_size"] = int(patch)
+    return name, extra
 
 
 def load_split(root: Path, split: str) -> dict[str, torch.Tensor]:
@@ -87,13 +101,14 @@ def val_batches(val: dict[str, torch.Tensor], patch: int, size: int = 256):
 
 
 def train_curve(spec: str, train, val, gt_path: Path, *, steps: int, eval_every: int, batch: int,
-                lr: float, device, amp) -> dict:
+                lr: float, device, amp, match_repeats: int = 1, nms_iou: float | None = None) -> dict:
     torch.manual_seed(0)
-    name, patch_override = split_spec(spec)
-    extra = {"patch_size": patch_override} if patch_override else {}
+    name, extra = split_spec(spec)
+    if nms_iou is not None:
+        extra["nms_iou"] = nms_iou
     model = build_model(name, num_classes=5, img_size=IMAGE_SIZE, **extra).to(device)
     patch = model.patch_size
-    criterion = build_criterion(5).to(device)
+    criterion = build_criterion(5, match_repeats=match_repeats).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     warmup = max(steps // 20, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -114,14 +129,24 @@ def train_curve(spec: str, train, val, gt_path: Path, *, steps: int, eval_every:
                                  "classes": on_device["classes"][idx], "box_mask": on_device["box_mask"][idx]},
                                 step=step)
         if step % eval_every == 0 or step == steps:
+            seconds = round(time.perf_counter() - started, 1)  # training and the evaluations before this one
             metrics = evaluate_detection(model, val_batches(val, patch), gt_path, device=device, autocast_dtype=amp)
-            curve.append({"step": step, "images_seen": step * batch, "seconds": round(time.perf_counter() - started, 1),
-                          "train_loss": round(float(out["loss"]), 4), "map50": round(metrics["map50"], 4),
-                          "map": round(metrics["map"], 4)})
-            print(spec, curve[-1], flush=True)
+            point = {"step": step, "images_seen": step * batch, "seconds": seconds,
+                     "train_loss": round(float(out["loss"]), 4), "map50": round(metrics["map50"], 4),
+                     "map": round(metrics["map"], 4)}
+            if nms_iou is not None:  # the same weights without NMS: what the duplicates cost
+                model.nms_iou = None
+                plain = evaluate_detection(model, val_batches(val, patch), gt_path, device=device,
+                                           autocast_dtype=amp)
+                model.nms_iou = nms_iou
+                point.update(map50_no_nms=round(plain["map50"], 4), map_no_nms=round(plain["map"], 4))
+            curve.append(point)
+            print(spec, f"k={match_repeats}", curve[-1], flush=True)
     first = next((p["step"] for p in curve if p["map50"] >= 0.5), None)
-    return {"model": spec, "patch_size": patch, "curve": curve, "best_map50": max(p["map50"] for p in curve),
-            "best_map": max(p["map"] for p in curve), "steps_to_map50_0.5": first}
+    return {"model": spec, "patch_size": patch, "match_repeats": match_repeats, "nms_iou": nms_iou,
+            "seconds_total": round(time.perf_counter() - started, 1), "curve": curve,
+            "best_map50": max(p["map50"] for p in curve), "best_map": max(p["map"] for p in curve),
+            "steps_to_map50_0.5": first}
 
 
 def main() -> None:
@@ -133,8 +158,15 @@ def main() -> None:
     parser.add_argument("--num-train", type=int, default=2000)
     parser.add_argument("--models", nargs="+", default=["yolos_demo", "yolos_demo/8", "detr_demo"])
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    parser.add_argument("--match-repeats", type=int, nargs="+", default=[1],
+                        help="train every model once per k (each box matched to k queries)")
+    parser.add_argument("--nms-iou", type=float, default=None,
+                        help="class-aware NMS IoU at eval for runs with match repeats > 1 (default: none)")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--out", default="benchmarks/results/detect_gpu.json")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = pick_device()
     amp = autocast_dtype(device, args.precision)
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,14 +174,18 @@ def main() -> None:
         train, val = load_split(root, "train"), load_split(root, "val")
         gt_path = root / "annotations" / "instances_val.json"
         results = [train_curve(spec, train, val, gt_path, steps=args.steps, eval_every=args.eval_every,
-                               batch=args.batch, lr=args.lr, device=device, amp=amp) for spec in args.models]
+                               batch=args.batch, lr=args.lr, device=device, amp=amp, match_repeats=k,
+                               nms_iou=args.nms_iou if k > 1 else None)
+                   for spec in args.models for k in args.match_repeats]
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
     report = {"benchmark": "detect_gpu", "device": device_name, "torch": torch.__version__,
+              "torch_threads": torch.get_num_threads(),
               "precision": str(amp), "settings": vars(args), "image_size": IMAGE_SIZE,
               "init": "random weights", "augment": "random horizontal flip", "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
-    print(json.dumps([{k: r[k] for k in ("model", "best_map50", "best_map", "steps_to_map50_0.5")}
+    print(json.dumps([{k: r[k] for k in ("model", "match_repeats", "nms_iou", "best_map50", "best_map",
+                                         "seconds_total", "steps_to_map50_0.5")}
                       for r in results], indent=1))
 
 
