@@ -44,10 +44,12 @@ def load_crops(root: Path, split: str, classes: list[str]) -> tuple[torch.Tensor
     return torch.from_numpy(np.stack(images)), torch.tensor(labels)
 
 
-def split_spec(spec: str) -> tuple[str, int]:
-    """``"vit_demo/8"`` → (``"vit_demo"``, 8): a registered model and its patch size."""
+def split_spec(spec: str) -> tuple[str, int, dict]:
+    """``"vit_demo/8+conv"`` → (``"vit_demo"``, 8, ``{"stem": "conv"}``): a registered model,
+    its patch size and build overrides (``+conv``: the convolutional stem)."""
+    spec, _, stem = spec.partition("+")
     name, _, patch = spec.partition("/")
-    return name, int(patch or PATCH)
+    return name, int(patch or PATCH), ({"stem": stem} if stem else {})
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, *, rot90: bool) -> torch.Tensor:
@@ -77,8 +79,9 @@ def evaluate(model, images, labels, amp, patch: int) -> float:
 def train_curve(spec: str, train, val, *, steps: int, eval_every: int, batch: int, lr: float,
                 device, amp, rot90: bool) -> dict:
     torch.manual_seed(0)
-    name, patch = split_spec(spec)
-    extra = {"head": "mlp"} if "vit" in name else {}
+    name, patch, extra = split_spec(spec)
+    if "vit" in name:
+        extra["head"] = "mlp"
     if patch != PATCH:
         extra["patch_size"] = patch
     model = build_model(name, num_classes=5, img_size=IMAGE_SIZE, **extra).to(device)
@@ -115,6 +118,7 @@ def main() -> None:
     parser.add_argument("--num-train", type=int, nargs="+", default=[320, 2000])
     parser.add_argument("--models", nargs="+", default=["vit_demo", "hybrid_demo", "resnet_demo"])
     parser.add_argument("--rot90", action="store_true", help="also rotate by multiples of 90 degrees")
+    parser.add_argument("--num-val", type=int, default=200)
     parser.add_argument("--out", default="benchmarks/results/accuracy_gpu.json")
     args = parser.parse_args()
     device = pick_device()
@@ -122,7 +126,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for num_train in args.num_train:
-            root = synthesize(Path(tmp) / str(num_train), SynthConfig(seed=0, num_train=num_train, num_val=200))
+            root = synthesize(Path(tmp) / str(num_train), SynthConfig(seed=0, num_train=num_train, num_val=args.num_val))
             crops = root / "imagefolder"
             classes = sorted(p.name for p in (crops / "train").iterdir())
             train = tuple(t.to(device) for t in load_crops(crops, "train", classes))

@@ -16,6 +16,7 @@ from torch import nn
 from components.models.base import IMAGENET_MEAN, IMAGENET_STD, VisionModel
 from components.models.heads import make_head
 from components.models.registry import ModelSpec, register
+from components.models.stem import embed_layer
 
 
 class TimmClassifier(VisionModel):
@@ -60,9 +61,17 @@ class TimmClassifier(VisionModel):
 def _build_timm(
     *, timm_name: str, family: str, patch_size: int, num_classes: int, img_size: int | tuple[int, int],
     head: str = "linear", mean=IMAGENET_MEAN, std=IMAGENET_STD, norm_eps: float | None = None,
-    **timm_kwargs: Any,
+    stem: str = "patch", **timm_kwargs: Any,
 ) -> TimmClassifier:
-    """``norm_eps`` sets the transformer LayerNorm eps (Hugging Face ViTs use 1e-12)."""
+    """``norm_eps`` sets the transformer LayerNorm eps (Hugging Face ViTs use 1e-12).
+
+    ``stem="conv"`` (ViT family only) replaces the linear patch embedding with the
+    convolutional stem of :mod:`components.models.stem`; the token grid stays the same.
+    """
+    if stem != "patch":
+        if family != "vit":
+            raise ValueError(f"stem={stem!r} is for the ViT family; this model is family {family!r}")
+        timm_kwargs["embed_layer"] = embed_layer(stem)
     if family != "cnn":
         timm_kwargs["img_size"] = img_size
     if family in ("vit", "tnt"):  # the hybrid's patch is its CNN stem's stride, fixed by the stem

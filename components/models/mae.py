@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from timm.layers import build_sincos2d_pos_embed
+from timm.layers import PatchEmbed, build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -45,6 +45,10 @@ def check_mae_encoder(encoder: nn.Module) -> None:
             f"vit_*_patch16_224); {getattr(encoder, 'name', type(encoder).__name__)!r} is family {family!r}")
     if getattr(backbone, "dynamic_img_size", False):
         raise MaeConfigError("MAE needs a fixed-size ViT (dynamic_img_size=False)")
+    if not isinstance(backbone.patch_embed, PatchEmbed):
+        raise MaeConfigError(
+            "MAE needs the linear patch embedding: a convolutional stem (stem=conv) sees across patches, "
+            "so hidden patches would leak into the visible tokens")
 
 
 def random_masking(batch: int, num_patches: int, mask_ratio: float, *, device: torch.device,

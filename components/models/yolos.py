@@ -7,7 +7,11 @@ their own position embeddings are appended to the patch sequence; the [CLS] toke
 classification ViT stays in the sequence as in the reference implementation (and the
 Hugging Face port), but no prediction is read from it: class and box MLP heads read the
 [DET] tokens. ``mid_pos_embed`` adds per-layer position embeddings before every block but
-the first (YOLOS-S/B, "dwr" scaling).
+the first (YOLOS-S/B, "dwr" scaling). ``stem="conv"`` swaps the linear patch embedding for
+the convolutional stem of :mod:`components.models.stem` (same token grid): the plain ViT
+does not localise boxes on small data, the stem does. ``nms_iou`` (None = off) is the
+class-aware NMS threshold postprocessing applies to this model's detections, needed when
+it is trained with one-to-many matching; as a build keyword it travels in checkpoints.
 
 Output (the detection contract)::
 
@@ -29,6 +33,7 @@ from torch import nn
 from components.models.base import IMAGENET_MEAN, IMAGENET_STD, VisionModel, to_2tuple
 from components.models.layers import MLP
 from components.models.registry import ModelSpec, register
+from components.models.stem import embed_layer
 
 
 class Yolos(VisionModel):
@@ -38,13 +43,18 @@ class Yolos(VisionModel):
         self, *, num_classes: int, img_size: int | tuple[int, int], patch_size: int = 16, embed_dim: int = 192,
         depth: int = 12, num_heads: int = 3, mlp_ratio: float = 4.0, num_det_tokens: int = 100,
         mid_pos_embed: bool = False, drop_path_rate: float = 0.0, norm_eps: float = 1e-6,
-        mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        stem: str = "patch", nms_iou: float | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     ) -> None:
         super().__init__(img_size=img_size, patch_size=patch_size, mean=mean, std=std)
+        if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
+            raise ValueError(f"nms_iou must lie in (0, 1], got {nms_iou}")
+        self.stem = stem
+        self.nms_iou = nms_iou
+        timm_stem = {"embed_layer": embed_layer(stem)} if stem != "patch" else {}
         self.backbone = VisionTransformer(
             img_size=to_2tuple(img_size), patch_size=patch_size, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, mlp_ratio=mlp_ratio, num_classes=0, global_pool="", class_token=True,
-            drop_path_rate=drop_path_rate, norm_layer=partial(nn.LayerNorm, eps=norm_eps),
+            drop_path_rate=drop_path_rate, norm_layer=partial(nn.LayerNorm, eps=norm_eps), **timm_stem,
         )
         self.num_classes = num_classes
         self.num_det_tokens = num_det_tokens
@@ -120,6 +130,12 @@ def init_from_classifier(detector: Yolos, classifier_state: dict[str, torch.Tens
     }
     if not backbone_only:
         raise ValueError("the state dict has no 'backbone.*' keys: not a vitpipe ViT classifier")
+    conv_stem_ckpt = any(k.startswith("backbone.patch_embed.backbone.") for k in backbone_only)
+    if conv_stem_ckpt != (detector.stem == "conv"):
+        theirs = "conv" if conv_stem_ckpt else "patch"
+        raise ValueError(
+            f"the classifier has the {theirs!r} stem and the detector the {detector.stem!r} stem: build the "
+            f"detector with the classifier's stem (model.overrides.stem={theirs})")
     missing, unexpected = load_weights(detector, backbone_only, strict=False)
     if unexpected:
         raise ValueError(f"classifier keys the detector does not have: {unexpected[:5]}")
