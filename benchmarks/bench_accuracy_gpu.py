@@ -119,10 +119,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["vit_demo", "hybrid_demo", "resnet_demo"])
     parser.add_argument("--rot90", action="store_true", help="also rotate by multiples of 90 degrees")
     parser.add_argument("--num-val", type=int, default=200)
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     parser.add_argument("--out", default="benchmarks/results/accuracy_gpu.json")
     args = parser.parse_args()
     device = pick_device()
-    amp = autocast_dtype(device)
+    amp = autocast_dtype(device, args.precision)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for num_train in args.num_train:

@@ -49,7 +49,8 @@ def build_task_model(cfg: TrainConfig, *, num_classes: int, image_size: int,
     Fine-tuning (classification from a classifier checkpoint): the pretrained architecture
     at the new ``image_size`` (position embeddings resized by ``load_weights``), then a fresh
     head of ``cfg.model.head`` kind via ``set_head``. Detection from a ViT checkpoint: the
-    detector is built as configured and its backbone takes the matching weights.
+    detector is built as configured (YOLOS takes the ViT's ``stem`` unless the config sets
+    one) and its backbone takes the matching weights.
     """
     from components.models import build_model
 
@@ -77,8 +78,13 @@ def build_task_model(cfg: TrainConfig, *, num_classes: int, image_size: int,
         set_head(model, num_classes, kind=cfg.model.head)
         model.build_config = {**model.build_config, "num_classes": num_classes, "head": cfg.model.head}
         return model
-    model = build_model(cfg.model.name, num_classes=num_classes, img_size=image_size, **overrides)
+    from components.models import get_spec
     from components.models.yolos import Yolos, init_from_classifier
+
+    pretrained_stem = ((init_meta or {}).get("model_config") or {}).get("stem")
+    if get_spec(cfg.model.name).family == "yolos" and pretrained_stem and "stem" not in overrides:
+        overrides["stem"] = pretrained_stem  # the ViT's stem comes with its weights
+    model = build_model(cfg.model.name, num_classes=num_classes, img_size=image_size, **overrides)
 
     if isinstance(model, Yolos):
         init_from_classifier(model, init_state)

@@ -40,3 +40,19 @@ def test_yolos_backbone_initialised_from_a_vit_checkpoint():
     assert shared, "the detector shares no backbone keys with the classifier"
     for key in shared:
         torch.testing.assert_close(own[key], state[key])
+
+
+def test_conv_stem_travels_from_pretraining_to_fine_tuning_and_yolos():
+    torch.manual_seed(1)
+    vit = build_model("vit_demo", num_classes=5, img_size=64, head="mlp", stem="conv")
+    state, meta = vit.state_dict(), {"model_config": dict(vit.build_config)}
+    stem_conv = "backbone.patch_embed.backbone.0.weight"
+    finetune = TrainConfig.model_validate({"model": {"name": "vit_demo", "head": "linear", "init_from": "x"}})
+    model = build_task_model(finetune, num_classes=3, image_size=96, init_state=state, init_meta=meta)
+    assert model.build_config["stem"] == "conv"
+    torch.testing.assert_close(model.state_dict()[stem_conv], state[stem_conv])
+    # YOLOS takes the ViT's stem without being told (the weights would not fit another stem).
+    detect = TrainConfig.model_validate({"task": "detection", "model": {"name": "yolos_demo", "init_from": "x"}})
+    detector = build_task_model(detect, num_classes=5, image_size=96, init_state=state, init_meta=meta)
+    assert detector.build_config["stem"] == "conv"
+    torch.testing.assert_close(detector.state_dict()[stem_conv], state[stem_conv])
