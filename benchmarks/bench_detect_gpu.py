@@ -10,7 +10,7 @@ the one evaluator (``evaluate_detection``, pycocotools). Ray is not used (the GP
 none); augmentation is a random horizontal flip (boxes follow) done on the device. Models
 start from random weights (the demo initialises YOLOS from its pretrained ViT).
 
-A model spec is ``name[+stem][/patch]``: ``yolos_demo+conv`` builds YOLOS with the conv stem
+A model spec is ``name[/patch][+stem]``: ``yolos_demo+conv`` builds YOLOS with the conv stem
 (``stem="conv"``), ``yolos_demo/8`` with 8x8 patches. ``--match-repeats 1 3`` trains each
 model once per k (one-to-many matching: every box matched to k queries); runs with k > 1
 build the model with ``nms_iou=--nms-iou`` so the evaluator drops the duplicates, and their
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -51,13 +52,16 @@ IMAGE_SIZE, PATCH, MAX_BOXES = 96, 16, 10
 
 
 def split_spec(spec: str) -> tuple[str, dict]:
-    """``"yolos_demo+conv/8"`` → (``"yolos_demo"``, ``{"stem": "conv", "patch_size": 8}``);
-    without a suffix: the model's own stem and patch size."""
-    name, _, patch = spec.partition("/")
-    name, _, stem = name.partition("+")
-    extra: dict = {"stem": stem} if stem else {}
-    if patch:
-        extra["patch_size"] = int(patch)
+    """``"yolos_demo/8+conv"`` (or ``"yolos_demo+conv/8"``) → (``"yolos_demo"``,
+    ``{"patch_size": 8, "stem": "conv"}``); without a suffix: the model's own stem and patch
+    size (the same spec as ``bench_accuracy_gpu.py``'s)."""
+    name, *suffixes = re.split(r"(?=[/+])", spec)
+    extra: dict = {}
+    for suffix in suffixes:
+        if suffix.startswith("/"):
+            extra["patch_size"] = int(suffix[1:])
+        else:
+            extra["stem"] = suffix[1:]
     return name, extra
 
 
