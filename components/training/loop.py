@@ -288,9 +288,7 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
                     report({"stopped": 1.0}, with_checkpoint=True, kind="stop")
                     raise Preempted(f"rank {rank}: stop requested at step {step}; checkpoint written")
                 if not (every and step % every == 0) and sums[3] > 0:
-                    # the worker's clock: throughput between any two reports, whenever the
-                    # controller gets around to reading them
-                    report({**metrics, "reported_at": time.time()}, with_checkpoint=False)
+                    report(metrics, with_checkpoint=False)
                     last_progress = time.monotonic()
             # Mid-epoch checkpoint, unless the epoch ends here (its end-of-epoch one follows).
             if (every and step % every == 0 and step != last_ckpt_step and step < total_steps

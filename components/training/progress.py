@@ -21,25 +21,32 @@ def format_eta(seconds: float) -> str:
 
 
 class ProgressCallback(UserCallback):
-    """Prints ``step k/N  epoch e  loss ..  img/s ..  ETA ..`` after each report."""
+    """Prints ``step k/N  epoch e  loss ..  img/s ..  ETA ..`` after each report.
+
+    Times come from the report's ``reported_at`` (the worker's clock) when it has one, so
+    reports the controller reads in a burst still give the throughput between them. img/s is
+    that of the last interval; the ETA uses the mean step time since the first report of
+    this attempt (validation and checkpoints included), so it does not swing with them.
+    """
 
     def __init__(self, total_steps: int, run_name: str) -> None:
         self.total_steps = total_steps
         self.run_name = run_name
+        self._first: tuple[float, int] | None = None  # (time, step) of this attempt's first report
         self._last: tuple[float, int, int] | None = None  # (time, step, samples)
 
     def line(self, metrics: dict[str, Any], now: float | None = None) -> str | None:
-        now = time.monotonic() if now is None else now
+        if now is None:
+            stamp = metrics.get("reported_at")
+            now = time.time() if stamp is None else float(stamp)
         step = int(metrics.get("step", 0))
         samples = int(metrics.get("samples_seen", 0))
         last, self._last = self._last, (now, step, samples)
-        if last is None or step <= last[1]:
+        if last is None or step <= last[1] or now <= last[0]:  # first report, or a restart
+            self._first = (now, step)
             rate = float(metrics.get("img_per_s", 0.0))
-            step_time = None
         else:
-            dt = max(now - last[0], 1e-9)
-            rate = (samples - last[2]) / dt
-            step_time = dt / (step - last[1])
+            rate = (samples - last[2]) / (now - last[0])
         parts = [f"[{self.run_name}] step {step}/{self.total_steps}",
                  f"epoch {int(metrics.get('epoch', 0))}"]
         for key in ("train_loss", "val_loss", "val_top1"):
@@ -47,7 +54,9 @@ class ProgressCallback(UserCallback):
                 parts.append(f"{key} {float(metrics[key]):.4f}")
         if rate:
             parts.append(f"{rate:.1f} img/s")
-        if step_time is not None:
+        first_t, first_step = self._first
+        if step > first_step:
+            step_time = (now - first_t) / (step - first_step)
             parts.append(f"ETA {format_eta(step_time * (self.total_steps - step))}")
         return "  ".join(parts)
 

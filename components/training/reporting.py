@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from typing import Any
 
 import torch
@@ -112,8 +113,10 @@ class CheckpointReporter:
         from ray.train import Checkpoint
 
         progress = self.progress
+        # reported_at: the worker's clock, so the driver's throughput and ETA do not depend on
+        # when the controller gets around to reading the report (it polls every ~2 s)
         metrics = {**metrics, "step": progress.global_step, "epoch": progress.epoch,
-                   "samples_seen": progress.samples_seen}
+                   "samples_seen": progress.samples_seen, "reported_at": time.time()}
         if not with_checkpoint:
             ray.train.report(metrics)
             return
