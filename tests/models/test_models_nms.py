@@ -69,3 +69,38 @@ def test_detr_carries_nms_iou_through_a_checkpoint(tmp_path):
 def test_detr_refuses_an_iou_outside_0_1(bad):
     with pytest.raises(ValueError, match="nms_iou"):
         build_model("detr_demo", num_classes=3, nms_iou=bad)
+
+
+def test_cli_explain_uses_the_models_nms(tmp_path, capsys):
+    """``vitpipe explain`` on a YOLOS checkpoint with ``nms_iou``: each explained detection is
+    the query NMS kept, with that query's box."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from components.cli.main import main
+    from components.data.image_io import preprocess
+    from components.models.attention import attention_maps
+
+    torch.manual_seed(0)
+    model = build_model("yolos_demo", num_classes=3, img_size=64, nms_iou=0.3).eval()
+    meta = CheckpointMeta(model_name="yolos_demo", task="detection", model_config=dict(model.build_config),
+                          class_names=["a", "b", "c"], image_size=64, patch_size=16)
+    ckpt = save_checkpoint(tmp_path / "ckpt", model.state_dict(), meta)
+    rgb = np.random.default_rng(0).integers(0, 256, (80, 120, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "img.png")
+    patches, grid = preprocess(rgb, image_size=64, patch_size=16)
+    outputs, _ = attention_maps(model, torch.from_numpy(patches)[None], grid)
+    orig = torch.tensor([[80, 120]])
+    (plain,) = detections(outputs, orig, top_k=model.num_det_tokens)
+    (want,) = detections(outputs, orig, top_k=model.num_det_tokens, nms_iou=0.3)
+    assert len(want["queries"]) < len(plain["queries"])  # untrained [DET] boxes overlap
+
+    rc = main(["explain", "--checkpoint", str(ckpt), "--image", str(tmp_path / "img.png"),
+               "--out", str(tmp_path / "out"), "--top", str(model.num_det_tokens)])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "explain.json").read_text())
+    assert [d["query"] for d in report["detections"]] == want["queries"].tolist()
+    for d, box in zip(report["detections"], want["boxes"]):
+        assert d["box_xyxy"] == pytest.approx(box.tolist(), abs=1e-3)
