@@ -105,8 +105,9 @@ def val_batches(val: dict[str, torch.Tensor], patch: int, size: int = 256):
 
 
 def train_curve(spec: str, train, val, gt_path: Path, *, steps: int, eval_every: int, batch: int,
-                lr: float, device, amp, match_repeats: int = 1, nms_iou: float | None = None) -> dict:
-    torch.manual_seed(0)
+                lr: float, device, amp, match_repeats: int = 1, nms_iou: float | None = None,
+                seed: int = 0) -> dict:
+    torch.manual_seed(seed)
     name, extra = split_spec(spec)
     if nms_iou is not None:
         extra["nms_iou"] = nms_iou
@@ -120,7 +121,7 @@ def train_curve(spec: str, train, val, gt_path: Path, *, steps: int, eval_every:
     runner = StepRunner(model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=detection_loss(criterion),
                         device=device, amp_dtype=amp, clip_grad_norm=0.1)
     on_device = {k: v.to(device) for k, v in train.items()}
-    generator = torch.Generator(device="cpu").manual_seed(0)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
     curve, started = [], time.perf_counter()
     for step in range(1, steps + 1):
         idx = torch.randint(0, len(on_device["images"]), (batch,), generator=generator).to(device)
@@ -147,7 +148,7 @@ def train_curve(spec: str, train, val, gt_path: Path, *, steps: int, eval_every:
             curve.append(point)
             print(spec, f"k={match_repeats}", curve[-1], flush=True)
     first = next((p["step"] for p in curve if p["map50"] >= 0.5), None)
-    return {"model": spec, "patch_size": patch, "match_repeats": match_repeats, "nms_iou": nms_iou,
+    return {"model": spec, "patch_size": patch, "match_repeats": match_repeats, "nms_iou": nms_iou, "seed": seed,
             "seconds_total": round(time.perf_counter() - started, 1), "curve": curve,
             "best_map50": max(p["map50"] for p in curve), "best_map": max(p["map"] for p in curve),
             "steps_to_map50_0.5": first}
@@ -166,6 +167,7 @@ def main() -> None:
                         help="train every model once per k (each box matched to k queries)")
     parser.add_argument("--nms-iou", type=float, default=None,
                         help="class-aware NMS IoU at eval for runs with match repeats > 1 (default: none)")
+    parser.add_argument("--seed", type=int, default=0, help="weights and batch order (the data set is fixed)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--out", default="benchmarks/results/detect_gpu.json")
     args = parser.parse_args()
@@ -179,7 +181,7 @@ def main() -> None:
         gt_path = root / "annotations" / "instances_val.json"
         results = [train_curve(spec, train, val, gt_path, steps=args.steps, eval_every=args.eval_every,
                                batch=args.batch, lr=args.lr, device=device, amp=amp, match_repeats=k,
-                               nms_iou=args.nms_iou if k > 1 else None)
+                               nms_iou=args.nms_iou if k > 1 else None, seed=args.seed)
                    for spec in args.models for k in args.match_repeats]
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
     report = {"benchmark": "detect_gpu", "device": device_name, "torch": torch.__version__,
