@@ -5,9 +5,13 @@ val top-1. This measures, on whatever device is there (a GPU when one is lent), 
 of the demo classifiers against optimizer steps for two training-set sizes, with the
 pipeline's own pieces: ``components.data.synth`` (the embedded dataset), ``image_io.preprocess``
 (the eval transform), ``components.models`` and the worker's ``StepRunner``. Ray is not used
-(the GPU machine has none); augmentation is a random horizontal flip done on the device.
+(the GPU machine has none); augmentation is a random horizontal flip (``--rot90``: and quarter
+turns) done on the device. Model specs: ``name[/patch][+stem]`` (``vit_demo+conv``: the conv stem).
 
     python benchmarks/bench_accuracy_gpu.py [--steps 3000] [--out benchmarks/results/accuracy_gpu.json]
+    # the conv stem against the patchify stem, one CPU thread (accuracy_cpu_stem.json):
+    python benchmarks/bench_accuracy_gpu.py --threads 1 --steps 600 --eval-every 100 --batch 64 \\
+        --num-train 1000 4000 --models vit_demo+conv vit_demo --rot90 --out benchmarks/results/accuracy_cpu_stem.json
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _machine import cpu_name  # benchmarks/, the script's own folder
 from components.core.device import autocast_dtype, pick_device
 from components.data.image_io import decode_image, preprocess
 from components.data.patchify import patchify, unpatchify
@@ -120,8 +124,11 @@ def main() -> None:
     parser.add_argument("--rot90", action="store_true", help="also rotate by multiples of 90 degrees")
     parser.add_argument("--num-val", type=int, default=200)
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--out", default="benchmarks/results/accuracy_gpu.json")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = pick_device()
     amp = autocast_dtype(device, args.precision)
     results = []
@@ -137,9 +144,10 @@ def main() -> None:
                                   batch=args.batch, lr=args.lr, device=device, amp=amp, rot90=args.rot90)
                 row.update(synth_images=num_train, train_crops=len(train[0]), val_crops=len(val[0]))
                 results.append(row)
-    device_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
     report = {"benchmark": "accuracy_gpu", "device": device_name, "torch": torch.__version__,
-              "precision": str(amp), "settings": vars(args), "results": results}
+              "precision": str(amp), "torch_threads": torch.get_num_threads(), "settings": vars(args),
+              "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(json.dumps([{k: r[k] for k in ("model", "synth_images", "train_crops", "best_val_top1", "steps_to_0.90", "steps_to_0.95")} for r in results], indent=1))

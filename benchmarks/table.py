@@ -160,21 +160,23 @@ def train_table(d: dict) -> list[str]:
 
 def accuracy_gpu_table(d: dict) -> list[str]:
     st = d["settings"]
+    threads = f", {d['torch_threads']} thread(s)" if "cuda" not in d["device"].lower() and d.get("torch_threads") else ""
     rows = [
-        f"**Time to accuracy of the demo classifiers** (`bench_accuracy_gpu.py`; {d['device']}, "
+        f"**Time to accuracy of the demo classifiers** (`bench_accuracy_gpu.py`; {d['device']}{threads}, "
         f"{d['precision']}, batch {st['batch']}, lr {st['lr']}, {st['steps']} steps, "
         f"{'random flip + quarter turns' if st.get('rot90') else 'flip only'}, no Ray; "
         "val top-1 on the synthetic shapes, 5 classes)",
         "",
-        "| model | synthetic images (train crops) | best val top-1 | steps to 0.90 | steps to 0.95 | val top-1 at step 250 / 1000 / last |",
+        "| model | synthetic images (train crops) | best val top-1 | steps to 0.90 | steps to 0.95 | val top-1 by step |",
         "|---|---|---|---|---|---|",
     ]
     for r in d["results"]:
-        at = {p["step"]: p["val_top1"] for p in r["curve"]}
-        last = r["curve"][-1]["val_top1"]
+        curve = r["curve"]
+        shown = curve if len(curve) <= 6 else [curve[i * (len(curve) - 1) // 5] for i in range(6)]
+        by_step = " / ".join(f"{p['step']}: {p['val_top1']}" for p in shown)
         rows.append(
             f"| {r['model']} | {r['synth_images']} ({r['train_crops']}) | {r['best_val_top1']} "
-            f"| {r['steps_to_0.90'] or '–'} | {r['steps_to_0.95'] or '–'} | {at.get(250, '–')} / {at.get(1000, '–')} / {last} |"
+            f"| {r['steps_to_0.90'] or '–'} | {r['steps_to_0.95'] or '–'} | {by_step} |"
         )
     return rows
 
@@ -204,6 +206,8 @@ SECTIONS = [
     ("train_gpu", "bench_train_gpu.py", train_gpu_table),
     ("accuracy_gpu", "bench_accuracy_gpu.py", accuracy_gpu_table),
     ("accuracy_gpu_rot90", "bench_accuracy_gpu.py --rot90", accuracy_gpu_table),
+    ("accuracy_cpu_stem", "bench_accuracy_gpu.py --threads 1 --models vit_demo+conv vit_demo ...",
+     accuracy_gpu_table),
     ("detect_cpu", "bench_detect_gpu.py", detect_table),
     ("registry", "bench_registry.py", registry_table),
     ("serve", "bench_serve.py", serve_table),
