@@ -8,7 +8,11 @@ the whole image resized, so normalised boxes are those of the original image),
 ``components.models`` (detector + Hungarian ``SetCriterion``), the worker's ``StepRunner`` and
 the one evaluator (``evaluate_detection``, pycocotools). Ray is not used (the GPU machine has
 none); augmentation is a random horizontal flip (boxes follow) done on the device. Models
-start from random weights (the demo initialises YOLOS from its pretrained ViT).
+start from random weights, or with ``--init DIR`` from a vitpipe classifier checkpoint
+(``yolos.init_from_classifier``, as the demo initialises YOLOS from its pretrained ViT; the
+spec's stem must be the checkpoint's, e.g. ``yolos_demo+conv`` for a conv-stem ViT).
+``--det-tokens`` sets YOLOS' ``num_det_tokens``, ``--eos-coef`` the criterion's no-object
+weight, ``--clip`` the gradient-norm clip (0: none; default 0.1, the pipeline's).
 
 A model spec is ``name[/patch][+stem]``: ``yolos_demo+conv`` builds YOLOS with the conv stem
 (``stem="conv"``), ``yolos_demo/8`` with 8x8 patches. ``--match-repeats 1 3`` trains each
@@ -22,6 +26,9 @@ curve also reports mAP50 without NMS (``map50_no_nms``).
     OMP_NUM_THREADS=1 python benchmarks/bench_detect_gpu.py --threads 1 --models yolos_demo+conv \\
         --match-repeats 1 3 --nms-iou 0.7 --batch 16 --steps 1500 --eval-every 250 --num-train 1000 \\
         --out benchmarks/results/detect_cpu_o2m.json                      # one-to-many, one core
+    OMP_NUM_THREADS=1 python benchmarks/bench_detect_gpu.py --threads 1 --models yolos_demo+conv \
+        --match-repeats 3 --nms-iou 0.7 --batch 16 --steps 1000 --eval-every 250 --num-train 4000 \
+        --init CHECKPOINT_DIR --out benchmarks/results/detect_cpu_recipe.json  # from a ViT
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from components.core.checkpoint import load_checkpoint
 from components.core.device import autocast_dtype, pick_device
 from components.data.boxes import coco_to_batch
 from components.data.image_io import decode_image, preprocess
@@ -44,6 +52,7 @@ from components.data.patchify import patchify, unpatchify
 from components.data.synth import SynthConfig, synthesize
 from components.models import build_model
 from components.models.criterion import build_criterion
+from components.models.yolos import init_from_classifier
 from components.training.evaluate import evaluate_detection
 from components.training.step import StepRunner, detection_loss
 from _machine import cpu_name  # benchmarks/, the script's own folder
@@ -106,20 +115,26 @@ def val_batches(val: dict[str, torch.Tensor], patch: int, size: int = 256):
 
 def train_curve(spec: str, train, val, gt_path: Path, *, steps: int, eval_every: int, batch: int,
                 lr: float, device, amp, match_repeats: int = 1, nms_iou: float | None = None,
-                seed: int = 0) -> dict:
+                seed: int = 0, init: dict[str, torch.Tensor] | None = None, det_tokens: int | None = None,
+                eos_coef: float = 0.1, clip: float = 0.1) -> dict:
     torch.manual_seed(seed)
     name, extra = split_spec(spec)
     if nms_iou is not None:
         extra["nms_iou"] = nms_iou
-    model = build_model(name, num_classes=5, img_size=IMAGE_SIZE, **extra).to(device)
+    if det_tokens is not None:
+        extra["num_det_tokens"] = det_tokens
+    model = build_model(name, num_classes=5, img_size=IMAGE_SIZE, **extra)
+    if init is not None:
+        init_from_classifier(model, init)  # raises on a stem or shape mismatch
+    model = model.to(device)
     patch = model.patch_size
-    criterion = build_criterion(5, match_repeats=match_repeats).to(device)
+    criterion = build_criterion(5, match_repeats=match_repeats, eos_coef=eos_coef).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     warmup = max(steps // 20, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     runner = StepRunner(model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=detection_loss(criterion),
-                        device=device, amp_dtype=amp, clip_grad_norm=0.1)
+                        device=device, amp_dtype=amp, clip_grad_norm=clip)
     on_device = {k: v.to(device) for k, v in train.items()}
     generator = torch.Generator(device="cpu").manual_seed(seed)
     curve, started = [], time.perf_counter()
@@ -149,6 +164,8 @@ def train_curve(spec: str, train, val, gt_path: Path, *, steps: int, eval_every:
             print(spec, f"k={match_repeats}", curve[-1], flush=True)
     first = next((p["step"] for p in curve if p["map50"] >= 0.5), None)
     return {"model": spec, "patch_size": patch, "match_repeats": match_repeats, "nms_iou": nms_iou, "seed": seed,
+            "lr": lr, "init": "classifier" if init is not None else "random",
+            "num_det_tokens": getattr(model, "num_det_tokens", None), "eos_coef": eos_coef, "clip": clip,
             "seconds_total": round(time.perf_counter() - started, 1), "curve": curve,
             "best_map50": max(p["map50"] for p in curve), "best_map": max(p["map"] for p in curve),
             "steps_to_map50_0.5": first}
@@ -169,28 +186,36 @@ def main() -> None:
                         help="class-aware NMS IoU at eval for runs with match repeats > 1 (default: none)")
     parser.add_argument("--seed", type=int, default=0, help="weights and batch order (the data set is fixed)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--init", default=None,
+                        help="vitpipe classifier checkpoint directory to initialise every YOLOS from")
+    parser.add_argument("--det-tokens", type=int, default=None, help="YOLOS num_det_tokens (default: the model's)")
+    parser.add_argument("--eos-coef", type=float, default=0.1, help="criterion no-object class weight")
+    parser.add_argument("--clip", type=float, default=0.1, help="gradient-norm clip (0: none)")
     parser.add_argument("--out", default="benchmarks/results/detect_gpu.json")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device()
     amp = autocast_dtype(device, args.precision)
+    init_state = load_checkpoint(args.init)[0] if args.init else None
     with tempfile.TemporaryDirectory() as tmp:
         root = synthesize(Path(tmp) / "synth", SynthConfig(seed=0, num_train=args.num_train, num_val=200))
         train, val = load_split(root, "train"), load_split(root, "val")
         gt_path = root / "annotations" / "instances_val.json"
         results = [train_curve(spec, train, val, gt_path, steps=args.steps, eval_every=args.eval_every,
                                batch=args.batch, lr=args.lr, device=device, amp=amp, match_repeats=k,
-                               nms_iou=args.nms_iou if k > 1 else None, seed=args.seed)
+                               nms_iou=args.nms_iou if k > 1 else None, seed=args.seed, init=init_state,
+                               det_tokens=args.det_tokens, eos_coef=args.eos_coef, clip=args.clip)
                    for spec in args.models for k in args.match_repeats]
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
     report = {"benchmark": "detect_gpu", "device": device_name, "torch": torch.__version__,
               "torch_threads": torch.get_num_threads(),
               "precision": str(amp), "settings": vars(args), "image_size": IMAGE_SIZE,
-              "init": "random weights", "augment": "random horizontal flip", "results": results}
+              "init": f"classifier checkpoint {args.init}" if args.init else "random weights", "augment": "random horizontal flip", "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
-    print(json.dumps([{k: r[k] for k in ("model", "match_repeats", "nms_iou", "best_map50", "best_map",
+    print(json.dumps([{k: r[k] for k in ("model", "init", "lr", "num_det_tokens", "eos_coef", "clip",
+                                         "match_repeats", "nms_iou", "best_map50", "best_map",
                                          "seconds_total", "steps_to_map50_0.5")}
                       for r in results], indent=1))
 
