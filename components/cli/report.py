@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-train", action="store_true", help="cost measurements only")
     p.add_argument("--no-cost", action="store_true", help="training to target only")
     p.add_argument("--families", default=None,
-                   help="comma-separated subset of model labels' registered names (full or tiny)")
+                   help="comma-separated subset of the families: a paper-sized model's name (its "
+                        "variants too) or a tiny family's key (vit_demo, vit_demo_stemconv, ...)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a ReportConfig field, e.g. --set max_epochs=10 (repeatable)")
     p.set_defaults(handler=_run)
@@ -58,10 +59,10 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"report setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     if args.families:
         wanted = {w.strip() for w in args.families.split(",") if w.strip()}
-        chosen = [f for f in cfg.families if f.full in wanted or f.tiny in wanted]
-        unknown = wanted - {n for f in cfg.families for n in (f.full, f.tiny)}
+        chosen = [f for f in cfg.families if f.full in wanted or f.key in wanted]
+        unknown = wanted - {n for f in cfg.families for n in (f.full, f.key)}
         if unknown or not chosen:
-            names = ", ".join(f"{f.full}/{f.tiny}" for f in cfg.families)
+            names = ", ".join(f"{f.full}/{f.key}" for f in cfg.families)
             raise UserError(f"unknown --families {sorted(unknown)}; known: {names}")
         cfg = cfg.model_copy(update={"families": chosen})
 

@@ -25,7 +25,9 @@ STEMS = ("patch", "conv")
 
 
 def conv_stem(embed_dim: int, patch_size: int, in_chans: int = 3) -> nn.Sequential:
-    """``log2(patch_size)`` 3x3 stride-2 conv-BN-ReLU layers; widths ``D/4, D/2, D, 2D, ...``.
+    """``log2(patch_size)`` 3x3 stride-2 conv-BN-ReLU layers, widths ``w, 2w, 4w, ...`` with
+    ``w = max(24, D / 8)``: ``D/8 .. D`` for ViT-S/B (about one transformer block of compute,
+    as Xiao et al. size it), ``24 .. 192`` for the tiny demo models.
 
     ``[B, in_chans, H, W] → [B, C, H / patch_size, W / patch_size]`` (``C`` = the last width).
     """
@@ -34,7 +36,7 @@ def conv_stem(embed_dim: int, patch_size: int, in_chans: int = 3) -> nn.Sequenti
         raise ValueError(f"a conv stem needs a power-of-two patch size >= 4, got {patch_size}")
     if embed_dim < 4:
         raise ValueError(f"embed_dim {embed_dim} is too small for a conv stem")
-    widths = [max(8, embed_dim // 4) << i for i in range(depth)]
+    widths = [max(24, embed_dim // 8) << i for i in range(depth)]
     layers: list[nn.Module] = []
     for cin, cout in zip([in_chans, *widths[:-1]], widths):
         layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout),

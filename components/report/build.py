@@ -88,13 +88,14 @@ def measure_costs(cfg: ReportConfig) -> list[dict[str, Any]]:
             log.info("measuring %s (%s) in a fresh process", family.label, name)
             result = measure_in_subprocess(name, img_size=size, precision=cfg.precision,
                                            budget_s=cfg.cost_budget_s, batch_large=cfg.batch_large,
-                                           threads=cfg.threads)
+                                           threads=cfg.threads, overrides=family.overrides)
         else:
             name = family.tiny
             log.info("measuring %s (%s)", family.label, name)
             result = measure_model(name, precision=cfg.precision, budget_s=cfg.cost_budget_s,
-                                   batch_large=cfg.batch_large, threads=cfg.threads)
-        rows.append({"label": family.label, "family_task": family.task, "measured": asdict(result)})
+                                   batch_large=cfg.batch_large, threads=cfg.threads, overrides=family.overrides)
+        rows.append({"label": family.label, "key": family.key, "family_task": family.task,
+                     "measured": asdict(result)})
     return rows
 
 
@@ -137,12 +138,13 @@ def train_families(cfg: ReportConfig, out_dir: Path) -> list[dict[str, Any]]:
             ray.shutdown()
     rows = []
     for family in cfg.families:
-        spec = TrainingSpec(family.tiny, family.task, family.lr, family.weight_decay, family.clip_grad_norm)
+        spec = TrainingSpec(family.tiny, family.task, family.lr, family.weight_decay, family.clip_grad_norm,
+                            overrides=dict(family.overrides), match_repeats=family.match_repeats)
         target = cfg.target_top1 if family.task == "classification" else cfg.target_map50
         log.info("training %s (%s) to %s", family.label, family.tiny, target)
         result = train_to_target(spec, data[family.task], target=target, max_epochs=cfg.max_epochs,
                                  time_budget_s=cfg.time_budget_s, precision=cfg.precision, seed=cfg.seed)
-        rows.append({"label": family.label, "result": asdict(result)})
+        rows.append({"label": family.label, "key": family.key, "result": asdict(result)})
     return rows
 
 
@@ -162,11 +164,11 @@ def log_to_mlflow(files: ReportFiles, results: dict, tracking_uri: str) -> str:
         metrics = []
         now = int(time.time() * 1000)
         for row in results["cost"]:
-            m, key = row["measured"], row["measured"]["model"]
+            m, key = row["measured"], row.get("key", row["measured"]["model"])
             for name in ("params", "gmacs", "latency_ms_b1", "throughput_b32", "peak_rss_mib_b32"):
                 metrics.append(mlflow.entities.Metric(f"{key}.{name}", float(m[name]), now, 0))
         for row in results["training"]:
-            t, key = row["result"], row["result"]["model"]
+            t, key = row["result"], row.get("key", row["result"]["model"])
             metrics.append(mlflow.entities.Metric(f"{key}.best_{t['metric_name']}", float(t["best_metric"]), now, 0))
             if t["time_to_target_s"] is not None:
                 metrics.append(mlflow.entities.Metric(f"{key}.time_to_target_s", float(t["time_to_target_s"]), now, 0))

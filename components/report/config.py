@@ -1,13 +1,14 @@
 """What the production-readiness report compares, and how hard it measures.
 
-Six families, each with a paper-sized model (parameters, MACs, latency, throughput,
+Eight families, each with a paper-sized model (parameters, MACs, latency, throughput,
 memory) and its tiny registered variant (trained to a target on the embedded dataset,
 which a 2-core CPU can do in minutes). ``ReportConfig.quick()`` is the test-sized run.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -27,6 +28,18 @@ class Family(StrictModel):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     clip_grad_norm: float = Field(1.0, ge=0)
+    # build keywords for both models (e.g. {"stem": "conv"}), and one-to-many matching for detectors
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    match_repeats: int = Field(1, ge=1)
+
+    @property
+    def key(self) -> str:
+        """The family's name in MLflow metric keys: the tiny model's, plus what is not default
+        (``vit_demo``, ``vit_demo_stemconv``, ``yolos_demo_nms_iou0.7_stemconv_k3``)."""
+        extra = "".join(f"_{k}{v}" for k, v in sorted(self.overrides.items()))
+        if self.match_repeats > 1:
+            extra += f"_k{self.match_repeats}"
+        return re.sub(r"[^A-Za-z0-9_.\-]", "", self.tiny + extra)
 
 
 def default_families() -> list[Family]:
@@ -37,10 +50,15 @@ def default_families() -> list[Family]:
         Family(label="TNT-S", task="classification", full="tnt_s_patch16_224", tiny="tnt_demo"),
         Family(label="R50+ViT-B/16 hybrid", task="classification", full="vit_base_r50_s16_224",
                tiny="hybrid_demo"),
+        Family(label="ViT-B/16, conv stem", task="classification", full="vit_base_patch16_224",
+               tiny="vit_demo", overrides={"stem": "conv"}),
         Family(label="DETR-R50", task="detection", full="detr_resnet50", tiny="detr_demo",
                full_img_size=512, **det),
         Family(label="YOLOS-Ti", task="detection", full="yolos_ti", tiny="yolos_demo",
                full_img_size=512, **det),
+        Family(label="YOLOS-Ti, conv stem, 1-to-3 matching", task="detection", full="yolos_ti",
+               tiny="yolos_demo", full_img_size=512, overrides={"stem": "conv", "nms_iou": 0.7},
+               match_repeats=3, **det),
     ]
 
 

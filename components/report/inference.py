@@ -123,8 +123,10 @@ def measure_model(
     budget_s: float = 5.0,
     batch_large: int = 32,
     threads: int | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> InferenceResult:
-    """Measure ``name`` in this process (see the module docstring for each number)."""
+    """Measure ``name`` (built with ``overrides``, e.g. ``{"stem": "conv"}``) in this process
+    (see the module docstring for each number)."""
     import numpy as np
     import torch
 
@@ -136,7 +138,7 @@ def measure_model(
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     base_rss = _rss_kib("VmRSS")
-    model = build_model(name, num_classes=num_classes, img_size=img_size).eval()
+    model = build_model(name, num_classes=num_classes, img_size=img_size, **(overrides or {})).eval()
     h, w = (model.img_size, model.img_size) if isinstance(model.img_size, int) else model.img_size
     device = torch.device("cpu")
     amp = autocast_dtype(device, precision)
@@ -181,10 +183,12 @@ def measure_model(
 def measure_in_subprocess(name: str, *, img_size: int | tuple[int, int] | None = None,
                           num_classes: int | None = None, precision: str = "auto",
                           budget_s: float = 5.0, batch_large: int = 32, threads: int | None = None,
-                          timeout_s: float = 900.0) -> InferenceResult:
+                          overrides: dict[str, Any] | None = None, timeout_s: float = 900.0) -> InferenceResult:
     """:func:`measure_model` in a fresh interpreter (own memory high-water mark)."""
     cmd = [sys.executable, "-m", "components.report.inference", "--model", name,
            "--precision", precision, "--budget-s", str(budget_s), "--batch-large", str(batch_large)]
+    if overrides:
+        cmd += ["--overrides", json.dumps(overrides)]
     if img_size is not None:
         size = [img_size, img_size] if isinstance(img_size, int) else list(img_size)
         cmd += ["--img-size", str(size[0]), str(size[1])]
@@ -209,11 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=5.0)
     parser.add_argument("--batch-large", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--overrides", type=json.loads, default=None, help="build keywords, a JSON object")
     args = parser.parse_args(argv)
     result = measure_model(args.model, img_size=tuple(args.img_size) if args.img_size else None,
                            num_classes=args.num_classes, precision=args.precision,
                            budget_s=args.budget_s, batch_large=args.batch_large,
-                           threads=args.threads)
+                           threads=args.threads, overrides=args.overrides)
     print(json.dumps(asdict(result)))
     return 0
 

@@ -22,13 +22,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainingSpec:
-    """One model to train: a registered (tiny) name and its task."""
+    """One model to train: a registered (tiny) name, its build keywords and its task."""
 
     model: str
     task: str  # "classification" | "detection"
     lr: float
     weight_decay: float
     clip_grad_norm: float
+    overrides: dict[str, Any] = field(default_factory=dict)
+    match_repeats: int = 1  # detection: one-to-many matching (k queries per box)
 
 
 @dataclass
@@ -121,14 +123,14 @@ def train_to_target(spec: TrainingSpec, data: TaskData, *, target: float, max_ep
     torch.manual_seed(seed)
     device = torch.device("cpu")
     amp = autocast_dtype(device, precision)
-    model = build_model(spec.model, num_classes=data.num_classes, img_size=data.image_size)
+    model = build_model(spec.model, num_classes=data.num_classes, img_size=data.image_size, **spec.overrides)
     if spec.task == "classification":
         loss_fn = classification_loss(0.0)
         metric_name = "top1"
     else:
         from components.models.criterion import build_criterion
 
-        loss_fn = detection_loss(build_criterion(data.num_classes))
+        loss_fn = detection_loss(build_criterion(data.num_classes, match_repeats=spec.match_repeats))
         metric_name = "map50"
     steps_per_epoch = len(data.train_epochs[0])
     optim_cfg = OptimSection(lr=spec.lr, weight_decay=spec.weight_decay,

@@ -13,7 +13,8 @@ from components.report.config import ReportConfig, default_families
 
 
 def _families(*tiny: str):
-    return [f for f in default_families() if f.tiny in tiny]
+    """The default families of these tiny models, as registered (no build overrides)."""
+    return [f for f in default_families() if f.tiny in tiny and not f.overrides]
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,21 @@ def test_cost_numbers_are_measured_from_the_models(quick_report):
         assert m["gmacs"] > 0 and m["latency_ms_b1"] > 0 and m["throughput_b32"] > 0
         assert m["latency_runs_b1"] >= 3 and m["batches_b32"] >= 1
         assert m["peak_rss_mib_b32"] >= 0 and m["threads"] == 1
+
+
+def test_a_family_with_build_overrides_measures_and_trains_that_model(synth_dataset, tmp_path):
+    from components.models import build_model
+    from components.report.inference import measure_model
+
+    conv = [f for f in default_families() if f.overrides.get("stem") == "conv"]
+    assert {f.task for f in conv} == {"classification", "detection"}
+    yolos = next(f for f in conv if f.task == "detection")
+    assert yolos.match_repeats == 3 and yolos.overrides["nms_iou"] == 0.7
+    keys = [f.key for f in default_families()]  # MLflow metric prefixes: one per family
+    assert len(set(keys)) == len(keys) and "vit_demo" in keys and "vit_demo_stemconv" in keys
+    measured = measure_model("vit_demo", overrides={"stem": "conv"}, budget_s=0.1, batch_large=2, threads=1)
+    assert measured.params == sum(p.numel() for p in build_model("vit_demo", stem="conv").parameters())
+    assert measured.params > sum(p.numel() for p in build_model("vit_demo").parameters())
 
 
 def test_time_to_target_reached_and_not_reached(quick_report):
