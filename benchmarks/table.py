@@ -208,6 +208,8 @@ SECTIONS = [
     ("accuracy_gpu_rot90", "bench_accuracy_gpu.py --rot90", accuracy_gpu_table),
     ("accuracy_cpu_stem", "bench_accuracy_gpu.py --threads 1 --models vit_demo+conv vit_demo ...",
      accuracy_gpu_table),
+    ("accuracy_cpu_stem_long", "bench_accuracy_gpu.py --threads 1 --steps 1800 --num-train 4000 "
+     "--models vit_demo+conv --precision fp32 ...", accuracy_gpu_table),
     ("detect_cpu", "bench_detect_gpu.py", detect_table),
     ("registry", "bench_registry.py", registry_table),
     ("serve", "bench_serve.py", serve_table),
