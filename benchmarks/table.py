@@ -163,7 +163,7 @@ def accuracy_gpu_table(d: dict) -> list[str]:
     threads = f", {d['torch_threads']} thread(s)" if "cuda" not in d["device"].lower() and d.get("torch_threads") else ""
     rows = [
         f"**Time to accuracy of the demo classifiers** (`bench_accuracy_gpu.py`; {d['device']}{threads}, "
-        f"{d['precision']}, batch {st['batch']}, lr {st['lr']}, {st['steps']} steps, "
+        f"{'fp32' if d['precision'] == 'None' else d['precision']}, batch {st['batch']}, lr {st['lr']}, {st['steps']} steps, "
         f"{'random flip + quarter turns' if st.get('rot90') else 'flip only'}, no Ray; "
         "val top-1 on the synthetic shapes, 5 classes)",
         "",
