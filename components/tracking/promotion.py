@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from components.core.config import StrictModel
 from components.data.config import DataConfig
@@ -67,6 +67,12 @@ class PromoteConfig(StrictModel):
     tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI
     cache_dir: str = "~/.cache/vitpipe/models"
     experiment: str = "vitpipe-promotion"
+
+    @field_validator("candidate", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: Any) -> Any:
+        """``candidate=3`` on the command line parses as a number; registry versions are text."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _data_fits_task(self) -> "PromoteConfig":

@@ -217,3 +217,12 @@ def test_detector_first_version_measured_on_coco_val(scenario, mlflow_uri, tmp_p
     assert set(metrics["per_class_ap"]) == set(bundle.class_names)
     assert 0.0 <= metrics["map"] <= metrics["map50"] <= 1.0
     assert resolve_uri(f"models:/{name}@champion").version == "1"
+
+
+def test_candidate_version_typed_as_a_number_on_the_command_line(tmp_path):
+    from components.core.config import load_config
+
+    cfg = load_config(PromoteConfig, None, ["candidate=3", "data.format=imagefolder", f"data.root={tmp_path}"])
+    assert cfg.candidate == "3"
+    with pytest.raises(ConfigError, match="candidate"):
+        load_config(PromoteConfig, None, ["candidate=[3]", "data.format=imagefolder", f"data.root={tmp_path}"])
