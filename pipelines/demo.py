@@ -8,7 +8,8 @@
 3. checks the cluster with ``vitpipe preflight`` (through the dashboard, as a Ray job);
 4. submits the pipeline with ``ray job submit --working-dir .``: one job runs
    pretrain (ViT) → fine-tune → YOLOS detection from the pretrained ViT, each registering
-   its model, then the promotion gate for the classifier and the detector
+   its model, then the promotion gate for each of them: the pretrained classifier, the
+   fine-tuned one against the @champion of the two so far, and the detector
    (``python -m pipelines.demo chain``, below);
 5. deploys Serve from the registry with ``serve deploy`` (the repository's serve.yaml, bound
    to 127.0.0.1 on a free port), sends real images to ``/v1/classify`` and ``/v1/detect`` and
@@ -332,9 +333,15 @@ def build_plan(cfg: DemoConfig, *, data: Path, storage: Path, tag: str, out: Pat
             overrides.append(f"model.init_from={inits[name]}")
         steps.append({"name": name, "module": f"pipelines.{name}", "config": stage.config,
                       "overrides": overrides})
-    for task, fmt, root in (("classification", "imagefolder", data), ("detection", "coco", data)):
-        steps.append({"name": f"promote-{task}", "module": "pipelines.promote", "config": cfg.promote.config,
-                      "overrides": [f"task={task}", f"data.format={fmt}", f"data.root={root}",
+    # The gate judges every classifier the run made: the pretrained one first, then the
+    # fine-tuned one against whichever is @champion by then (re-measured on the same val split).
+    gates = (("promote-pretrained", "classification", "imagefolder", "pretrain"),
+             ("promote-classification", "classification", "imagefolder", "finetune"),
+             ("promote-detection", "detection", "coco", "detect"))
+    for name, task, fmt, stage in gates:
+        steps.append({"name": name, "module": "pipelines.promote", "config": cfg.promote.config,
+                      "overrides": [f"task={task}", f"data.format={fmt}", f"data.root={data}",
+                                    f"candidate={{{stage}.registered_version}}",
                                     f"cache_dir={out / 'model-cache'}", *cfg.promote.overrides]})
     return {"steps": steps, "result": str(out / f"chain-{tag}.json")}
 
@@ -510,7 +517,8 @@ def run_demo(cfg: DemoConfig, *, keep: bool) -> dict[str, Any]:
         plan = build_plan(cfg, data=data, storage=storage, tag=tag, out=workdir)
         plan_path = workdir / f"plan-{tag}.json"
         plan_path.write_text(json.dumps(plan, indent=1))
-        say("ray job submit: pretrain -> finetune -> detect -> promote (classifier, detector)")
+        say("ray job submit: pretrain -> finetune -> detect -> promote (pretrained and fine-tuned classifier, "
+            "detector)")
         t0 = time.monotonic()
         chain = submit_pipeline(head, plan_path, env_vars, tag, log)
         summary["pipeline_s"] = round(time.monotonic() - t0, 1)

@@ -37,17 +37,24 @@ def test_tiny_demo_runs_every_step_end_to_end(tmp_path):
     summary = json.loads((workdir / "demo-summary.json").read_text())
 
     pipeline = summary["pipeline"]
-    assert list(pipeline) == ["pretrain", "finetune", "detect", "promote-classification", "promote-detection"]
-    assert pipeline["pretrain"]["registered_version"] and pipeline["finetune"]["registered_version"]
-    assert pipeline["detect"]["registered_version"]
-    # A fresh registry: the first promotion of each model sets @champion.
-    assert pipeline["promote-classification"]["decision"] == "first"
-    assert pipeline["promote-classification"]["candidate"] == pipeline["finetune"]["registered_version"]
+    assert list(pipeline) == ["pretrain", "finetune", "detect", "promote-pretrained", "promote-classification",
+                              "promote-detection"]
+    pretrained, finetuned = pipeline["pretrain"]["registered_version"], pipeline["finetune"]["registered_version"]
+    assert pretrained and finetuned and pipeline["detect"]["registered_version"]
+    # A fresh registry: the first promotion of each model sets @champion; the fine-tuned
+    # classifier is then measured against the pretrained one and wins or not.
+    assert pipeline["promote-pretrained"]["decision"] == "first"
+    assert pipeline["promote-pretrained"]["candidate"] == pretrained
+    gate = pipeline["promote-classification"]
+    assert gate["candidate"] == finetuned and gate["champion"] == pretrained
+    assert gate["decision"] in ("promoted", "refused")
+    champion = finetuned if gate["decision"] == "promoted" else pretrained
+    assert pipeline["promote-detection"]["decision"] == "first"
     assert pipeline["promote-detection"]["candidate"] == pipeline["detect"]["registered_version"]
 
     answers = summary["answers"]
     served = answers["models"]["models"]
-    assert served["classifier"]["version"] == pipeline["finetune"]["registered_version"]
+    assert served["classifier"]["version"] == champion
     assert served["detector"]["version"] == pipeline["detect"]["registered_version"]
     class_names = served["classifier"]["class_names"]
     assert len(answers["classify"]) == 2 and len(answers["detect"]) == 2
@@ -67,10 +74,14 @@ def test_demo_plan_hands_the_pretrained_checkpoint_forward(tmp_path):
     cfg = load_config(DemoConfig, TINY_CONFIG)
     plan = build_plan(cfg, data=tmp_path / "synth", storage=tmp_path / "runs", tag="t", out=tmp_path)
     names = [s["name"] for s in plan["steps"]]
-    assert names == ["pretrain", "finetune", "detect", "promote-classification", "promote-detection"]
+    assert names == ["pretrain", "finetune", "detect", "promote-pretrained", "promote-classification",
+                     "promote-detection"]
     steps = {s["name"]: s for s in plan["steps"]}
     assert "model.init_from={pretrain.checkpoint}" in steps["finetune"]["overrides"]
     assert "model.init_from={pretrain.checkpoint}" in steps["detect"]["overrides"]
+    assert "candidate={pretrain.registered_version}" in steps["promote-pretrained"]["overrides"]
+    assert "candidate={finetune.registered_version}" in steps["promote-classification"]["overrides"]
+    assert "candidate={detect.registered_version}" in steps["promote-detection"]["overrides"]
     assert f"run.storage_path={tmp_path / 'runs'}" in steps["pretrain"]["overrides"]
     # Every stage's config + overrides validates as the training config it will be.
     from components.training.config import load_train_config
