@@ -10,18 +10,9 @@ from torchvision.ops import box_convert, generalized_box_iou
 from components.models import build_model
 from components.models.criterion import batch_targets, build_criterion, repeat_targets, total_loss
 from components.models.matcher import HungarianMatcher
+from detection_helpers import random_batch
 
 torch.set_num_threads(1)
-
-
-def _batch(b: int = 2, m: int = 3, num_classes: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.rand(b, m, 2, generator=g) * 0.5 + 0.25
-    sizes = torch.rand(b, m, 2, generator=g) * 0.3 + 0.1
-    mask = torch.ones(b, m, dtype=torch.bool)
-    mask[0, -1] = False  # padding row
-    return {"boxes": torch.cat([centers, sizes], -1), "classes": torch.randint(0, num_classes, (b, m), generator=g),
-            "box_mask": mask}
 
 
 def _outputs(b: int, q: int, num_classes: int = 3, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -51,7 +42,7 @@ def _one_to_one_reference(outputs, batch, num_classes: int) -> dict[str, torch.T
 
 
 def test_one_repeat_is_unchanged():
-    batch, outputs = _batch(), _outputs(2, 8)
+    batch, outputs = random_batch(), _outputs(2, 8)
     default = build_criterion(3)(outputs, batch)
     one = build_criterion(3, match_repeats=1)(outputs, batch)
     reference = _one_to_one_reference(outputs, batch, 3)
@@ -62,7 +53,7 @@ def test_one_repeat_is_unchanged():
 
 
 def test_repeat_targets_layout():
-    (t,) = batch_targets({k: v[1:] for k, v in _batch().items()})
+    (t,) = batch_targets({k: v[1:] for k, v in random_batch().items()})
     (r,) = repeat_targets([t], 3)
     assert r["boxes"].shape == (9, 4) and r["classes"].shape == (9,)
     for j in range(9):
@@ -71,7 +62,7 @@ def test_repeat_targets_layout():
 
 @pytest.mark.parametrize("seed", range(4))
 def test_three_repeats_give_every_target_three_distinct_queries(seed):
-    batch, outputs = _batch(seed=seed), _outputs(2, 10, seed=seed + 10)  # T_i <= 3, Q = 10 >= 3·3
+    batch, outputs = random_batch(seed=seed), _outputs(2, 10, seed=seed + 10)  # T_i <= 3, Q = 10 >= 3·3
     criterion = build_criterion(3, match_repeats=3)
     targets = batch_targets(batch)
     for (queries, target_idx), t in zip(criterion.match(outputs, targets), targets):
@@ -83,7 +74,7 @@ def test_three_repeats_give_every_target_three_distinct_queries(seed):
 
 
 def test_fewer_queries_than_repeats_match_each_query_once():
-    batch, outputs = _batch(m=3), _outputs(2, 4)
+    batch, outputs = random_batch(m=3), _outputs(2, 4)
     criterion = build_criterion(3, match_repeats=3)
     for queries, target_idx in criterion.match(outputs, batch_targets(batch)):
         assert len(queries) == 4 and len(set(queries.tolist())) == 4
@@ -103,7 +94,7 @@ def test_box_losses_are_normalised_by_the_repeated_count():
 
 
 def test_empty_images_and_aux_outputs_with_repeats():
-    batch = _batch(b=2, m=2)
+    batch = random_batch(b=2, m=2)
     batch["box_mask"][1] = False  # second image has no boxes
     model = build_model("detr_demo", num_classes=3)
     out = model(torch.zeros(2, 16, 768, dtype=torch.uint8), (4, 4))
@@ -117,7 +108,7 @@ def test_empty_images_and_aux_outputs_with_repeats():
 
 def test_loss_falls_on_an_overfit_batch_with_three_repeats():
     torch.manual_seed(0)
-    batch = _batch(b=2, m=2, seed=3)
+    batch = random_batch(b=2, m=2, seed=3)
     model = build_model("detr_demo", num_classes=3, img_size=64)
     criterion = build_criterion(3, match_repeats=3)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)

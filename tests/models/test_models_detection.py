@@ -12,6 +12,7 @@ from components.models.criterion import batch_targets, build_criterion, total_lo
 from components.models.matcher import HungarianMatcher
 from components.models.postprocess import detections
 from components.models.yolos import init_from_classifier
+from detection_helpers import random_batch
 
 SHRINK = {
     "yolos": dict(depth=2, embed_dim=48, num_heads=2, num_det_tokens=10),
@@ -26,18 +27,6 @@ def small_detector(name: str, num_classes: int = 3):
     spec = get_spec(name)
     overrides = {} if name.endswith("_demo") else SHRINK[spec.family]
     return build_model(name, num_classes=num_classes, img_size=64, **overrides)
-
-
-def random_batch(b: int = 2, m: int = 3, num_classes: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.rand(b, m, 2, generator=g) * 0.5 + 0.25
-    sizes = torch.rand(b, m, 2, generator=g) * 0.3 + 0.1
-    mask = torch.ones(b, m, dtype=torch.bool)
-    mask[0, -1] = False  # padding row
-    return {
-        "boxes": torch.cat([centers, sizes], -1), "classes": torch.randint(0, num_classes, (b, m), generator=g),
-        "box_mask": mask,
-    }
 
 
 @pytest.mark.parametrize("name", list_models("detection"))
