@@ -183,18 +183,22 @@ def accuracy_gpu_table(d: dict) -> list[str]:
 
 def detect_table(d: dict) -> list[str]:
     st = d["settings"]
+    threads = f", {d['torch_threads']} thread(s)" if d.get("torch_threads") else ""
     rows = [
-        f"**Time to mAP of the demo detectors** (`bench_detect_gpu.py`; {d['device']}, {d['precision']}, "
+        f"**Time to mAP of the demo detectors** (`bench_detect_gpu.py`; {d['device']}{threads}, {d['precision']}, "
         f"{st['num_train']} synthetic images at {d['image_size']} px, batch {st['batch']}, lr {st['lr']}, "
         f"{st['steps']} steps, {d['augment']}, {d['init']}, no Ray; COCO mAP on the val split)",
         "",
-        "| model | patch | best mAP50 | best mAP | steps to mAP50 0.5 | mAP50 by step |",
-        "|---|---|---|---|---|---|",
+        "| model | patch | matching (k) | NMS IoU | best mAP50 | best mAP | steps to mAP50 0.5 | mAP50 by step |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in d["results"]:
-        by_step = " / ".join(f"{p['step']}: {p['map50']}" for p in r["curve"])
-        rows.append(f"| {r['model']} | {r['patch_size']} | {r['best_map50']} | {r['best_map']} "
-                    f"| {r['steps_to_map50_0.5'] or '–'} | {by_step} |")
+        curve = r["curve"]
+        shown = curve if len(curve) <= 6 else [curve[i * (len(curve) - 1) // 5] for i in range(6)]
+        by_step = " / ".join(f"{p['step']}: {p['map50']}" for p in shown)
+        model = r["model"] + (f", init {r['init']}" if r.get("init") and r["init"] != d["init"] else "")
+        rows.append(f"| {model} | {r['patch_size']} | {r.get('match_repeats', 1)} | {r.get('nms_iou') or '–'} "
+                    f"| {r['best_map50']} | {r['best_map']} | {r['steps_to_map50_0.5'] or '–'} | {by_step} |")
     return rows
 
 
@@ -211,6 +215,8 @@ SECTIONS = [
     ("accuracy_cpu_stem_long", "bench_accuracy_gpu.py --threads 1 --steps 1800 --num-train 4000 "
      "--models vit_demo+conv --precision fp32 ...", accuracy_gpu_table),
     ("detect_cpu", "bench_detect_gpu.py", detect_table),
+    ("detect_cpu_o2m", "bench_detect_gpu.py --threads 1 --models yolos_demo+conv --match-repeats 1 3 ...",
+     detect_table),
     ("registry", "bench_registry.py", registry_table),
     ("serve", "bench_serve.py", serve_table),
     ("serve_vit_tiny_patch16_224_64px",
