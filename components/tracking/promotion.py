@@ -154,9 +154,13 @@ def _checked_checkpoint(
 
 def _eval_batches(data_cfg: DataConfig, split: str, task: str, batch_size: int):
     """The validation bundle and a factory of batch iterators over it (eval transform)."""
+    import ray.data
+
     from components.data.dataset import build_dataset
     from components.data.loader import iter_batches
 
+    # Ray Data would log a progress block every 10 s per measurement into the job's log
+    ray.data.DataContext.get_current().enable_progress_bars = False
     bundle = build_dataset(data_cfg, split, training=False)
 
     def batches():
