@@ -23,12 +23,21 @@ _NO_DECAY_HINTS = ("pos_embed", "cls_token", "dist_token", "reg_token", "det_tok
                    "mask_token", "query_embed", "relative_position")
 
 
+# Detection parts a classification checkpoint never has: they train at the full lr, like a
+# head (YOLOS' [DET] tokens and their position embeddings, the class/box MLPs, whose
+# ``layers.<i>`` would otherwise read as transformer blocks).
+_FRESH_DETECTION_PARTS = ("det_token", "det_pos_embed", "mid_det_pos_embed", "class_embed", "bbox_embed")
+
+
 def layer_id(name: str, num_layers: int) -> int:
     """Depth of parameter ``name``: 0 for embeddings, ``i + 1`` for block ``i``, then the head.
 
-    ``num_layers`` is the number of blocks; head/final norm get ``num_layers + 1``.
+    ``num_layers`` is the number of blocks; head/final norm (and a detector's fresh parts)
+    get ``num_layers + 1``.
     """
     name = name.removeprefix("module.")
+    if name.split(".")[0] in _FRESH_DETECTION_PARTS:
+        return num_layers + 1
     match = _BLOCK_INDEX.search(name)
     if match:
         return int(match.group(1)) + 1
@@ -38,7 +47,9 @@ def layer_id(name: str, num_layers: int) -> int:
 
 
 def count_layers(names: Iterable[str]) -> int:
-    found = [int(m.group(1)) for n in names if (m := _BLOCK_INDEX.search(n))]
+    found = [int(m.group(1)) for n in names
+             if n.removeprefix("module.").split(".")[0] not in _FRESH_DETECTION_PARTS
+             and (m := _BLOCK_INDEX.search(n))]
     return max(found) + 1 if found else 0
 
 

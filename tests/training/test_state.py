@@ -118,6 +118,19 @@ def test_layer_decay_and_no_decay_groups():
     assert layer_id("module.backbone.blocks.7.attn.qkv.weight", 12) == 8
 
 
+def test_layer_decay_of_yolos_keeps_its_fresh_detection_parts_at_the_full_lr():
+    from components.models import build_model
+
+    model = build_model("yolos_demo", num_classes=3, img_size=64, mid_pos_embed=True)  # 4 blocks
+    groups = param_groups(model, OptimSection(layer_decay=0.5))
+    scale = {n: g["lr_scale"] for g in groups for n in g["names"]}
+    for fresh in ("det_token", "det_pos_embed", "mid_det_pos_embed", "class_embed.layers.2.weight",
+                  "bbox_embed.layers.0.weight"):
+        assert scale[fresh] == 1.0, fresh
+    assert scale["backbone.blocks.3.mlp.fc1.weight"] == 0.5 and scale["backbone.blocks.0.mlp.fc1.weight"] == 0.0625
+    assert scale["backbone.patch_embed.proj.weight"] == 0.03125 == scale["backbone.pos_embed"]
+
+
 def test_non_finite_loss_stops_with_a_clear_message():
     _, _, _, runner = make(OptimSection())
     bad = batch(0)
