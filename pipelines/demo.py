@@ -7,7 +7,8 @@
 2. writes the embedded synthetic dataset (kept for the next run);
 3. checks the cluster with ``vitpipe preflight`` (through the dashboard, as a Ray job);
 4. submits the pipeline with ``ray job submit --working-dir .``: one job runs
-   pretrain (ViT) → fine-tune → YOLOS detection from the pretrained ViT, each registering
+   pretrain (ViT) → fine-tune → YOLOS detection (from the pretrained ViT unless the stage
+   says ``init_from_pretrain: false``), each registering
    its model, then the promotion gate for each of them: the pretrained classifier, the
    fine-tuned one against the @champion of the two so far, and the detector
    (``python -m pipelines.demo chain``, below);
@@ -68,6 +69,8 @@ class RaySection(StrictModel):
 class StageSection(StrictModel):
     config: str
     overrides: list[str] = Field(default_factory=list)
+    # finetune / detect: start from the pretrain stage's checkpoint (model.init_from)
+    init_from_pretrain: bool = True
 
 
 class ServeSection(StrictModel):
@@ -329,7 +332,7 @@ def build_plan(cfg: DemoConfig, *, data: Path, storage: Path, tag: str, out: Pat
         stage = cfg.stages[name]
         overrides = [f"data.root={data}", f"run.storage_path={storage}", f"run.name=demo-{name}-{tag}",
                      *stage.overrides]
-        if name in inits:
+        if name in inits and stage.init_from_pretrain:
             overrides.append(f"model.init_from={inits[name]}")
         steps.append({"name": name, "module": f"pipelines.{name}", "config": stage.config,
                       "overrides": overrides})

@@ -92,6 +92,16 @@ def test_demo_plan_hands_the_pretrained_checkpoint_forward(tmp_path):
         assert cfg_t.run.name == f"demo-{name}-t" and cfg_t.registry.enabled and cfg_t.mlflow.enabled
 
 
+def test_demo_stage_can_start_from_scratch(tmp_path):
+    cfg = load_config(DemoConfig, TINY_CONFIG, ["stages.detect.init_from_pretrain=false"])
+    plan = build_plan(cfg, data=tmp_path / "synth", storage=tmp_path / "runs", tag="t", out=tmp_path)
+    steps = {s["name"]: s for s in plan["steps"]}
+    assert not any(o.startswith("model.init_from=") for o in steps["detect"]["overrides"])
+    assert "model.init_from={pretrain.checkpoint}" in steps["finetune"]["overrides"]
+    # the shipped demo trains YOLOS from scratch (see pipelines/configs/demo.yaml)
+    assert not load_config(DemoConfig, REPO / "pipelines" / "configs" / "demo.yaml").stages["detect"].init_from_pretrain
+
+
 def test_demo_serve_config_binds_loopback_and_stays_valid():
     from ray.serve.schema import ServeDeploySchema
 
