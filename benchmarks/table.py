@@ -202,6 +202,25 @@ def detect_table(d: dict) -> list[str]:
     return rows
 
 
+def detect_recipe_table(d: dict) -> list[str]:
+    st = d["settings"]
+    rows = [
+        f"**YOLOS recipe sweep** (`bench_detect_gpu.py`; {d['device']}, {d.get('torch_threads', '?')} thread(s), "
+        f"{d['precision']}, yolos_demo+conv, {st['num_train']} synthetic images at {d['image_size']} px, batch "
+        f"{st['batch']}, k={st['match_repeats'][0]} + NMS {st['nms_iou']}, {d['augment']}, no Ray; one change "
+        "at a time against the baseline, then the winners together)",
+        "",
+        "| variant | steps | init | lr | [DET] tokens | eos | clip | best mAP50 | best mAP |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in d["results"]:
+        init = "classifier" if r.get("init", "random") != "random" else "random"
+        rows.append(f"| {r.get('variant', r['model'])} | {r.get('steps', '')} | {init} | {r.get('lr')} "
+                    f"| {r.get('num_det_tokens') or 20} | {r.get('eos_coef')} | {r.get('clip')} "
+                    f"| {r['best_map50']} | {r['best_map']} |")
+    return rows
+
+
 # (results/<name>.json, the script that writes it, its table)
 SECTIONS = [
     ("data", "bench_data.py", data_table),
@@ -217,6 +236,8 @@ SECTIONS = [
     ("detect_cpu", "bench_detect_gpu.py", detect_table),
     ("detect_cpu_o2m", "bench_detect_gpu.py --threads 1 --models yolos_demo+conv --match-repeats 1 3 ...",
      detect_table),
+    ("detect_cpu_recipe", "bench_detect_gpu.py --threads 1 --models yolos_demo+conv --match-repeats 3 ...",
+     detect_recipe_table),
     ("registry", "bench_registry.py", registry_table),
     ("serve", "bench_serve.py", serve_table),
     ("serve_vit_tiny_patch16_224_64px",
