@@ -158,6 +158,12 @@ def train_table(d: dict) -> list[str]:
     return rows
 
 
+def _by_step(curve: list[dict], key: str, points: int = 6) -> str:
+    """``"250: 0.41 / 750: 0.62 / ..."``: at most ``points`` evenly spaced points, first and last kept."""
+    shown = curve if len(curve) <= points else [curve[i * (len(curve) - 1) // (points - 1)] for i in range(points)]
+    return " / ".join(f"{p['step']}: {p[key]}" for p in shown)
+
+
 def accuracy_gpu_table(d: dict) -> list[str]:
     st = d["settings"]
     threads = f", {d['torch_threads']} thread(s)" if "cuda" not in d["device"].lower() and d.get("torch_threads") else ""
@@ -171,9 +177,7 @@ def accuracy_gpu_table(d: dict) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for r in d["results"]:
-        curve = r["curve"]
-        shown = curve if len(curve) <= 6 else [curve[i * (len(curve) - 1) // 5] for i in range(6)]
-        by_step = " / ".join(f"{p['step']}: {p['val_top1']}" for p in shown)
+        by_step = _by_step(r["curve"], "val_top1")
         rows.append(
             f"| {r['model']} | {r['synth_images']} ({r['train_crops']}) | {r['best_val_top1']} "
             f"| {r['steps_to_0.90'] or '–'} | {r['steps_to_0.95'] or '–'} | {by_step} |"
@@ -193,9 +197,7 @@ def detect_table(d: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in d["results"]:
-        curve = r["curve"]
-        shown = curve if len(curve) <= 6 else [curve[i * (len(curve) - 1) // 5] for i in range(6)]
-        by_step = " / ".join(f"{p['step']}: {p['map50']}" for p in shown)
+        by_step = _by_step(r["curve"], "map50")
         model = r["model"] + (f", init {r['init']}" if r.get("init") and r["init"] != d["init"] else "")
         rows.append(f"| {model} | {r['patch_size']} | {r.get('match_repeats', 1)} | {r.get('nms_iou') or '–'} "
                     f"| {r['best_map50']} | {r['best_map']} | {r['steps_to_map50_0.5'] or '–'} | {by_step} |")
