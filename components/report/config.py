@@ -35,7 +35,7 @@ class Family(StrictModel):
     @property
     def key(self) -> str:
         """The family's name in MLflow metric keys: the tiny model's, plus what is not default
-        (``vit_demo``, ``vit_demo_stemconv``, ``yolos_demo_nms_iou0.7_stemconv_k3``)."""
+        (``vit_demo``, ``vit_demo_stemconv``, ``yolos_demo_nms_iou0.5_stemconv_k3``)."""
         extra = "".join(f"_{k}{v}" for k, v in sorted(self.overrides.items()))
         if self.match_repeats > 1:
             extra += f"_k{self.match_repeats}"
@@ -57,7 +57,7 @@ def default_families() -> list[Family]:
         Family(label="YOLOS-Ti", task="detection", full="yolos_ti", tiny="yolos_demo",
                full_img_size=512, **det),
         Family(label="YOLOS-Ti, conv stem, 1-to-3 matching", task="detection", full="yolos_ti",
-               tiny="yolos_demo", full_img_size=512, overrides={"stem": "conv", "nms_iou": 0.7},
+               tiny="yolos_demo", full_img_size=512, overrides={"stem": "conv", "nms_iou": 0.5},
                match_repeats=3, **det),
     ]
 

@@ -50,7 +50,7 @@ def test_a_family_with_build_overrides_measures_and_trains_that_model(synth_data
     conv = [f for f in default_families() if f.overrides.get("stem") == "conv"]
     assert {f.task for f in conv} == {"classification", "detection"}
     yolos = next(f for f in conv if f.task == "detection")
-    assert yolos.match_repeats == 3 and yolos.overrides["nms_iou"] == 0.7
+    assert yolos.match_repeats == 3 and yolos.overrides["nms_iou"] == 0.5
     keys = [f.key for f in default_families()]  # MLflow metric prefixes: one per family
     assert len(set(keys)) == len(keys) and "vit_demo" in keys and "vit_demo_stemconv" in keys
     measured = measure_model("vit_demo", overrides={"stem": "conv"}, budget_s=0.1, batch_large=2, threads=1)
