@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from _machine import cpu_name  # benchmarks/, the script's own folder
+from _specs import parse_model_spec
 from components.core.device import autocast_dtype, pick_device
 from components.data.image_io import decode_image, preprocess
 from components.data.patchify import patchify, unpatchify
@@ -46,14 +47,6 @@ def load_crops(root: Path, split: str, classes: list[str]) -> tuple[torch.Tensor
             images.append(unpatchify(patches, grid, PATCH))
             labels.append(label)
     return torch.from_numpy(np.stack(images)), torch.tensor(labels)
-
-
-def split_spec(spec: str) -> tuple[str, int, dict]:
-    """``"vit_demo/8+conv"`` → (``"vit_demo"``, 8, ``{"stem": "conv"}``): a registered model,
-    its patch size and build overrides (``+conv``: the convolutional stem)."""
-    spec, _, stem = spec.partition("+")
-    name, _, patch = spec.partition("/")
-    return name, int(patch or PATCH), ({"stem": stem} if stem else {})
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, *, rot90: bool) -> torch.Tensor:
@@ -83,11 +76,10 @@ def evaluate(model, images, labels, amp, patch: int) -> float:
 def train_curve(spec: str, train, val, *, steps: int, eval_every: int, batch: int, lr: float,
                 device, amp, rot90: bool) -> dict:
     torch.manual_seed(0)
-    name, patch, extra = split_spec(spec)
+    name, extra = parse_model_spec(spec)
+    patch = extra.get("patch_size", PATCH)
     if "vit" in name:
         extra["head"] = "mlp"
-    if patch != PATCH:
-        extra["patch_size"] = patch
     model = build_model(name, num_classes=5, img_size=IMAGE_SIZE, **extra).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     warmup = max(steps // 20, 1)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -56,22 +55,9 @@ from components.models.yolos import init_from_classifier
 from components.training.evaluate import evaluate_detection
 from components.training.step import StepRunner, detection_loss
 from _machine import cpu_name  # benchmarks/, the script's own folder
+from _specs import parse_model_spec
 
 IMAGE_SIZE, PATCH, MAX_BOXES = 96, 16, 10
-
-
-def split_spec(spec: str) -> tuple[str, dict]:
-    """``"yolos_demo/8+conv"`` (or ``"yolos_demo+conv/8"``) → (``"yolos_demo"``,
-    ``{"patch_size": 8, "stem": "conv"}``); without a suffix: the model's own stem and patch
-    size (the same spec as ``bench_accuracy_gpu.py``'s)."""
-    name, *suffixes = re.split(r"(?=[/+])", spec)
-    extra: dict = {}
-    for suffix in suffixes:
-        if suffix.startswith("/"):
-            extra["patch_size"] = int(suffix[1:])
-        else:
-            extra["stem"] = suffix[1:]
-    return name, extra
 
 
 def load_split(root: Path, split: str) -> dict[str, torch.Tensor]:
@@ -118,7 +104,7 @@ def train_curve(spec: str, train, val, gt_path: Path, *, steps: int, eval_every:
                 seed: int = 0, init: dict[str, torch.Tensor] | None = None, det_tokens: int | None = None,
                 eos_coef: float = 0.1, clip: float = 0.1) -> dict:
     torch.manual_seed(seed)
-    name, extra = split_spec(spec)
+    name, extra = parse_model_spec(spec)
     if nms_iou is not None:
         extra["nms_iou"] = nms_iou
     if det_tokens is not None:

@@ -16,7 +16,7 @@ from torch import nn
 from components.models.base import IMAGENET_MEAN, IMAGENET_STD, VisionModel
 from components.models.heads import make_head
 from components.models.registry import ModelSpec, register
-from components.models.stem import embed_layer
+from components.models.stem import timm_stem_kwargs
 
 
 class TimmClassifier(VisionModel):
@@ -71,7 +71,7 @@ def _build_timm(
     if stem != "patch":
         if family != "vit":
             raise ValueError(f"stem={stem!r} is for the ViT family; this model is family {family!r}")
-        timm_kwargs["embed_layer"] = embed_layer(stem)
+        timm_kwargs.update(timm_stem_kwargs(stem))
     if family != "cnn":
         timm_kwargs["img_size"] = img_size
     if family in ("vit", "tnt"):  # the hybrid's patch is its CNN stem's stride, fixed by the stem

@@ -28,6 +28,7 @@ from torch import nn
 
 from components.models.base import IMAGENET_MEAN, IMAGENET_STD, VisionModel
 from components.models.layers import MLP, Attention
+from components.models.postprocess import check_nms_iou
 from components.models.registry import ModelSpec, register
 
 
@@ -106,11 +107,9 @@ class Detr(VisionModel):
         mean=IMAGENET_MEAN, std=IMAGENET_STD, nms_iou: float | None = None,
     ) -> None:
         super().__init__(img_size=img_size, patch_size=patch_size, mean=mean, std=std)
-        if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
-            raise ValueError(f"nms_iou must lie in (0, 1] or be None, got {nms_iou}")
         # IoU of class-aware NMS at inference (postprocess.detections); None = off, as
         # one-to-one matching needs none. Set it when training with criterion.match_repeats > 1.
-        self.nms_iou = nms_iou
+        self.nms_iou = check_nms_iou(nms_iou)
         self.backbone = timm.create_model(
             backbone, pretrained=False, features_only=True, out_indices=(backbone_stage,), **(backbone_kwargs or {})
         )

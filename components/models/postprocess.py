@@ -8,6 +8,18 @@ from torchvision.ops import batched_nms
 from components.data.boxes import batch_to_pixels_xyxy
 
 
+def check_nms_iou(nms_iou: float | None) -> float | None:
+    """A detector's NMS setting, checked: an IoU in (0, 1], or None (no NMS)."""
+    if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
+        raise ValueError(f"nms_iou must lie in (0, 1] or be None, got {nms_iou}")
+    return nms_iou
+
+
+def model_nms_iou(model: torch.nn.Module) -> float | None:
+    """The NMS setting a detector carries (``model.nms_iou``; through a DDP ``.module``)."""
+    return getattr(getattr(model, "module", model), "nms_iou", None)
+
+
 @torch.no_grad()
 def detections(outputs: dict, orig_size_hw: torch.Tensor, *, score_threshold: float = 0.0, top_k: int = 100,
                nms_iou: float | None = None) -> list[dict[str, torch.Tensor]]:

@@ -60,8 +60,9 @@ def conv_stem_embed(*, img_size: Any, patch_size: int, in_chans: int = 3, embed_
                        in_chans=in_chans, embed_dim=embed_dim, bias=bias, **extra)
 
 
-def embed_layer(stem: str):
-    """timm's ``embed_layer`` for a stem name: ``None`` (timm's PatchEmbed) or the conv stem."""
+def timm_stem_kwargs(stem: str) -> dict[str, Any]:
+    """The keywords that give a timm ``VisionTransformer`` this stem: ``{}`` for ``"patch"``
+    (timm's own ``PatchEmbed``), ``{"embed_layer": conv_stem_embed}`` for ``"conv"``."""
     if stem not in STEMS:
         raise ValueError(f"unknown stem {stem!r}; known: {', '.join(STEMS)}")
-    return conv_stem_embed if stem == "conv" else None
+    return {"embed_layer": conv_stem_embed} if stem == "conv" else {}

@@ -33,7 +33,8 @@ from torch import nn
 from components.models.base import IMAGENET_MEAN, IMAGENET_STD, VisionModel, to_2tuple
 from components.models.layers import MLP
 from components.models.registry import ModelSpec, register
-from components.models.stem import embed_layer
+from components.models.postprocess import check_nms_iou
+from components.models.stem import timm_stem_kwargs
 
 
 class Yolos(VisionModel):
@@ -46,15 +47,13 @@ class Yolos(VisionModel):
         stem: str = "patch", nms_iou: float | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     ) -> None:
         super().__init__(img_size=img_size, patch_size=patch_size, mean=mean, std=std)
-        if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
-            raise ValueError(f"nms_iou must lie in (0, 1], got {nms_iou}")
         self.stem = stem
-        self.nms_iou = nms_iou
-        timm_stem = {"embed_layer": embed_layer(stem)} if stem != "patch" else {}
+        self.nms_iou = check_nms_iou(nms_iou)
         self.backbone = VisionTransformer(
             img_size=to_2tuple(img_size), patch_size=patch_size, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, mlp_ratio=mlp_ratio, num_classes=0, global_pool="", class_token=True,
-            drop_path_rate=drop_path_rate, norm_layer=partial(nn.LayerNorm, eps=norm_eps), **timm_stem,
+            drop_path_rate=drop_path_rate, norm_layer=partial(nn.LayerNorm, eps=norm_eps),
+            **timm_stem_kwargs(stem),
         )
         self.num_classes = num_classes
         self.num_det_tokens = num_det_tokens

@@ -217,7 +217,7 @@ def predict_detections(
 ) -> DetectionPredictions:
     """Run a detector over ``batches``; predictions in original-image pixels and COCO ids."""
     from components.data.boxes import xyxy_to_coco
-    from components.models.postprocess import detections
+    from components.models.postprocess import detections, model_nms_iou
 
     device = torch.device(device)
     cat_ids = contiguous_to_coco_ids(load_coco(coco_gt))
@@ -225,7 +225,7 @@ def predict_detections(
     image_ids: list[int] = []
     samples: list[dict[str, Any]] = []
     patch_size = _patch_size(model)
-    nms_iou = getattr(getattr(model, "module", model), "nms_iou", None)  # the model's own NMS setting
+    nms_iou = model_nms_iou(model)
     with _eval_mode(model):
         for batch in batches:
             patches = batch["patches"].to(device, non_blocking=True)
