@@ -103,7 +103,7 @@ def _log_dataset(uri: str, run_id: str, *, source: str, name: str, digest: str, 
 def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[str, Any]:
     """Train, evaluate and register as ``cfg`` says; returns the run's summary dict."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from components.data.dataset import build_dataset
@@ -183,6 +183,7 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[st
         train_loop_per_worker,
         train_loop_config={"train": cfg.model_dump(mode="json"), "plan": plan},
         datasets={"train": train.dataset, "val": val.dataset},
+        dataset_config=DataConfig(execution_options=ingest_options(data_cfg.preserve_order)),
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -240,6 +241,20 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[st
         "metrics": summary_metrics, "registered_version": registered_version,
         "steps": plan_steps["total_steps"], "seconds": round(time.monotonic() - started, 1),
     }
+
+
+def ingest_options(preserve_order: bool):
+    """Ray Data execution options for the shards Ray Train hands its workers.
+
+    Ray Train replaces each dataset's own execution options with these (by default: the
+    driver's global ``DataContext``), so ``data.preserve_order`` must be passed here too, or
+    rows reach the workers in task-completion order and a seeded run is not repeatable.
+    """
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = preserve_order
+    return options
 
 
 def _client(uri: str):
