@@ -17,6 +17,9 @@ from pydantic import Field, model_validator
 
 from components.core.config import StrictModel
 
+BLOCK_TARGET_BYTES = 8 * 1024 * 1024  # uint8 patches per block: 256 rows at 96 px, 55 at 224
+MAX_ROWS_PER_BLOCK = 256
+
 
 class SplitPaths(StrictModel):
     """One split's files: COCO needs ``annotations`` + ``images``; ImageFolder ``images``."""
@@ -69,7 +72,10 @@ class DataConfig(StrictModel):
     shuffle: bool = True  # shuffle the row order of training splits (seeded)
     preserve_order: bool = True  # deliver rows in the (seeded) order: reproducible batches
     validate_images: bool = True  # decode every image once up front (exact skip report)
-    rows_per_block: int = Field(16, ge=1)  # rows per Ray Data block / map task batch
+    # Rows per Ray Data block / map task. None: as many as fit BLOCK_TARGET_BYTES of patches,
+    # at most MAX_ROWS_PER_BLOCK (each task costs a few ms of scheduling whatever its size:
+    # 16-row blocks spent ~3x the decode time on it, docs/data.md).
+    rows_per_block: int | None = Field(None, ge=1)
     num_cpus_per_task: float = Field(1.0, gt=0)  # Ray CPUs per decode/transform task
     concurrency: int | None = Field(None, ge=1)  # max parallel map tasks (None: Ray decides)
     node_labels: dict[str, str] | None = None  # label selector for the CPU nodes doing data work
@@ -86,6 +92,13 @@ class DataConfig(StrictModel):
                 if paths.annotations is None:
                     raise ValueError(f"splits.{name}.annotations is required for format 'coco'")
         return self
+
+    def block_rows(self) -> int:
+        """Rows per block: ``rows_per_block``, or sized by the patch bytes of one row."""
+        if self.rows_per_block is not None:
+            return self.rows_per_block
+        row_bytes = self.image_size * self.image_size * 3
+        return int(min(MAX_ROWS_PER_BLOCK, max(1, BLOCK_TARGET_BYTES // row_bytes)))
 
     def split_paths(self, split: str) -> SplitPaths:
         """The annotation/image locations of ``split`` (explicit entry, else from ``root``)."""

@@ -225,7 +225,7 @@ def _read_source(cfg: DataConfig, split: str) -> CocoSource | ImageFolderSource:
 
 
 def _num_blocks(n: int, cfg: DataConfig) -> int:
-    return max(1, math.ceil(n / cfg.rows_per_block))
+    return max(1, math.ceil(n / cfg.block_rows()))
 
 
 def _remote_args(cfg: DataConfig) -> dict[str, Any]:
@@ -248,7 +248,7 @@ def _validate(source, cfg: DataConfig) -> dict[int, str]:
     if not records:
         return {}
     ds = ray.data.from_items(records, override_num_blocks=_num_blocks(len(records), cfg))
-    results = ds.map_batches(check_rows, batch_size=cfg.rows_per_block,
+    results = ds.map_batches(check_rows, batch_size=cfg.block_rows(),
                              fn_kwargs={"images": source.images, "max_pixels": cfg.max_pixels},
                              **_remote_args(cfg)).take_all()
     file_of = {r["image_id"]: r["file"] for r in records}
@@ -295,7 +295,7 @@ def _make_dataset(records: list[dict], cfg: DataConfig, training: bool, epoch: i
     ordered = _ordered(records, cfg, training, epoch)
     # Detection rows carry their targets; ragged lists travel as flat lists (boxes: 4*M).
     ds = ray.data.from_items(ordered, override_num_blocks=_num_blocks(len(ordered), cfg))
-    ds = ds.map_batches(make_rows, batch_size=cfg.rows_per_block, fn_kwargs={"spec": spec},
+    ds = ds.map_batches(make_rows, batch_size=cfg.block_rows(), fn_kwargs={"spec": spec},
                         **_remote_args(cfg))
     # Blocks finish out of order; a seeded run must also see the same row order.
     ds.context.execution_options.preserve_order = cfg.preserve_order

@@ -57,7 +57,8 @@ def test_detection_eval_rows_follow_the_contract_and_map_back(ray_cluster, tiny_
 
 
 def test_training_rows_are_seeded(ray_cluster, tiny_synth):
-    cfg = DataConfig(root=str(tiny_synth), image_size=64, seed=11)
+    # Several small blocks, so that map tasks can finish out of order.
+    cfg = DataConfig(root=str(tiny_synth), image_size=64, seed=11, rows_per_block=4)
     first = _all(build_dataset(cfg, "train", training=True), "detection")[0]
     again = _all(build_dataset(cfg, "train", training=True), "detection")[0]
     for key in first:
@@ -122,6 +123,16 @@ def test_imagefolder_classification(ray_cluster, tiny_synth):
     want = [len(list((tiny_synth / "imagefolder" / "train" / n).glob("*.jpg")))
             for n in bundle.class_names]
     assert counts.tolist() == want
+
+
+def test_blocks_are_sized_by_the_patch_bytes_of_a_row():
+    from components.data.config import BLOCK_TARGET_BYTES, MAX_ROWS_PER_BLOCK
+
+    assert DataConfig(root="x", image_size=64).block_rows() == MAX_ROWS_PER_BLOCK
+    vit_b = DataConfig(root="x", image_size=224).block_rows()
+    assert vit_b == BLOCK_TARGET_BYTES // (224 * 224 * 3) and 16 < vit_b < MAX_ROWS_PER_BLOCK
+    assert DataConfig(root="x", image_size=1600).block_rows() == 1  # one 7.7 MB row per block
+    assert DataConfig(root="x", image_size=64, rows_per_block=4).block_rows() == 4
 
 
 def test_config_rejects_bad_geometry():
