@@ -35,6 +35,17 @@ def data_table(d: dict) -> list[str]:
     ]
 
 
+def blocks_table(d: dict) -> list[str]:
+    rows = [f"**Ray Data block size** (`bench_blocks.py`; {d['what']}; {_machine(d['machine'])})", "",
+            "| rows per block | validation pass s | epoch s | images/s | × 16-row blocks (validate / epoch) |",
+            "|---|---|---|---|---|"]
+    for key, r in d["by_rows_per_block"].items():
+        label = f"auto ({r['block_rows']})" if key == "auto" else key
+        rows.append(f"| {label} | {r['validate_s']} | {r['epoch_s']} | {r['images_per_s']} | "
+                    f"{r.get('validate_speedup_vs_16', '–')}× / {r.get('epoch_speedup_vs_16', '–')}× |")
+    return rows
+
+
 def models_table(d: dict) -> list[str]:
     rows = [
         f"**Training step, CPU** (`bench_models.py`; {_machine(d['machine'])}; GEMM peak "
@@ -239,6 +250,7 @@ def nms_table(d: dict) -> list[str]:
 # (results/<name>.json, the script that writes it, its table)
 SECTIONS = [
     ("data", "bench_data.py", data_table),
+    ("data_blocks", "bench_blocks.py --root .demo/synth", blocks_table),
     ("models", "bench_models.py", models_table),
     ("train", "bench_train.py", train_table),
     ("train_gpu", "bench_train_gpu.py", train_gpu_table),
