@@ -9,7 +9,9 @@ Pipeline (one Ray Data map stage, CPU-only tasks)::
 Only metadata lives on the driver; image bytes are read inside the map tasks and leave
 them as ``image_size²`` uint8 patches, so the dataset streams and never sits in memory.
 The tasks ask for ``num_cpus_per_task`` CPUs and no GPU (plus an optional node label
-selector), so Ray can place them on CPU-only nodes while GPU nodes train.
+selector), so Ray can place them on CPU-only nodes while GPU nodes train. This module
+imports albumentations (and with it torch, ~2.5 s) only when a task first transforms an
+image, so the workers of the validation pass start in a fraction of a second.
 
 Rows (numpy, one per image):
   ``patches`` uint8 ``[N, P*P*3]``, ``grid`` int64 ``[2]``;
@@ -45,7 +47,6 @@ from components.data.image_io import BadImageError, decode_image
 from components.data.imagefolder import ImageFolderSource, read_imagefolder
 from components.data.patchify import patchify
 from components.data.report import SkipReport
-from components.data.transforms import ImageTransform, row_seed
 
 log = logging.getLogger(__name__)
 Task = Literal["classification", "detection"]
@@ -87,7 +88,9 @@ class RowSpec:
 
 
 @functools.lru_cache(maxsize=8)
-def _transform(task: Task, training: bool, image_size: int, augment_json: str) -> ImageTransform:
+def _transform(task: Task, training: bool, image_size: int, augment_json: str):
+    from components.data.transforms import ImageTransform  # albumentations (and torch): ~2.5 s
+
     augment = AugmentConfig.model_validate_json(augment_json)
     return ImageTransform(task=task, training=training, image_size=image_size, augment=augment)
 
@@ -109,6 +112,8 @@ def _empty_rows(spec: RowSpec) -> dict[str, np.ndarray]:
 def make_rows(batch: dict[str, np.ndarray], spec: RowSpec) -> dict[str, np.ndarray]:
     """Map-task body: a batch of records → a batch of model-ready rows (bad images dropped)."""
     import cv2
+
+    from components.data.transforms import row_seed
 
     cv2.setNumThreads(1)  # one CPU per task: OpenCV's own threads would only contend
     transform = _transform(spec.task, spec.training, spec.image_size,
