@@ -64,6 +64,13 @@ class SynthSection(StrictModel):
 class RaySection(StrictModel):
     num_cpus: int = Field(6, ge=1)
     object_store_memory: int = Field(1_000_000_000, ge=100_000_000)
+    # Parallel data tasks per dataset (data.concurrency of every stage). None: this machine's
+    # cores. num_cpus oversubscribes them (room for Serve's replicas later), and each data
+    # task beyond the cores only starts one more worker process (~4 s of imports each).
+    data_concurrency: int | None = Field(None, ge=1)
+
+    def stage_data_concurrency(self) -> int:
+        return self.data_concurrency or max(1, os.cpu_count() or 1)
 
 
 class StageSection(StrictModel):
@@ -328,10 +335,11 @@ def build_plan(cfg: DemoConfig, *, data: Path, storage: Path, tag: str, out: Pat
     """The commands the pipeline job runs, in order, with the hand-offs as placeholders."""
     steps = []
     inits = {"finetune": "{pretrain.checkpoint}", "detect": "{pretrain.checkpoint}"}
+    concurrency = cfg.ray.stage_data_concurrency()
     for name in STAGES:
         stage = cfg.stages[name]
-        overrides = [f"data.root={data}", f"run.storage_path={storage}", f"run.name=demo-{name}-{tag}",
-                     *stage.overrides]
+        overrides = [f"data.root={data}", f"data.concurrency={concurrency}", f"run.storage_path={storage}",
+                     f"run.name=demo-{name}-{tag}", *stage.overrides]
         if name in inits and stage.init_from_pretrain:
             overrides.append(f"model.init_from={inits[name]}")
         steps.append({"name": name, "module": f"pipelines.{name}", "config": stage.config,
@@ -344,6 +352,7 @@ def build_plan(cfg: DemoConfig, *, data: Path, storage: Path, tag: str, out: Pat
     for name, task, fmt, stage in gates:
         steps.append({"name": name, "module": "pipelines.promote", "config": cfg.promote.config,
                       "overrides": [f"task={task}", f"data.format={fmt}", f"data.root={data}",
+                                    f"data.concurrency={concurrency}",
                                     f"candidate={{{stage}.registered_version}}",
                                     f"cache_dir={out / 'model-cache'}", *cfg.promote.overrides]})
     return {"steps": steps, "result": str(out / f"chain-{tag}.json")}

@@ -90,6 +90,17 @@ def test_demo_plan_hands_the_pretrained_checkpoint_forward(tmp_path):
         overrides = [o.replace("{pretrain.checkpoint}", str(tmp_path / "ckpt")) for o in steps[name]["overrides"]]
         cfg_t = load_train_config(REPO / steps[name]["config"], overrides)
         assert cfg_t.run.name == f"demo-{name}-t" and cfg_t.registry.enabled and cfg_t.mlflow.enabled
+    # Data tasks: at most one per core of this machine (the head's logical CPUs oversubscribe it).
+    cores = max(1, os.cpu_count() or 1)
+    for step in plan["steps"]:
+        assert f"data.concurrency={cores}" in step["overrides"], step["name"]
+    from components.tracking.promotion import PromoteConfig
+
+    gate = [o.replace("{finetune.registered_version}", "2") for o in steps["promote-classification"]["overrides"]]
+    assert load_config(PromoteConfig, REPO / steps["promote-classification"]["config"], gate).data.concurrency == cores
+    pinned = build_plan(load_config(DemoConfig, TINY_CONFIG, ["ray.data_concurrency=3"]),
+                        data=tmp_path / "synth", storage=tmp_path / "runs", tag="t", out=tmp_path)
+    assert all("data.concurrency=3" in step["overrides"] for step in pinned["steps"])
 
 
 def test_demo_stage_can_start_from_scratch(tmp_path):
