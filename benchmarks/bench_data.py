@@ -237,7 +237,8 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=224, help="model input side")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--rows-per-block", type=int, default=32)
+    parser.add_argument("--rows-per-block", type=int, default=None,
+                        help="rows per Ray Data block (default: the data layer's, DataConfig.block_rows)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "data.json"))
     args = parser.parse_args()
 
