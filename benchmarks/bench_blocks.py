@@ -7,8 +7,8 @@ So small blocks spend more time on tasks than on images. This measures, on a loc
 cluster of 2 CPUs (the decode tasks' share on the demo's 2-core machine):
 
 - ``validate_s``: ``build_dataset`` of the train split (the up-front decode-everything pass);
-- ``epoch_s``: iterating one epoch of torch batches (decode, flips and quarter turns,
-  patchify, collate), no model.
+- ``epoch_s``: iterating one epoch of torch batches (decode, the pretraining stage's
+  augmentation from ``pipelines/configs/pretrain.yaml``, patchify, collate), no model.
 
 Block sizes are interleaved, after one warm-up round that starts the Ray workers, and
 ``--rounds`` rounds are timed (median reported); the ratio to 16-row blocks (the old
@@ -33,16 +33,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.pop("RAY_ADDRESS", None)
+PRETRAIN_CONFIG = ROOT / "pipelines" / "configs" / "pretrain.yaml"
 
 
-def measure(root: str, rows_per_block: int | None, *, image_size: int, batch_size: int) -> dict:
-    from components.data.config import AugmentConfig, DataConfig
+def pretrain_data(root: str):
+    """The demo pretraining stage's data section (its crops, size and augmentation) on ``root``."""
+    from components.training.config import load_train_config, resolve_data_config
+
+    return resolve_data_config(load_train_config(PRETRAIN_CONFIG, [f"data.root={root}"]))
+
+
+def measure(data_cfg, rows_per_block: int | None, *, batch_size: int) -> dict:
     from components.data.dataset import build_dataset
     from components.data.loader import iter_batches
 
-    augment = AugmentConfig(scale=(1.0, 1.0), ratio=(1.0, 1.0), color_p=0.0, vflip=0.5, rotate90=1.0)
-    cfg = DataConfig(format="imagefolder", root=root, image_size=image_size, patch_size=16,
-                     augment=augment, rows_per_block=rows_per_block)
+    cfg = data_cfg.model_copy(update={"rows_per_block": rows_per_block})
     t = time.perf_counter()
     bundle = build_dataset(cfg, "train", training=True)
     validate_s = time.perf_counter() - t
@@ -57,7 +62,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", help="an existing synthetic dataset (default: write one)")
     parser.add_argument("--num-images", type=int, default=4000, help="synthetic images to write")
-    parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--blocks", default="16,64,auto", help="rows per block to compare")
     parser.add_argument("--rounds", type=int, default=2)
@@ -77,13 +81,14 @@ def main() -> int:
 
             synthesize(tmp, SynthConfig(seed=0, num_train=args.num_images, num_val=0, image_size=96))
             root = tmp
+        data_cfg = pretrain_data(root)
         ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False,
                  configure_logging=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         runs: dict[str, list[dict]] = {str(s or "auto"): [] for s in sizes}
         for round_ in range(args.rounds + 1):  # round 0: warm-up (starts Ray's workers)
             for size in sizes:
-                result = measure(root, size, image_size=args.image_size, batch_size=args.batch_size)
+                result = measure(data_cfg, size, batch_size=args.batch_size)
                 if round_:
                     runs[str(size or "auto")].append(result)
         ray.shutdown()
