@@ -30,6 +30,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -124,13 +125,13 @@ def ray_train(model_name: str, img: int, batch: int, steps: int, warmup: int, *,
     })
     plan = {"steps_per_epoch": total, "total_steps": total, "epochs": 1,
             "class_names": [str(i) for i in range(NUM_CLASSES)], "image_size": img, "has_val": True}
-    log = tempfile.mktemp(suffix=".jsonl")
     name = f"bench-{model_name}-{workers}w-{int(time.time())}"
+    log = Path(storage) / f"{name}.jsonl"
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config={"train": cfg.model_dump(mode="json"), "plan": plan},
         datasets={"train": ds, "val": val},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": threads}),
-        run_config=RunConfig(name=name, storage_path=storage, callbacks=[_collector(log)],
+        run_config=RunConfig(name=name, storage_path=storage, callbacks=[_collector(str(log))],
                              checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )
     trainer.fit()
@@ -182,7 +183,16 @@ def main() -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=4, include_dashboard=False, configure_logging=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    storage = tempfile.mkdtemp(prefix="vitpipe-bench-")
+    storage = tempfile.mkdtemp(prefix="vitpipe-bench-")  # the runs' checkpoints: GBs, removed after
+    try:
+        measure(args, storage)
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+        ray.shutdown()
+    return 0
+
+
+def measure(args: argparse.Namespace, storage: str) -> None:
     started = time.monotonic()
     rows, samples = [], {}
     torch.set_num_threads(2)  # the GEMM reference's threads
@@ -247,8 +257,6 @@ def main() -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2))
     print(f"wrote {args.out}")
-    ray.shutdown()
-    return 0
 
 
 if __name__ == "__main__":

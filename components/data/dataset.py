@@ -33,7 +33,9 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -211,6 +213,7 @@ class DataBundle:
         """The accepted ground truth as a COCO JSON file (written once, to a temp dir)."""
         if self._gt_path is None:
             tmp = Path(tempfile.mkdtemp(prefix="vitpipe-gt-"))
+            weakref.finalize(self, shutil.rmtree, tmp, True)  # removed with the bundle
             self._gt_path = self.write_coco_gt(tmp / f"instances_{self.split}.json")
         return self._gt_path
 

@@ -209,35 +209,38 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[st
         raise TrainingError(f"training run {cfg.run.name!r} failed: {result.error}")
 
     best = _best_checkpoint(result, cfg)
-    local_dir = Path(tempfile.mkdtemp(prefix=f"vitpipe-{cfg.run.name}-"))
-    best.to_directory(str(local_dir))
-    report = evaluate_checkpoint(local_dir, val, cfg)
-    summary_metrics = {k: v for k, v in report.items() if isinstance(v, (int, float))}
-    registered_version = None
-    if uri and run_id:
-        client = _client(uri)
-        eval_metrics = {f"eval_{k}": float(v) for k, v in summary_metrics.items()}
-        retry(lambda: client.log_batch(run_id, metrics=_metric_list(eval_metrics, report.get("step", 0))),
-              attempts=3, what="log eval metrics")
-        retry(lambda: client.log_dict(run_id, report, "eval/report.json"), attempts=3, what="log eval report")
-        for png in report.pop("_plots", []):
-            retry(lambda: client.log_artifact(run_id, png, "eval"), attempts=3, what="log plot")
-        if cfg.registry.enabled and cfg.task == "mae":
-            log.info("task mae: the checkpoint is a ViT encoder to fine-tune (pipelines.finetune / "
-                     "pipelines.detect model.init_from=%s), nothing to serve: not registered", best.path)
-        elif cfg.registry.enabled:
-            from components.tracking.registry import register_checkpoint
+    # The local copy lives only while it is evaluated and registered: the run's checkpoints
+    # stay in `storage_path`, and a long-lived driver must not fill its /tmp, one copy a run.
+    with tempfile.TemporaryDirectory(prefix=f"vitpipe-{cfg.run.name}-") as local:
+        local_dir = Path(local) / "checkpoint"  # evaluate_checkpoint writes its plots beside it
+        best.to_directory(str(local_dir))
+        report = evaluate_checkpoint(local_dir, val, cfg)
+        summary_metrics = {k: v for k, v in report.items() if isinstance(v, (int, float))}
+        registered_version = None
+        if uri and run_id:
+            client = _client(uri)
+            eval_metrics = {f"eval_{k}": float(v) for k, v in summary_metrics.items()}
+            retry(lambda: client.log_batch(run_id, metrics=_metric_list(eval_metrics, report.get("step", 0))),
+                  attempts=3, what="log eval metrics")
+            retry(lambda: client.log_dict(run_id, report, "eval/report.json"), attempts=3, what="log eval report")
+            for png in report.pop("_plots", []):
+                retry(lambda: client.log_artifact(run_id, png, "eval"), attempts=3, what="log plot")
+            if cfg.registry.enabled and cfg.task == "mae":
+                log.info("task mae: the checkpoint is a ViT encoder to fine-tune (pipelines.finetune / "
+                         "pipelines.detect model.init_from=%s), nothing to serve: not registered", best.path)
+            elif cfg.registry.enabled:
+                from components.tracking.registry import register_checkpoint
 
-            registered_version = register_checkpoint(
-                local_dir, task=cfg.task, run_id=run_id, registered_name=cfg.registry.registered_name,
-                tracking_uri=uri, metrics=_primary_metrics(cfg.task, summary_metrics),
-                tags={"vitpipe.run_name": cfg.run.name},
-            )
-        retry(lambda: client.set_terminated(run_id, status="FINISHED"), attempts=3, what="end run")
+                registered_version = register_checkpoint(
+                    local_dir, task=cfg.task, run_id=run_id, registered_name=cfg.registry.registered_name,
+                    tracking_uri=uri, metrics=_primary_metrics(cfg.task, summary_metrics),
+                    tags={"vitpipe.run_name": cfg.run.name},
+                )
+            retry(lambda: client.set_terminated(run_id, status="FINISHED"), attempts=3, what="end run")
     report.pop("_plots", None)
     return {
         "run_name": cfg.run.name, "task": cfg.task, "model": cfg.model.name,
-        "mlflow_run_id": run_id, "checkpoint": best.path, "local_checkpoint": str(local_dir),
+        "mlflow_run_id": run_id, "checkpoint": best.path,
         "metrics": summary_metrics, "registered_version": registered_version,
         "steps": plan_steps["total_steps"], "seconds": round(time.monotonic() - started, 1),
     }

@@ -55,7 +55,7 @@ def test_register_tags_and_pyfunc_predicts_exactly(mlflow_uri, model_name, check
               cache_dir=tmp_path / "cache")
     images = _images(load_checkpoint(ckpt)[1])
     expected = _reference(ckpt, images)
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{model_name}@champion")
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{model_name}@champion", dst_path=str(tmp_path))
     got = pyfunc.predict(images)
     assert got.dtype == np.float32 and got.shape == (3, 4)
     np.testing.assert_array_equal(got, expected)  # exactly, not approximately
@@ -71,13 +71,13 @@ def test_register_tags_and_pyfunc_predicts_exactly(mlflow_uri, model_name, check
         assert torch.equal(value, state[key]), key
 
 
-def test_detector_pyfunc_predicts_exactly(mlflow_uri, model_name, checkpoint_factory):
+def test_detector_pyfunc_predicts_exactly(mlflow_uri, model_name, checkpoint_factory, tmp_path):
     ckpt = checkpoint_factory(2, model_name="yolos_demo", num_classes=3, metrics={"map": 0.1})
     version = register_checkpoint(ckpt, task="detection", registered_name=model_name,
                                   tracking_uri=mlflow_uri)
     images = _images(load_checkpoint(ckpt)[1], n=2)
     expected = _reference(ckpt, images)
-    got = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}").predict(images)
+    got = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}", dst_path=str(tmp_path)).predict(images)
     assert set(got) == {"pred_logits", "pred_boxes"}
     assert got["pred_logits"].shape[-1] == 4  # 3 classes + no-object
     for key in got:

@@ -111,7 +111,7 @@ def test_mae_pretraining_through_ray_train_lowers_the_loss(mae_sigterm_run):
     assert len(val) == 3 and min(val) == pytest.approx(summary["metrics"]["val_loss"])
 
     # The checkpoint: the encoder in the classifier contract, the decoder beside it.
-    ckpt = Path(summary["local_checkpoint"])
+    ckpt = Path(summary["checkpoint"])
     meta = read_meta(ckpt)
     assert (meta.model_name, meta.task, meta.class_names) == ("vit_demo", "classification", [])
     assert meta.extra["objective"] == "mae" and meta.extra["mae"]["mask_ratio"] == 0.75
@@ -123,7 +123,7 @@ def test_mae_pretraining_through_ray_train_lowers_the_loss(mae_sigterm_run):
 @pytest.mark.slow
 def test_finetune_and_yolos_start_from_the_mae_encoder(mae_sigterm_run, synth_dataset, tmp_path):
     summary = mae_sigterm_run["summary"]
-    ckpt = summary["local_checkpoint"]
+    ckpt = summary["checkpoint"]
     state, meta = load_checkpoint(ckpt)
     from dataclasses import asdict
 
@@ -147,7 +147,7 @@ def test_finetune_and_yolos_start_from_the_mae_encoder(mae_sigterm_run, synth_da
     # and it trains: a short fine-tuning run through Ray Train from the MAE checkpoint
     ft = run_training(cfg)
     assert ft["steps"] == 6 and 0.0 <= ft["metrics"]["top1"] <= 1.0
-    assert read_meta(ft["local_checkpoint"]).step == 6
+    assert read_meta(ft["checkpoint"]).step == 6
 
 
 def test_mae_checkpoint_round_trip_restores_encoder_and_decoder(tmp_path):

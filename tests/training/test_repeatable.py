@@ -30,7 +30,7 @@ def test_two_runs_of_one_seeded_config_end_with_identical_weights(ray_cluster, s
             "data.rows_per_block=2", "epochs=1", "precision=fp32", "scaling.torch_threads=1"])
         summary = run_training(cfg)
         assert summary["steps"] >= 5
-        return load_file(str(Path(summary["local_checkpoint"]) / WEIGHTS_FILE))
+        return load_file(str(Path(summary["checkpoint"]) / WEIGHTS_FILE))
 
     first, second = train("repeat-a"), train("repeat-b")
     assert first.keys() == second.keys()

@@ -45,7 +45,7 @@ def test_sigterm_checkpoints_then_resubmission_resumes_from_that_step(mae_sigter
     total = summary["steps"]
     assert stopped_at < total
     assert run["heartbeat_after_resume"]["started_at_step"] == stopped_at
-    assert read_meta(summary["local_checkpoint"]).step > stopped_at
+    assert read_meta(summary["checkpoint"]).step > stopped_at
 
     client = MlflowClient(run["tracking_uri"])
     run_id = summary["mlflow_run_id"]

@@ -19,6 +19,7 @@ One run, several guarantees checked:
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,12 @@ def test_ddp_run_learns_survives_a_killed_worker_and_logs_each_step_once(
            "mlflow.experiment": "training-tests", "registry.enabled": "true",
            "registry.registered_name": "training-test-classifier"}.items()]
     cfg = load_train_config(CONFIGS / "pretrain_ci.yaml", overrides + ["mlflow.enabled=true"])
+    local_copies = lambda: set(Path(tempfile.gettempdir()).glob("vitpipe-ddp-fault-*"))  # noqa: E731
+    copies_before = local_copies()
     summary = run_training(cfg)
+
+    # the driver's local copy of the best checkpoint (evaluated, registered) is gone
+    assert local_copies() == copies_before
 
     # learned
     assert summary["metrics"]["top1"] >= 0.45, summary  # > 2x chance; measured 0.55 here
@@ -51,7 +57,7 @@ def test_ddp_run_learns_survives_a_killed_worker_and_logs_each_step_once(
     assert (run_dir / "fault_injected").read_text().startswith("killed at step 9")
     total = summary["steps"]
     assert total >= 30
-    assert read_meta(summary["local_checkpoint"]).step <= total
+    assert read_meta(summary["checkpoint"]).step <= total
 
     client = MlflowClient(mlflow_uri)
     run_id = summary["mlflow_run_id"]
