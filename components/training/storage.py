@@ -47,6 +47,14 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), path
 
 
+def in_storage(storage_path: str, path: str) -> str:
+    """``path`` as Ray Train reports it (inside the filesystem, no scheme) → a path or URI
+    that names it for a user or a later run: ``s3://bucket/run/checkpoint_…``."""
+    if is_uri(storage_path) and "://" not in path:
+        return f"{storage_path.split('://', 1)[0]}://{path.lstrip('/')}"
+    return path
+
+
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 

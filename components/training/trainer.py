@@ -240,7 +240,7 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[st
     report.pop("_plots", None)
     return {
         "run_name": cfg.run.name, "task": cfg.task, "model": cfg.model.name,
-        "mlflow_run_id": run_id, "checkpoint": best.path,
+        "mlflow_run_id": run_id, "checkpoint": storage.in_storage(storage_path, best.path),
         "metrics": summary_metrics, "registered_version": registered_version,
         "steps": plan_steps["total_steps"], "seconds": round(time.monotonic() - started, 1),
     }

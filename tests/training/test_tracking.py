@@ -86,5 +86,13 @@ def test_object_storage_run_record(s3_server):
     path = storage.check_storage("s3://vitpipe-runs/train")
     storage.write_run_record(storage.join(path, "r2"), {"mlflow_run_id": "xyz"})
     assert storage.read_run_record(storage.join(path, "r2")) == {"mlflow_run_id": "xyz"}
+    # Ray Train names a checkpoint by its path inside the filesystem (no scheme); the run's
+    # summary gives it back as a URI that reads the same object.
+    storage.write_text(storage.join(path, "r2", "checkpoint_1", "meta.json"), "{}")
+    _, inner = storage.filesystem(storage.join(path, "r2", "checkpoint_1"))
+    uri = storage.in_storage(path, inner)
+    assert uri == "s3://vitpipe-runs/train/r2/checkpoint_1"
+    assert storage.read_text(storage.join(uri, "meta.json")) == "{}"
+    assert storage.in_storage("/local/runs", "/local/runs/r2/checkpoint_1") == "/local/runs/r2/checkpoint_1"
     with pytest.raises(storage.StorageError):
         storage.check_storage("s3://no-such-bucket-here/x")
