@@ -49,8 +49,11 @@ def _open(data: bytes) -> Image.Image:
     if not data:
         raise BadImageError("empty file")
     try:
-        with warnings.catch_warnings():  # our own limit is checked next, from the header
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # Our own pixel limit is checked next, from the header; a damaged header's other
+        # warnings (a TIFF tag past the end, ...) would only flood the worker logs: such a
+        # file is refused and counted when it is decoded.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise BadImageError("not an image") from None

@@ -94,7 +94,9 @@ def parse_infer(body: bytes, header_length: str | None) -> tuple[InferRequest, b
         raise bad_request("empty v2 infer request", code="bad_v2_request")
     try:
         raw = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except RecursionError:  # nesting deeper than the interpreter's stack
+        raise bad_request("v2 infer request is nested too deeply", code="bad_v2_request") from None
+    except ValueError as err:  # bad JSON or UTF-8, an integer of over 4,300 digits
         raise bad_request(f"v2 infer request is not valid JSON: {err}", code="bad_v2_request") from None
     try:
         request = InferRequest.model_validate(raw)

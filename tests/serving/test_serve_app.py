@@ -164,7 +164,8 @@ def test_truncated_oversized_and_malformed_v2(serve_url, sample_image):
     # over the pixel limit (1 MP) yet small in bytes
     assert_error(classify(serve_url, encode(np.zeros((1100, 1000, 3), np.uint8))), 413)
     v2 = f"{serve_url}/v2/models/{CLASSIFIER}/infer"
-    for body in (b"{not json", b'{"inputs": [{"name": "image"}]}', b'{"inputs": 3}'):
+    json_bombs = (b"[" * 100_000 + b"]" * 100_000, b'{"inputs": [' + b"7" * 5000 + b"]}")
+    for body in (b"{not json", b'{"inputs": [{"name": "image"}]}', b'{"inputs": 3}', *json_bombs):
         assert_error(requests.post(v2, data=body, headers=AUTH, timeout=30), 400)
     assert_error(requests.post(f"{serve_url}/v1/classify", data=png, headers=PNG,
                                params={"top_k": "many"}, timeout=30), 400)
