@@ -73,7 +73,9 @@ def load_coco_json(uri: str) -> dict[str, Any]:
         raise CocoFormatError(f"cannot read annotation file {uri}: {err}") from None
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except RecursionError:
+        raise CocoFormatError(f"annotation file {uri} is nested too deeply to be COCO") from None
+    except ValueError as err:  # bad JSON or UTF-8, an integer of over 4,300 digits
         raise CocoFormatError(f"annotation file {uri} is not valid JSON: {err}") from None
     if not isinstance(data, dict):
         raise CocoFormatError(f"annotation file {uri} must hold a JSON object")

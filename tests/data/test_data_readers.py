@@ -79,6 +79,8 @@ def test_converted_formats_decode_to_the_same_picture(bad_coco):
 @pytest.mark.parametrize("content,message", [
     (None, "does not exist"),
     ("{not json", "not valid JSON"),
+    ('{"images": [{"id": ' + "9" * 5000 + "}]}", "not valid JSON"),  # Python's int-digit limit
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
     ("[1, 2]", "must hold a JSON object"),
     (json.dumps({"images": [], "annotations": []}), "'categories' must be a list"),
 ])
