@@ -172,19 +172,23 @@ def read_coco(annotations_uri: str, images_uri: str, *, class_names: list[str] |
     boxes: dict[int, list[float]] = {i: [] for i in accepted}
     classes: dict[int, list[int]] = {i: [] for i in accepted}
     gt_annotations = []
+    gt_ids: set[int] = set()
     for ann in data["annotations"]:
         ann_id = ann.get("id") if isinstance(ann, dict) else None
         if not isinstance(ann, dict):
             report.skip_annotation(None, "annotation entry is not an object")
             continue
         image_id = ann.get("image_id")
+        if not _is_int(image_id):  # a list or an object here must not end the whole read
+            report.skip_annotation(ann_id, "annotation without an integer image_id")
+            continue
         if image_id in skipped_ids:
             report.skip_annotation(ann_id, "its image was skipped")
             continue
         if image_id not in accepted:
             report.skip_annotation(ann_id, "unknown image id")
             continue
-        if ann.get("category_id") not in class_of:
+        if not _is_int(ann.get("category_id")) or ann["category_id"] not in class_of:
             report.skip_annotation(ann_id, "unknown category id")
             continue
         box, reason = _check_box(ann.get("bbox"))
@@ -202,6 +206,10 @@ def read_coco(annotations_uri: str, images_uri: str, *, class_names: list[str] |
         area = ann.get("area")
         if not isinstance(area, Real) or not math.isfinite(area) or area <= 0:
             area = clipped[2] * clipped[3]
+        if _is_int(ann_id) and ann_id not in gt_ids:
+            gt_ids.add(ann_id)
+        else:  # pycocotools indexes ground truth by id: a shared or missing one drops boxes
+            ann_id = None
         gt_annotations.append({"id": ann_id, "image_id": image_id,
                                "category_id": ann["category_id"], "bbox": clipped,
                                "area": float(area), "iscrowd": crowd})
@@ -211,6 +219,12 @@ def read_coco(annotations_uri: str, images_uri: str, *, class_names: list[str] |
         boxes[image_id].extend(clipped)
         classes[image_id].append(class_of[ann["category_id"]])
 
+    renumbered = [a for a in gt_annotations if a["id"] is None]
+    if renumbered:
+        report.count("annotation_ids_renumbered", len(renumbered))
+        next_id = max(gt_ids, default=0) + 1
+        for a in renumbered:
+            a["id"], next_id = next_id, next_id + 1
     records = [{"image_id": i, "file": img["file_name"], "width": img["width"],
                 "height": img["height"], "boxes": boxes[i], "classes": classes[i]}
                for i, img in sorted(accepted.items())]

@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from components.data.coco import CocoFormatError, check_image, read_coco
 from components.data.image_io import DEFAULT_MAX_PIXELS
@@ -116,3 +118,79 @@ def test_imagefolder_reader_skips_strays(tmp_path):
         ("a_dog/x.png", 1), ("b_cat/x.png", 0)]
     with pytest.raises(ImageFolderError):
         read_imagefolder(str(tmp_path / "nope"))
+
+
+def _coco_file(tmp_path, images, annotations, categories=({"id": 1, "name": "a"}, {"id": 2, "name": "b"})):
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": list(categories)}))
+    return str(path)
+
+
+def test_annotations_with_unhashable_ids_are_skipped_and_shared_ids_renumbered(tmp_path):
+    from pycocotools.coco import COCO
+
+    image = {"id": 1, "file_name": "a.jpg", "width": 50, "height": 40}
+    box = [5, 5, 10, 10]
+    annotations = [
+        {"id": 1, "image_id": [1], "category_id": 1, "bbox": box},  # once ended the whole read
+        {"id": 2, "image_id": 1, "category_id": {"id": 1}, "bbox": box},
+        {"id": 3, "image_id": 1, "category_id": 1, "bbox": box},
+        {"id": 3, "image_id": 1, "category_id": 2, "bbox": [20, 20, 5, 5]},  # shared id
+        {"image_id": 1, "category_id": 2, "bbox": [1, 1, 4, 4]},  # no id
+        {"id": "x", "image_id": 1, "category_id": 1, "bbox": [30, 1, 4, 4]},
+    ]
+    source = read_coco(_coco_file(tmp_path, [image], annotations), str(tmp_path))
+    assert [s["reason"] for s in source.report.skipped] == [
+        "annotation without an integer image_id", "unknown category id"]
+    assert source.report.counts["annotation_ids_renumbered"] == 3
+    ids = [a["id"] for a in source.gt["annotations"]]
+    assert ids[0] == 3 and len(set(ids)) == 4 and all(isinstance(i, int) for i in ids)
+    assert source.records[0]["classes"] == [0, 1, 1, 0]
+    coco = COCO()  # pycocotools indexes ground truth by id: every box must survive it
+    coco.dataset = source.gt
+    coco.createIndex()
+    assert len(coco.getAnnIds(imgIds=[1])) == 4 and len(coco.anns) == 4
+
+
+json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-3, 5), st.floats(allow_nan=True),
+                      st.text(max_size=4))
+json_value = st.recursive(json_leaf, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+    max_leaves=10)
+image_entry = st.fixed_dictionaries({}, optional={
+    "id": st.one_of(st.integers(-1, 4), json_value), "width": st.one_of(st.integers(0, 60), json_value),
+    "height": st.one_of(st.integers(0, 60), json_value),
+    "file_name": st.one_of(st.sampled_from(["a.jpg", "b/c.png", "../up.jpg", "/abs.jpg", ""]), json_value)})
+annotation_entry = st.fixed_dictionaries({}, optional={
+    "id": st.one_of(st.integers(0, 4), json_value), "image_id": st.one_of(st.integers(0, 4), json_value),
+    "category_id": st.one_of(st.integers(0, 3), json_value), "iscrowd": json_value, "area": json_value,
+    "bbox": st.one_of(json_value, st.lists(st.one_of(st.floats(allow_nan=True), st.integers(-5, 70)),
+                                           min_size=4, max_size=4))})
+category_entry = st.one_of(json_value, st.fixed_dictionaries(
+    {"id": st.integers(0, 3), "name": st.sampled_from(["a", "b", "c"])}))
+
+
+@settings(max_examples=500, derandomize=True, database=None, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.lists(st.one_of(image_entry, json_value), max_size=5),
+       st.lists(st.one_of(annotation_entry, json_value), max_size=6),
+       st.lists(category_entry, max_size=3), st.sampled_from([None, ["a", "b", "c"]]))
+def test_generated_annotation_files_read_or_fail_clearly(tmp_path, images, annotations, categories,
+                                                         class_names):
+    """Whatever the entries hold: a source whose ground truth pycocotools indexes in full,
+    or one CocoFormatError. Every annotation is kept or counted as skipped."""
+    from pycocotools.coco import COCO
+
+    try:
+        source = read_coco(_coco_file(tmp_path, images, annotations, categories), str(tmp_path),
+                           class_names=class_names)
+    except CocoFormatError:
+        return
+    gt = source.gt["annotations"]
+    assert len(gt) + source.report.counts["annotations_skipped"] == len(annotations)
+    assert len({a["id"] for a in gt}) == len(gt)
+    coco = COCO()
+    coco.dataset = json.loads(json.dumps(source.gt))
+    coco.createIndex()
+    assert len(coco.anns) == len(gt)
