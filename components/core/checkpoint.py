@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 WEIGHTS_FILE = "model.safetensors"
@@ -71,17 +72,38 @@ class CheckpointMeta:
         )
         if missing:
             raise CheckpointError(f"{META_FILE} lacks required keys {missing}")
-        meta = cls(**raw)
-        meta.mean = tuple(meta.mean)  # type: ignore[assignment]
-        meta.std = tuple(meta.std)  # type: ignore[assignment]
-        if meta.task not in ("classification", "detection"):
-            raise CheckpointError(f"{META_FILE}: unknown task {meta.task!r}")
+        if raw.get("task") not in ("classification", "detection"):
+            raise CheckpointError(f"{META_FILE}: unknown task {raw.get('task')!r}")
+        meta = _validated(cls, raw)
         if meta.format_version > FORMAT_VERSION:
             raise CheckpointError(
                 f"{META_FILE} has format_version {meta.format_version}; this vitpipe reads "
                 f"up to {FORMAT_VERSION}: upgrade vitpipe"
             )
         return meta
+
+
+FREE_FORM = ("metrics", "extra")  # read as they are: any JSON object
+
+
+def _validated(cls: type[CheckpointMeta], raw: dict[str, Any]) -> CheckpointMeta:
+    """``raw`` as ``cls``: each field that rebuilds or feeds the model of its declared type
+    (a meta file is data from storage), ``metrics`` and ``extra`` any JSON object."""
+    from pydantic import TypeAdapter, ValidationError
+
+    for key in FREE_FORM:
+        if not isinstance(raw.get(key, {}), dict):
+            raise CheckpointError(f"{META_FILE}: {key} must be a JSON object")
+    try:
+        meta = TypeAdapter(cls).validate_python({k: v for k, v in raw.items() if k not in FREE_FORM})
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CheckpointError(f"{META_FILE}: {where}: {first['msg']}") from None
+    for key in FREE_FORM:
+        if key in raw:
+            setattr(meta, key, raw[key])
+    return meta
 
 
 def save_checkpoint(
@@ -102,9 +124,11 @@ def read_meta(directory: str | Path) -> CheckpointMeta:
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a vitpipe checkpoint: no {META_FILE}")
     try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+        raw = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as err:  # bad JSON or UTF-8, a too-deep or huge value
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
     return CheckpointMeta.from_dict(raw)
 
 
@@ -116,7 +140,10 @@ def load_checkpoint(
     weights = Path(directory) / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{directory} is not a vitpipe checkpoint: no {WEIGHTS_FILE}")
-    return load_file(str(weights), device=str(map_location)), meta
+    try:
+        return load_file(str(weights), device=str(map_location)), meta
+    except SafetensorError as err:
+        raise CheckpointError(f"{weights} is not a readable safetensors file: {err}") from None
 
 
 def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

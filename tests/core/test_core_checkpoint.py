@@ -54,6 +54,12 @@ def test_files_are_safetensors_and_json_only(tmp_path):
         (lambda raw: raw.pop("model_name"), "lacks required keys"),
         (lambda raw: raw.update(task="segmentation"), "unknown task"),
         (lambda raw: raw.update(format_version=99), "upgrade vitpipe"),
+        (lambda raw: raw.update(image_size="large"), "image_size"),
+        (lambda raw: raw.update(class_names="abc"), "class_names"),
+        (lambda raw: raw.update(mean=[0.5, 0.5]), "mean"),
+        (lambda raw: raw.update(metrics=[1]), "metrics must be a JSON object"),
+        (lambda raw: raw.update(format_version="1"), None),  # lax: a numeric string is read
+        (lambda raw: raw.update(metrics={"top1": 0.5, "note": "text"}), None),  # free-form
     ],
 )
 def test_bad_meta_is_a_clear_error(tmp_path, mutate, message):
@@ -61,8 +67,32 @@ def test_bad_meta_is_a_clear_error(tmp_path, mutate, message):
     raw = json.loads((tmp_path / META_FILE).read_text())
     mutate(raw)
     (tmp_path / META_FILE).write_text(json.dumps(raw))
+    if message is None:
+        assert read_meta(tmp_path).format_version == 1
+        return
     with pytest.raises(CheckpointError, match=message):
         read_meta(tmp_path)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe not utf-8", "not valid JSON"),
+    (b"[1, 2]", "must hold a JSON object"),
+    (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
+])
+def test_unreadable_meta_files_are_clear_errors(tmp_path, content, message):
+    save_checkpoint(tmp_path, {"w": torch.zeros(1)}, _meta())
+    (tmp_path / META_FILE).write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        read_meta(tmp_path)
+
+
+def test_damaged_weights_are_a_clear_error(tmp_path):
+    save_checkpoint(tmp_path, {"w": torch.zeros(8)}, _meta())
+    data = (tmp_path / WEIGHTS_FILE).read_bytes()
+    for damaged in (data[: len(data) // 2], b"\xff" * 8 + data[8:], b""):
+        (tmp_path / WEIGHTS_FILE).write_bytes(damaged)
+        with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+            load_checkpoint(tmp_path)
 
 
 def test_missing_files_are_clear_errors(tmp_path):
