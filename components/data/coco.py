@@ -30,6 +30,10 @@ from components.data.fs import Location, PathEscapeError, read_uri
 from components.data.image_io import BadImageError, decode_image
 from components.data.report import SkipReport
 
+# A box thinner than this fraction of its image's side is "degenerate": it has no extent
+# left in the normalised float32 coordinates that augmentation and the batch format use.
+MIN_BOX_FRACTION = 1e-5
+
 
 class CocoFormatError(ValueError):
     """The annotation file is missing, not JSON, or not a COCO instances file."""
@@ -199,6 +203,9 @@ def read_coco(annotations_uri: str, images_uri: str, *, class_names: list[str] |
         clipped = _clip(box, img["width"], img["height"])
         if clipped is None:
             report.skip_annotation(ann_id, "box outside the image")
+            continue
+        if clipped[2] < MIN_BOX_FRACTION * img["width"] or clipped[3] < MIN_BOX_FRACTION * img["height"]:
+            report.skip_annotation(ann_id, "degenerate box")  # no extent once in float32
             continue
         if clipped != box:
             report.count("boxes_clipped")

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from components.data.boxes import coco_to_batch
+from components.data.coco import MIN_BOX_FRACTION
 from components.data.config import AugmentConfig
 from components.data.image_io import resize_whole
 
@@ -50,6 +51,20 @@ def preshrink(image: np.ndarray, boxes_xywh: np.ndarray, limit: int
     small = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
     factors = np.array([nw / w, nh / h, nw / w, nh / h], dtype=np.float32)
     return small, boxes_xywh * factors
+
+
+def with_extent(boxes_xywh: np.ndarray, classes: np.ndarray, height: int, width: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes ``[M, 4]`` clipped to the image, those thinner than ``MIN_BOX_FRACTION`` of a
+    side dropped with their classes ``[M]``: albumentations refuses a box with no extent in
+    normalised float32 coordinates, and that would fail the whole map task."""
+    x0 = np.clip(boxes_xywh[:, 0], 0, width)
+    y0 = np.clip(boxes_xywh[:, 1], 0, height)
+    x1 = np.clip(boxes_xywh[:, 0] + boxes_xywh[:, 2], 0, width)
+    y1 = np.clip(boxes_xywh[:, 1] + boxes_xywh[:, 3], 0, height)
+    keep = (x1 - x0 >= MIN_BOX_FRACTION * width) & (y1 - y0 >= MIN_BOX_FRACTION * height)
+    clipped = np.stack([x0, y0, x1 - x0, y1 - y0], axis=1).astype(np.float32)
+    return clipped[keep], classes[keep]
 
 
 def build_train_augment(aug: AugmentConfig, image_size: int, *, with_boxes: bool) -> A.Compose:
@@ -96,6 +111,7 @@ class ImageTransform:
             h, w = image.shape[:2]
             return resize_whole(image, s), coco_to_batch(boxes, w, h), labels
         image, boxes = preshrink(image, boxes, PRESHRINK_FACTOR * s)
+        boxes, labels = with_extent(boxes, labels, *image.shape[:2])
         if seed is None:
             seed = int(np.random.default_rng().integers(2**32))
         self.augment.set_random_seed(seed)

@@ -194,3 +194,13 @@ def test_generated_annotation_files_read_or_fail_clearly(tmp_path, images, annot
     coco.dataset = json.loads(json.dumps(source.gt))
     coco.createIndex()
     assert len(coco.anns) == len(gt)
+
+
+def test_boxes_with_no_extent_in_float32_are_skipped_as_degenerate(tmp_path):
+    image = {"id": 1, "file_name": "a.jpg", "width": 2000, "height": 40}
+    annotations = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1000, 5, 1e-6, 20]},
+                   {"id": 2, "image_id": 1, "category_id": 1, "bbox": [5, 39.999999, 20, 1e-9]},
+                   {"id": 3, "image_id": 1, "category_id": 1, "bbox": [5, 5, 0.5, 0.5]}]
+    source = read_coco(_coco_file(tmp_path, [image], annotations), str(tmp_path))
+    assert [(s["id"], s["reason"]) for s in source.report.skipped] == [(1, "degenerate box"), (2, "degenerate box")]
+    assert [a["id"] for a in source.gt["annotations"]] == [3]  # half a pixel is small, not degenerate

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from components.data.boxes import batch_to_pixels_xyxy, cxcywh_to_xyxy
 from components.data.config import AugmentConfig
@@ -89,3 +91,56 @@ def test_classification_transform_has_no_boxes():
     out, boxes, classes = ImageTransform(task="classification", training=True, image_size=32,
                                          augment=AugmentConfig())(image, seed=1)
     assert out.shape == (32, 32, 3) and boxes.shape == (0, 4) and classes.shape == (0,)
+
+
+def test_boxes_without_extent_in_float32_are_dropped_not_fatal():
+    """A box a read can accept (float64) may have no extent once in float32 (y + h == y) or
+    once normalised: albumentations raised ValueError and the whole map task failed."""
+    transform = ImageTransform(task="detection", training=True, image_size=32, augment=AugmentConfig())
+    rng = np.random.default_rng(0)
+    cases = [
+        (rng.integers(0, 256, (33, 1, 3), np.uint8), [[0, 0, 1, 33], [0, 33, 1, 7e-15]]),
+        (rng.integers(0, 256, (40, 2000, 3), np.uint8), [[10, 5, 50, 20], [1000, 5, 1e-5, 20]]),
+    ]
+    for image, boxes in cases:
+        _, out_boxes, out_classes = transform(image, np.array(boxes, np.float32), np.array([0, 1]), seed=3)
+        assert len(out_boxes) == len(out_classes) <= 1
+        assert set(out_classes.tolist()) <= {0}  # only the real box can survive
+
+
+@st.composite
+def image_with_boxes(draw):
+    sides = st.one_of(st.integers(1, 64), st.sampled_from([1000, 3000]))
+    height, width = draw(sides), draw(sides)
+    boxes = []
+    for _ in range(draw(st.integers(0, 5))):
+        x = draw(st.floats(0, width, exclude_max=True))
+        y = draw(st.floats(0, height, exclude_max=True))
+        boxes.append([x, y, draw(st.floats(1e-9, 1)) * (width - x), draw(st.floats(1e-9, 1)) * (height - y)])
+    return height, width, np.array(boxes, np.float32).reshape(-1, 4)
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(image_with_boxes(), st.sampled_from(["classification", "detection"]), st.booleans(),
+       st.booleans(), st.integers(0, 2**32 - 1))
+def test_any_image_and_boxes_give_one_model_input(sample, task, training, wild, seed):
+    """Any image size (1 px to 3000 px, any aspect) and any boxes inside it: one ``[S, S, 3]``
+    image and normalised boxes in [0, 1], one class each. An exception here fails a map task."""
+    height, width, boxes = sample
+    aug = (AugmentConfig(scale=(0.05, 1.0), ratio=(0.2, 5.0), min_visibility=0.0, min_box_pixels=0)
+           if wild else AugmentConfig())
+    transform = _TRANSFORMS.setdefault((task, training, wild), ImageTransform(
+        task=task, training=training, image_size=32, augment=aug))
+    image = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    classes = np.arange(len(boxes))
+    if task == "classification":
+        out, out_boxes, out_classes = transform(image, seed=seed)
+    else:
+        out, out_boxes, out_classes = transform(image, boxes, classes, seed=seed)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    assert len(out_boxes) == len(out_classes)
+    assert np.isfinite(out_boxes).all() and (out_boxes >= -1e-4).all() and (out_boxes <= 1 + 1e-4).all()
+
+
+_TRANSFORMS: dict = {}
