@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     from components.cli.registry import describe
     from components.core.checkpoint import CheckpointError
     from components.core.config import ConfigError, load_config
+    from components.data.errors import DataError
     from components.tracking.promotion import PromoteConfig, promote, write_comparison
     from components.tracking.registry import RegistryError
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(PromoteConfig, args.config, args.overrides)
         with contextlib.redirect_stdout(sys.stderr):  # MLflow's run links: not the answer
             result = promote(cfg)
-    except (ConfigError, RegistryError, CheckpointError) as err:
+    except (ConfigError, RegistryError, CheckpointError, DataError) as err:
         print(f"promote: error: {err}", file=sys.stderr)
         return 2
     print(describe(result))

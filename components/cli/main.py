@@ -3,7 +3,7 @@
 Each group lives in ``components/cli/<group>.py`` and exposes ``register(subparsers)``;
 handlers import heavy libraries (torch, Ray, MLflow) only when they run, so ``vitpipe
 --help`` stays fast. A handler signals a user mistake by raising :class:`UserError` (or a
-``ConfigError`` / ``CheckpointError``): one line on stderr and exit code 2, no traceback.
+``ConfigError`` / ``CheckpointError`` / ``DataError``): one line on stderr and exit code 2, no traceback.
 """
 
 from __future__ import annotations
@@ -50,10 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     from components.core.checkpoint import CheckpointError
     from components.core.config import ConfigError
+    from components.data.errors import DataError
 
     try:
         return int(args.handler(args) or 0)
-    except (UserError, ConfigError, CheckpointError) as err:
+    except (UserError, ConfigError, CheckpointError, DataError) as err:
         print(f"vitpipe: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any
 
+from components.data.errors import DataError
 from components.data.fs import Location, PathEscapeError, read_uri
 from components.data.image_io import BadImageError, decode_image
 from components.data.report import SkipReport
@@ -35,7 +36,7 @@ from components.data.report import SkipReport
 MIN_BOX_FRACTION = 1e-5
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(DataError):
     """The annotation file is missing, not JSON, or not a COCO instances file."""
 
 

@@ -43,6 +43,7 @@ from typing import Any, Literal
 import numpy as np
 
 from components.data.coco import CocoSource, check_image, read_coco
+from components.data.errors import DataError
 from components.data.config import AugmentConfig, DataConfig
 from components.data.fs import Location
 from components.data.image_io import BadImageError, decode_image
@@ -315,11 +316,16 @@ def build_dataset(cfg: DataConfig, split: str, *, training: bool, epoch: int = 0
 
     ``training`` turns on augmentation and (seeded) shuffling of the row order; ``epoch``
     selects the epoch's order and augmentation (also :meth:`DataBundle.for_epoch`).
-    Raises ``CocoFormatError`` / ``ImageFolderError`` (``ValueError``) for unusable inputs.
+    Raises :class:`DataError` (``CocoFormatError`` / ``ImageFolderError``) for unusable
+    inputs, a split with no usable image among them.
     """
     source = _read_source(cfg, split)
     digests = _validate(source, cfg) if cfg.validate_images else {}
     report = source.report
+    if not source.records:
+        reasons = dict(report.reasons())
+        raise DataError(f"the {split} split has no usable image" + (
+            f": all {len(report.skipped)} records were skipped ({reasons})" if reasons else ""))
     report.counts["images_accepted"] = len(source.records)
     task = task_of(cfg)
     if task == "detection":

@@ -13,13 +13,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from components.data.errors import DataError
 from components.data.fs import Location
 from components.data.report import SkipReport
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 
-class ImageFolderError(ValueError):
+class ImageFolderError(DataError):
     """The root is missing or holds no class folders."""
 
 

@@ -125,6 +125,19 @@ def test_imagefolder_classification(ray_cluster, tiny_synth):
     assert counts.tolist() == want
 
 
+def test_a_split_with_no_usable_image_is_one_clear_error(ray_cluster, tmp_path):
+    from components.data.errors import DataError
+
+    for name, data in (("a", b"not an image"), ("b", b"\x89PNG\r\n\x1a\n truncated")):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        (tmp_path / "val" / name / "x.png").write_bytes(data)
+    cfg = DataConfig(format="imagefolder", root=str(tmp_path), image_size=32, patch_size=8)
+    with pytest.raises(DataError, match=r"the val split has no usable image: all 2 records were skipped"):
+        build_dataset(cfg, "val", training=False)
+    with pytest.raises(DataError, match="does not exist"):
+        build_dataset(cfg, "train", training=True)
+
+
 def test_blocks_are_sized_by_the_patch_bytes_of_a_row():
     from components.data.config import BLOCK_TARGET_BYTES, MAX_ROWS_PER_BLOCK
 

@@ -74,3 +74,15 @@ def test_pipeline_config_errors_exit_2_without_starting_ray(pipeline, args, need
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir())  # nothing was written: no run started
+
+
+def test_a_missing_data_root_exits_2_with_one_line(tmp_path):
+    """A data mistake found once Ray is up (reading the split) is one line too, not a traceback."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.pretrain", "--config", str(CONFIGS / "pretrain_ci.yaml"),
+         f"run.storage_path={tmp_path}", f"data.root={tmp_path / 'missing'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"pretrain: error: image folder {tmp_path / 'missing' / 'train'} does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
