@@ -31,6 +31,7 @@ def main(name: str, argv: list[str] | None = None,
     from components.core.checkpoint import CheckpointError
     from components.core.config import ConfigError
     from components.data.errors import DataError
+    from components.tracking.registry import RegistryError
     from components.training.config import load_train_config
     from components.training.storage import StorageError
     from components.training.tracking import TrackingError
@@ -42,7 +43,7 @@ def main(name: str, argv: list[str] | None = None,
         from components.training.trainer import run_training, summary_line
 
         summary = run_training(cfg, config_text=Path(args.config).read_text())
-    except (ConfigError, CheckpointError, DataError, StorageError, TrackingError) as err:
+    except (ConfigError, CheckpointError, DataError, RegistryError, StorageError, TrackingError) as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         return 2
     print(summary_line(summary), flush=True)

@@ -125,6 +125,10 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[st
                             "MLFLOW_TRACKING_URI (or mlflow.enabled=false)")
     if uri:
         check_tracking_server(uri)
+    registry_uri = uri or cfg.mlflow.resolved_uri()  # model.init_from may read it, even untracked
+    if (cfg.model.init_from or "").startswith("models:/") and not registry_uri:
+        raise ConfigError(f"model.init_from={cfg.model.init_from} names a registered model: set "
+                          "mlflow.tracking_uri or MLFLOW_TRACKING_URI to the registry's server")
 
     train = build_dataset(data_cfg, "train", training=True)
     val = build_dataset(data_cfg, "val", training=False)
@@ -162,7 +166,7 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[st
 
     init_ref, init_meta = None, None
     if cfg.model.init_from:
-        state, init_meta = resolve_init(cfg.model.init_from, uri)
+        state, init_meta = resolve_init(cfg.model.init_from, registry_uri)
         init_ref = ray.put(state)
 
     plan = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,19 @@ def test_a_missing_data_root_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"pretrain: error: image folder {tmp_path / 'missing' / 'train'} does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_registered_init_without_a_registry_is_one_line_and_writes_nothing(tmp_path, synth_dataset):
+    """``models:/`` with no tracking URI once made MLflow fall back to ./mlflow.db in the cwd."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.finetune", "--config", str(CONFIGS / "finetune.yaml"),
+         f"run.storage_path={tmp_path / 'runs'}", f"data.root={synth_dataset}", "mlflow.enabled=false",
+         "registry.enabled=false", "model.init_from=models:/vitpipe-classifier@champion"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "names a registered model: set mlflow.tracking_uri or MLFLOW_TRACKING_URI" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # no mlflow.db, no mlruns
