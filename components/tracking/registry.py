@@ -87,9 +87,17 @@ def default_name(task: str) -> str:
 
 
 def client(tracking_uri: str | None = None):
+    """A client of the registry at ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else the URI
+    ``mlflow.set_tracking_uri`` set; none of them is a :class:`RegistryError` (MLflow itself
+    would open ``./mlflow.db`` in the working directory and find nothing there)."""
     from mlflow import MlflowClient
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking_utils._tracking_uri
+    if not uri:
+        raise RegistryError("no MLflow server to read the registry from: pass --tracking-uri "
+                            "(or mlflow.tracking_uri) or set MLFLOW_TRACKING_URI")
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def git_commit() -> str:

@@ -215,3 +215,19 @@ def test_registering_leaves_the_process_mlflow_uris_alone(mlflow_server, model_n
     assert registry.client(mlflow_server.uri).get_model_version(model_name, version).version == version
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
     assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before
+
+
+def test_no_tracking_uri_is_one_error_not_a_new_mlflow_db(tmp_path):
+    """Without --tracking-uri or MLFLOW_TRACKING_URI, MLflow would open ./mlflow.db and the
+    registry would look empty: `vitpipe registry list` once printed "(no registered models)"."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.run([sys.executable, "-m", "components.cli.main", "registry", "list"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "no MLflow server to read the registry from" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
