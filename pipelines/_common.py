@@ -37,9 +37,7 @@ def main(name: str, argv: list[str] | None = None,
     from components.training.tracking import TrackingError
 
     try:
-        cfg = load_train_config(args.config, args.overrides)
-        if check is not None:
-            check(cfg)
+        cfg = load_train_config(args.config, args.overrides, check=check)
         from components.training.trainer import run_training, summary_line
 
         summary = run_training(cfg, config_text=Path(args.config).read_text())

@@ -9,6 +9,7 @@ layer's own ``DataConfig`` (kept as a plain mapping here and validated by
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -226,14 +227,20 @@ def check_model(cfg: TrainConfig) -> None:
     if cfg.task == "mae" and (spec.task != "classification" or spec.family != "vit"):
         raise ConfigError(f"task 'mae' needs a ViT-family encoder (e.g. vit_demo, deit_demo, "
                           f"vit_small_patch16_224); {cfg.model.name!r} is a {spec.family} {spec.task} model")
+    if cfg.task in ("classification", "detection") and spec.task != cfg.task:
+        raise ConfigError(f"model.name: {cfg.model.name!r} is a {spec.task} model; task "
+                          f"{cfg.task!r} needs a {cfg.task} model")
 
 
-def load_train_config(path, overrides: list[str] = ()) -> TrainConfig:
-    """Read, override and validate a training config, the data section included."""
+def load_train_config(path, overrides: list[str] = (), *,
+                      check: Callable[[TrainConfig], None] | None = None) -> TrainConfig:
+    """Read, override and validate a training config, the data section and the model name
+    included; ``check`` (a pipeline's own rule, e.g. its task) runs before the model check."""
     from components.core.config import load_config
 
     cfg = load_config(TrainConfig, path, overrides)
     resolve_data_config(cfg)
-    if cfg.task == "mae":
-        check_model(cfg)
+    if check is not None:
+        check(cfg)
+    check_model(cfg)  # here, not in a worker: an unknown name would fail every restart
     return cfg

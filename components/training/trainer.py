@@ -109,8 +109,7 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[st
     from components.data.dataset import build_dataset
 
     data_cfg = resolve_data_config(cfg)
-    if cfg.task == "mae":
-        check_model(cfg)
+    check_model(cfg)
     started = time.monotonic()
     ensure_ray(cfg)
     import ray.data

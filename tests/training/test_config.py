@@ -62,6 +62,8 @@ def test_steps_plan():
 
 @pytest.mark.parametrize("pipeline, args, needle", [
     ("pretrain", ["optim.bogus=1"], "optim.bogus"),
+    ("pretrain", ["model.name=vit_nope"], "unknown model 'vit_nope'"),  # reached the workers once
+    ("detect", ["model.name=vit_demo"], "'vit_demo' is a classification model"),
     ("finetune", [], "model.init_from"),
     ("detect", ["task=classification"], "task must be 'detection'"),
 ])
