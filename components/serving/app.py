@@ -285,6 +285,8 @@ class Ingress:
     async def detect(self, request: Request, attention: bool = False,
                      score_threshold: float | None = None) -> JSONResponse:
         self._authorize(request)
+        if score_threshold is not None and not 0.0 <= score_threshold <= 1.0:  # NaN too
+            raise bad_request("score_threshold must be within [0, 1]")
         data = await self._image_from_request(request)
         result, orig_hw = await self._predict_image("detection", data, attention)
         names = result["class_names"]

@@ -169,6 +169,9 @@ def test_truncated_oversized_and_malformed_v2(serve_url, sample_image):
         assert_error(requests.post(v2, data=body, headers=AUTH, timeout=30), 400)
     assert_error(requests.post(f"{serve_url}/v1/classify", data=png, headers=PNG,
                                params={"top_k": "many"}, timeout=30), 400)
+    for threshold in ("nan", "1.5", "-0.1"):  # NaN once gave an empty answer, not an error
+        assert_error(requests.post(f"{serve_url}/v1/detect", data=png, headers=PNG,
+                                   params={"score_threshold": threshold}, timeout=30), 400)
     # after all that the server still answers
     assert classify(serve_url, png).status_code == 200
 
