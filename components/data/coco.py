@@ -205,7 +205,8 @@ def read_coco(annotations_uri: str, images_uri: str, *, class_names: list[str] |
         if clipped is None:
             report.skip_annotation(ann_id, "box outside the image")
             continue
-        if clipped[2] < MIN_BOX_FRACTION * img["width"] or clipped[3] < MIN_BOX_FRACTION * img["height"]:
+        if (clipped[2] < MIN_BOX_FRACTION * img["width"]
+                or clipped[3] < MIN_BOX_FRACTION * img["height"]):
             report.skip_annotation(ann_id, "degenerate box")  # no extent once in float32
             continue
         if clipped != box:

@@ -43,8 +43,8 @@ from typing import Any, Literal
 import numpy as np
 
 from components.data.coco import CocoSource, check_image, read_coco
-from components.data.errors import DataError
 from components.data.config import AugmentConfig, DataConfig
+from components.data.errors import DataError
 from components.data.fs import Location
 from components.data.image_io import BadImageError, decode_image
 from components.data.imagefolder import ImageFolderSource, read_imagefolder
