@@ -198,7 +198,7 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
     del init_state
     base = model
     model = ray.train.torch.prepare_model(model)
-    amp = autocast_dtype(device, cfg.precision)
+    amp = autocast_dtype(device, cfg.precision, base, train=True)
     scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(amp, device) else None
     optimizer = build_optimizer(base, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, plan["total_steps"])
