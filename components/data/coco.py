@@ -121,7 +121,16 @@ def _clip(box: list[float], width: int, height: int) -> list[float] | None:
 def read_coco(annotations_uri: str, images_uri: str, *, class_names: list[str] | None = None
               ) -> CocoSource:
     """Read ``annotations_uri`` (COCO instances) for images under ``images_uri``."""
-    data = load_coco_json(annotations_uri)
+    return coco_source(load_coco_json(annotations_uri), images_uri, class_names=class_names,
+                       where=annotations_uri)
+
+
+def coco_source(data: dict[str, Any], images_uri: str, *, class_names: list[str] | None = None,
+                where: str = "annotations") -> CocoSource:
+    """Validate a structurally checked COCO instances dict (see :func:`load_coco_json`) for
+    images under ``images_uri``; ``where`` names its origin in errors. Other readers (VOC)
+    build such a dict and share these checks."""
+    annotations_uri = where
     images = Location.from_uri(images_uri)
     report = SkipReport()
 
