@@ -32,11 +32,9 @@ skipped as ``XML with a DTD or entities is refused``.
 
 from __future__ import annotations
 
-import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 from xml.etree.ElementTree import Element, ParseError
 
 import defusedxml
@@ -48,8 +46,6 @@ from components.data.fs import Location, PathEscapeError, join_uri, read_uri
 from components.data.image_io import BadImageError, image_size_of
 from components.data.imagefolder import IMAGE_EXTENSIONS
 from components.data.report import SkipReport
-
-log = logging.getLogger(__name__)
 
 ANNOTATIONS_DIR = "Annotations"
 IMAGES_DIR = "JPEGImages"
@@ -324,9 +320,3 @@ def _merge_reports(shared: SkipReport, voc: SkipReport, labels: dict[int, str]) 
     shared.counts["annotations_total"] += annotations_skipped
     if "crowd_annotations" in shared.counts:
         shared.counts["difficult_annotations"] = shared.counts.pop("crowd_annotations")
-
-
-def voc_to_coco(source: CocoSource) -> dict[str, Any]:
-    """The accepted ground truth as a COCO instances dict (``difficult`` as ``iscrowd``)."""
-    return {"info": {"description": "converted from Pascal VOC by vitpipe"}, "licenses": [],
-            **source.gt}
