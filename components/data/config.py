@@ -103,6 +103,12 @@ class DataConfig(StrictModel):
             for name, paths in self.splits.items():
                 if paths.annotations is None:
                     raise ValueError(f"splits.{name}.annotations is required for format 'coco'")
+        for name, paths in self.splits.items():
+            if paths.image_set is not None and self.format != "voc":
+                raise ValueError(f"splits.{name}.image_set is for format 'voc'")
+            if paths.annotations is not None and self.format == "voc":
+                raise ValueError(f"splits.{name}.annotations is for format 'coco'; a VOC split "
+                                 "is splits.<name>.images (the VOC folder) + image_set")
         return self
 
     def block_rows(self) -> int:

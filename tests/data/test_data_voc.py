@@ -286,6 +286,23 @@ def test_bccd_on_object_storage_matches_local(s3_server, bccd_small):
     assert remote.images.read(remote.records[0]["file"]) == local.images.read(local.records[0]["file"])
 
 
+def test_voc_is_a_detection_format_everywhere(tmp_path):
+    from components.data.config import DataConfig
+    from components.data.dataset import task_of
+    from components.training.config import TrainConfig
+    from components.training.loop import loader_task
+
+    cfg = DataConfig(format="voc", root=str(tmp_path))
+    assert task_of(cfg) == "detection"
+    assert cfg.split_paths("val").image_set == str(tmp_path / "ImageSets" / "Main" / "val.txt")
+    assert loader_task(TrainConfig(task="mae"), "voc") == "detection"  # MAE on VOC images
+    assert loader_task(TrainConfig(task="mae"), "imagefolder") == "classification"
+    with pytest.raises(ValueError, match="annotations is for format 'coco'"):
+        DataConfig(format="voc", splits={"train": {"annotations": "a.json", "images": "x"}})
+    with pytest.raises(ValueError, match="image_set is for format 'voc'"):
+        DataConfig(format="imagefolder", splits={"train": {"images": "x", "image_set": "t.txt"}})
+
+
 def test_voc_dataset_rows_map_back_to_the_ground_truth(ray_cluster, bccd_small):
     from components.data.boxes import batch_to_pixels_xyxy
     from components.data.config import DataConfig
