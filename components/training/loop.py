@@ -120,7 +120,9 @@ def loader_task(cfg: TrainConfig, data_format: str | None) -> str:
     """The batch contract the loader collates: an MAE reads either format, ignoring labels."""
     if cfg.task != "mae":
         return cfg.task
-    return "detection" if data_format == "coco" else "classification"
+    from components.data.config import FORMAT_TASK
+
+    return FORMAT_TASK.get(data_format or "", "classification")
 
 
 # ---------------------------------------------------------------------------- validation
