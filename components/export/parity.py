@@ -69,18 +69,21 @@ def load_split(meta: CheckpointMeta, *, images: str | None, annotations: str | N
 
     workdir = None
     if images is None:
-        from components.data.synth import SynthConfig, synthesize
+        from components.data.synth import CLASS_NAMES, SynthConfig, synthesize
 
         workdir = tempfile.TemporaryDirectory(prefix="vitpipe-export-synth-")
         synthesize(workdir.name, SynthConfig(seed=0, num_train=0, num_val=synthetic_images,
                                              image_size=max(64, meta.image_size)))
-        cfg = DataConfig(format=SPLIT_FORMAT[meta.task], root=workdir.name,
-                         image_size=meta.image_size, patch_size=meta.patch_size)
+        fmt = SPLIT_FORMAT[meta.task]
+        cfg = DataConfig(format=fmt, root=workdir.name, image_size=meta.image_size,
+                         patch_size=meta.patch_size,
+                         class_names=_label_order(fmt, meta, known=CLASS_NAMES))
         where = f"synthetic ({synthetic_images} scenes, seed 0)"
     else:
-        cfg = DataConfig(format="coco" if annotations else "imagefolder",
-                         splits={"val": SplitPaths(images=images, annotations=annotations)},
-                         image_size=meta.image_size, patch_size=meta.patch_size)
+        fmt = "coco" if annotations else "imagefolder"
+        cfg = DataConfig(format=fmt, splits={"val": SplitPaths(images=images, annotations=annotations)},
+                         image_size=meta.image_size, patch_size=meta.patch_size,
+                         class_names=_label_order(fmt, meta))
         where = images if annotations is None else f"{images} + {annotations}"
         if task_of(cfg) != meta.task:
             need = ("an ImageFolder split (class folders, no --annotations)"
@@ -117,6 +120,15 @@ def load_split(meta: CheckpointMeta, *, images: str | None, annotations: str | N
     if meta.task == "detection" and coco_gt is None:
         coco_gt = _image_skeleton(bundle.coco_gt, meta.class_names)
     return ParityData(kept, list(bundle.class_names), coco_gt, info)
+
+
+def _label_order(fmt: str, meta: CheckpointMeta, known: Iterable[str] | None = None):
+    """ImageFolder labels in the model's class order (folders are otherwise sorted by name);
+    for the synthetic sample only when it has the model's classes. COCO: ``None``, the
+    data layer and the evaluator both order classes by COCO category id."""
+    if fmt != "imagefolder" or (known is not None and set(known) != set(meta.class_names)):
+        return None
+    return list(meta.class_names)
 
 
 def _eval_split(cfg, task: str, batch_size: int):

@@ -65,6 +65,10 @@ def export_model(uri: str, cfg: ExportConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     source = open_source(uri, cache_dir=cfg.cache_dir, tracking_uri=cfg.tracking_uri)
     meta = source.meta
+    # the data first: a split of the wrong task or classes fails before any export work
+    data = parity.load_split(meta, images=cfg.split, annotations=cfg.annotations,
+                             synthetic_images=cfg.synthetic_images, max_images=cfg.max_images,
+                             batch_size=cfg.batch_size)
     out = Path(cfg.out or f"export-{source.label}").expanduser()
     path = out / FILES[cfg.format]
     start = time.perf_counter()
@@ -74,9 +78,6 @@ def export_model(uri: str, cfg: ExportConfig) -> dict[str, Any]:
         exporter = graph.export_program(source.model, meta, path)
     export_s = time.perf_counter() - start
     exported = open_exported(path, cfg.format, threads=torch.get_num_threads())
-    data = parity.load_split(meta, images=cfg.split, annotations=cfg.annotations,
-                             synthetic_images=cfg.synthetic_images, max_images=cfg.max_images,
-                             batch_size=cfg.batch_size)
     compared = parity.compare_outputs(source.model, exported, data, meta)
     latency = parity.measure_latency({"pytorch_eager": source.model, "exported": exported},
                                      meta, runs=cfg.latency_runs)
