@@ -64,8 +64,10 @@ def _config(args: argparse.Namespace):
         return ExportConfig.model_validate({k: v for k, v in given.items() if v is not None})
     except ValidationError as err:
         first = err.errors()[0]
-        flag = "--" + "-".join(str(p) for p in first["loc"]).replace("_", "-")
-        raise UserError(f"{flag}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        if first["loc"]:
+            message = "--" + "-".join(str(p) for p in first["loc"]).replace("_", "-") + f": {message}"
+        raise UserError(message) from None
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -178,29 +178,40 @@ def compare_outputs(model: nn.Module, exported: nn.Module, data: ParityData,
                     meta: CheckpointMeta) -> dict[str, Any]:
     """Run both on ``data``: max abs differences, the task's metric for each, output shapes
     (without the batch axis)."""
-    from components.training import evaluate as ev
-
     ref, got = _Recorder(model), _Recorder(exported)
-    if meta.task == "classification":
-        a = ev.predict_classification(ref, data.batches, device="cpu")
-        b = ev.predict_classification(got, data.batches, device="cpu")
-        labels = a.labels if data.has_ground_truth else a.logits.argmax(axis=1)
-        scores = [ev.classification_metrics(p.logits, labels, num_classes=len(meta.class_names),
-                                            topk=(1,))["top1"] for p in (a, b)]
-        agreement = float((a.logits.argmax(1) == b.logits.argmax(1)).mean())
-    else:
-        a = ev.predict_detections(ref, data.batches, data.coco_gt, device="cpu")
-        b = ev.predict_detections(got, data.batches, data.coco_gt, device="cpu")
-        gt = data.coco_gt if data.has_ground_truth else _pseudo_ground_truth(data.coco_gt, a.results)
-        scores = [ev.coco_metrics(p.results, gt, image_ids=a.image_ids)["map50"] for p in (a, b)]
-        agreement = None
+    scores, extra = _SCORE[meta.task](ref, got, data, meta)
     metric = {"name": METRIC[meta.task], "pytorch": scores[0], "exported": scores[1],
-              "abs_diff": abs(scores[0] - scores[1])}
-    if agreement is not None:
-        metric["top1_agreement"] = agreement
+              "abs_diff": abs(scores[0] - scores[1]), **extra}
     names = OUTPUT_NAMES[meta.task]
     return {"max_abs_diff": _max_abs_diff(ref, got, names), "metric": metric,
             "output_shapes": {n: list(ref.outputs[0][n].shape[1:]) for n in names}}
+
+
+def _score_classification(ref: _Recorder, got: _Recorder, data: ParityData,
+                          meta: CheckpointMeta) -> tuple[list[float], dict[str, Any]]:
+    """Top-1 of both (labels: ground truth or the reference's top-1) and their agreement."""
+    from components.training import evaluate as ev
+
+    a = ev.predict_classification(ref, data.batches, device="cpu")
+    b = ev.predict_classification(got, data.batches, device="cpu")
+    labels = a.labels if data.has_ground_truth else a.logits.argmax(axis=1)
+    scores = [ev.classification_metrics(p.logits, labels, num_classes=len(meta.class_names),
+                                        topk=(1,))["top1"] for p in (a, b)]
+    return scores, {"top1_agreement": float((a.logits.argmax(1) == b.logits.argmax(1)).mean())}
+
+
+def _score_detection(ref: _Recorder, got: _Recorder, data: ParityData,
+                     meta: CheckpointMeta) -> tuple[list[float], dict[str, Any]]:
+    """COCO mAP50 of both (ground truth, or the reference's best detections as ground truth)."""
+    from components.training import evaluate as ev
+
+    a = ev.predict_detections(ref, data.batches, data.coco_gt, device="cpu")
+    b = ev.predict_detections(got, data.batches, data.coco_gt, device="cpu")
+    gt = data.coco_gt if data.has_ground_truth else _pseudo_ground_truth(data.coco_gt, a.results)
+    return [ev.coco_metrics(p.results, gt, image_ids=a.image_ids)["map50"] for p in (a, b)], {}
+
+
+_SCORE = {"classification": _score_classification, "detection": _score_detection}
 
 
 def _pseudo_ground_truth(skeleton: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
