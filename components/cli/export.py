@@ -25,9 +25,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ex.add_argument("--out", default=None, help="output folder (default: ./export-<name>-v<version>)")
     ex.add_argument("--opset", type=int, default=None, help="ONNX opset, 17..23 (default 20)")
     ex.add_argument("--split", default=None,
-                    help="val images: an ImageFolder split folder, or COCO images with "
-                         "--annotations (default: synthetic images)")
+                    help="val images: an ImageFolder split folder, COCO images with "
+                         "--annotations, or a VOC folder (default: synthetic images)")
+    ex.add_argument("--split-format", default=None, choices=("coco", "imagefolder", "voc"),
+                    help="default: coco with --annotations, else imagefolder")
     ex.add_argument("--annotations", default=None, help="COCO instances JSON of --split")
+    ex.add_argument("--image-set", default=None,
+                    help="VOC: the split's id list, e.g. ImageSets/Main/val.txt (default: all XML)")
     ex.add_argument("--max-images", type=int, default=None, help="images of the split used (256)")
     ex.add_argument("--synthetic-images", type=int, default=None,
                     help="synthetic images when no --split (32)")
@@ -54,7 +58,8 @@ def _config(args: argparse.Namespace):
 
     given = {
         "format": args.format, "out": args.out, "opset": args.opset, "split": args.split,
-        "annotations": args.annotations, "max_images": args.max_images,
+        "annotations": args.annotations, "split_format": args.split_format,
+        "image_set": args.image_set, "max_images": args.max_images,
         "synthetic_images": args.synthetic_images, "batch_size": args.batch_size,
         "atol": args.atol, "metric_tol": args.metric_tol, "latency_runs": args.latency_runs,
         "threads": args.threads, "tracking_uri": args.tracking_uri, "cache_dir": args.cache_dir,

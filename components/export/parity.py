@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
 SPLIT_FORMAT = {"classification": "imagefolder", "detection": "coco"}  # synthetic sample
 METRIC = {"classification": "top1", "detection": "map50"}
+_NEEDS = {"classification": "an ImageFolder split (class folders)",
+          "detection": "a COCO (--annotations) or VOC (--split-format voc) split"}
 PSEUDO_TOP_K = 5  # detections per image taken as ground truth when there is none
 
 
@@ -56,12 +58,16 @@ class ParityData:
 
 
 def load_split(meta: CheckpointMeta, *, images: str | None, annotations: str | None,
-               synthetic_images: int, max_images: int, batch_size: int) -> ParityData:
-    """The split given (COCO with ``annotations``, else ImageFolder) or a synthetic sample.
+               synthetic_images: int, max_images: int, batch_size: int,
+               split_format: str | None = None, image_set: str | None = None) -> ParityData:
+    """The split given (``split_format``; default COCO with ``annotations``, else ImageFolder;
+    VOC with an optional ``image_set``) or a synthetic sample.
 
     Broken images and annotations are skipped and counted by the data layer (``info``
     carries the counts). A given split must be of the model's task and classes.
     """
+    from pydantic import ValidationError
+
     from components.data.config import DataConfig, SplitPaths
     from components.data.dataset import task_of
     from components.data.errors import DataError
@@ -79,15 +85,17 @@ def load_split(meta: CheckpointMeta, *, images: str | None, annotations: str | N
                          class_names=_label_order(fmt, meta, known=CLASS_NAMES))
         where = f"synthetic ({synthetic_images} scenes, seed 0)"
     else:
-        fmt = "coco" if annotations else "imagefolder"
-        cfg = DataConfig(format=fmt, splits={"val": SplitPaths(images=images, annotations=annotations)},
-                         image_size=meta.image_size, patch_size=meta.patch_size,
-                         class_names=_label_order(fmt, meta))
-        where = images if annotations is None else f"{images} + {annotations}"
+        fmt = split_format or ("coco" if annotations else "imagefolder")
+        try:
+            cfg = DataConfig(format=fmt, image_size=meta.image_size, patch_size=meta.patch_size,
+                             splits={"val": SplitPaths(images=images, annotations=annotations,
+                                                       image_set=image_set)},
+                             class_names=_label_order(fmt, meta))
+        except ValidationError as err:
+            raise DataError(f"the {fmt} split: {err.errors()[0]['msg']}") from None
+        where = " + ".join(p for p in (images, annotations, image_set) if p)
         if task_of(cfg) != meta.task:
-            need = ("an ImageFolder split (class folders, no --annotations)"
-                    if meta.task == "classification" else "a COCO split (--annotations)")
-            raise DataError(f"{meta.model_name} is a {meta.task} model: give {need}")
+            raise DataError(f"{meta.model_name} is a {meta.task} model: give {_NEEDS[meta.task]}")
     try:
         bundle, batches = _eval_split(cfg, meta.task, batch_size)
         kept, seen = [], 0

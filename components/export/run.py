@@ -35,8 +35,11 @@ class ExportConfig(StrictModel):
     format: Literal["onnx", "torch-export"] = "onnx"
     out: str | None = None  # folder for the file and parity.json; default ./export-<label>
     opset: int = Field(DEFAULT_OPSET, ge=MIN_OPSET, le=23)  # ONNX only
-    split: str | None = None  # val images: ImageFolder folder, or COCO images with annotations
+    split: str | None = None  # val images: ImageFolder folder, COCO images, or a VOC folder
+    split_format: Literal["coco", "imagefolder", "voc"] | None = None  # None: coco with
+    # annotations, else imagefolder
     annotations: str | None = None  # COCO instances JSON of ``split``
+    image_set: str | None = None  # VOC: the split's id list (ImageSets/Main/val.txt)
     max_images: int = Field(256, ge=1)  # parity uses the split's first N images
     synthetic_images: int = Field(32, ge=1)  # sample size when no split is given
     batch_size: int = Field(32, ge=1)
@@ -50,8 +53,8 @@ class ExportConfig(StrictModel):
 
     @model_validator(mode="after")
     def _split_paths(self) -> "ExportConfig":
-        if self.annotations and not self.split:
-            raise ValueError("annotations need split (the COCO images folder)")
+        if (self.annotations or self.image_set or self.split_format) and not self.split:
+            raise ValueError("annotations, image_set and split_format need split")
         return self
 
 
@@ -67,6 +70,7 @@ def export_model(uri: str, cfg: ExportConfig) -> dict[str, Any]:
     meta = source.meta
     # the data first: a split of the wrong task or classes fails before any export work
     data = parity.load_split(meta, images=cfg.split, annotations=cfg.annotations,
+                             split_format=cfg.split_format, image_set=cfg.image_set,
                              synthetic_images=cfg.synthetic_images, max_images=cfg.max_images,
                              batch_size=cfg.batch_size)
     out = Path(cfg.out or f"export-{source.label}").expanduser()

@@ -121,7 +121,7 @@ def test_an_archive_with_pickled_parts_is_refused(tmp_path):
     ("missing-dir", [], "neither a registry URI"),
     ("not-a-checkpoint", [], "not a vitpipe checkpoint"),
     ("classifier", ["--opset", "12"], "--opset"),
-    ("classifier", ["--annotations", "x.json"], "annotations need split"),
+    ("classifier", ["--annotations", "x.json"], "need split"),
     ("classifier", ["--split", "COCO"], "give an ImageFolder split"),
 ])
 def test_bad_input_is_exit_2_with_one_line(export_models, synth_dataset, mlflow_uri, run_export,
