@@ -22,6 +22,7 @@ GROUPS = (
     "serve",
     "preflight",
     "report",
+    "export",
 )
 
 

@@ -61,6 +61,7 @@ class ModelServer:
             self._loaded = self._load(settings)
         elif previous is not None and (
             previous.model_uri != settings.model_uri or previous.precision != settings.precision
+            or previous.runtime != settings.runtime
         ):
             self._wake.set()  # the poller loads the new URI in the background
         if self._poller is None:
@@ -74,6 +75,7 @@ class ModelServer:
             settings.model_uri, task=self._task, cache_dir=settings.cache_dir,
             precision=settings.precision, tracking_uri=self._tracking_uri,
             warmup_batch_sizes=tuple(sorted({1, settings.max_batch_size})),
+            runtime=settings.runtime,
         )
 
     # --- model updates -------------------------------------------------------------------
@@ -100,7 +102,8 @@ class ModelServer:
         resolved = resolve_uri(settings.model_uri, tracking_uri=self._tracking_uri)
         same_uri = current is not None and current.uri == settings.model_uri
         if same_uri and str(resolved.version) == current.version and (
-            current.autocast == _dtype_for(current, settings.precision)
+            current.runtime == settings.runtime
+            and current.autocast == _dtype_for(current, settings.precision, settings.runtime)
         ):
             self._last_poll_error = None
             return False
@@ -206,7 +209,7 @@ class ModelServer:
         self._wake.set()
 
 
-def _dtype_for(loaded: LoadedModel, precision: str):
-    from components.core.device import autocast_dtype
+def _dtype_for(loaded: LoadedModel, precision: str, runtime: str):
+    from components.serving.runtime import serving_autocast
 
-    return autocast_dtype(loaded.device, precision, loaded.model)
+    return serving_autocast(loaded.device, precision, runtime, loaded.model)

@@ -6,6 +6,11 @@ keyed by version (a restart does not download again), the model is built on the 
 and warmed up. :meth:`LoadedModel.run` is what one dynamic batch executes: it stacks the
 requests' patch tensors, runs one forward pass under ``torch.inference_mode`` (bf16
 autocast where the hardware has it), and splits the outputs back per request.
+
+``runtime="onnx"`` serves the version's ONNX export instead (``vitpipe export``; found
+through the version's ``export.onnx`` tag, cached beside the checkpoint): onnxruntime's CPU
+provider in fp32, behind the same ``(patches, grid)`` call, so batching, postprocessing
+and responses are the PyTorch path's.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ class LoadedModel:
     uri: str
     device: torch.device
     autocast: torch.dtype | None
+    runtime: str = "torch"
     loaded_at: float = field(default_factory=time.time)
     # forward passes and attention captures (which switch blocks to the explicit path)
     # never overlap on one model
@@ -80,7 +86,7 @@ class LoadedModel:
             "class_names": list(self.meta.class_names), "image_size": self.meta.image_size,
             "patch_size": self.meta.patch_size,
             "precision": str(self.autocast).replace("torch.", "") if self.autocast else "float32",
-            "device": str(self.device), "loaded_at": self.loaded_at,
+            "device": str(self.device), "runtime": self.runtime, "loaded_at": self.loaded_at,
             "data_fingerprint": self.meta.data_fingerprint,
         }
 
@@ -142,24 +148,50 @@ class LoadedModel:
         return time.perf_counter() - start
 
 
+def serving_autocast(device: torch.device, precision: str, runtime: str,
+                     model: torch.nn.Module) -> torch.dtype | None:
+    """The autocast dtype a version is served with: ONNX exports always run in fp32."""
+    return None if runtime == "onnx" else autocast_dtype(device, precision, model)
+
+
 def load_version(uri: str, *, task: str, cache_dir: str | Path | None = None,
                  precision: str = "auto", tracking_uri: str | None = None,
-                 warmup_batch_sizes: tuple[int, ...] = (1, 4)) -> LoadedModel:
+                 warmup_batch_sizes: tuple[int, ...] = (1, 4),
+                 runtime: str = "torch") -> LoadedModel:
     """Registry URI → a warmed-up :class:`LoadedModel` (alias resolved to a fixed version)."""
-    from components.tracking.registry import load_registered
-
-    device = pick_device()
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     start = time.perf_counter()
-    model, meta, resolved = load_registered(
-        uri, cache_dir=cache, tracking_uri=tracking_uri, device=str(device), task=task,
-    )
+    if runtime == "onnx":
+        model, meta, resolved, device = _load_onnx(uri, task=task, cache=cache,
+                                                   tracking_uri=tracking_uri)
+    else:
+        from components.tracking.registry import load_registered
+
+        device = pick_device()
+        model, meta, resolved = load_registered(
+            uri, cache_dir=cache, tracking_uri=tracking_uri, device=str(device), task=task,
+        )
     loaded = LoadedModel(
         model=model.eval(), meta=meta, name=resolved.name, version=str(resolved.version),
         alias=resolved.alias, uri=uri, device=device,
-        autocast=autocast_dtype(device, precision, model),
+        autocast=serving_autocast(device, precision, runtime, model), runtime=runtime,
     )
     warm = loaded.warm_up(warmup_batch_sizes)
-    log.info("loaded %s → version %s (%s) in %.2fs, warm-up %.2fs", uri, loaded.version,
-             meta.model_name, time.perf_counter() - start, warm)
+    log.info("loaded %s → version %s (%s, %s) in %.2fs, warm-up %.2fs", uri, loaded.version,
+             meta.model_name, runtime, time.perf_counter() - start, warm)
     return loaded
+
+
+def _load_onnx(uri: str, *, task: str, cache: Path, tracking_uri: str | None):
+    """The version's ONNX export as a module (CPU), its checkpoint meta and the version."""
+    from components.export.publish import fetch_export
+    from components.export.runners import OnnxModule
+    from components.tracking.registry import RegistryError, resolve_uri
+
+    resolved = resolve_uri(uri, tracking_uri=tracking_uri)
+    path = fetch_export(resolved.name, resolved.version, "onnx", cache_dir=cache,
+                        tracking_uri=tracking_uri)
+    model = OnnxModule(path)
+    if model.meta.task != task:
+        raise RegistryError(f"{resolved.uri} is a {model.meta.task} model, not {task}")
+    return model, model.meta, resolved, torch.device("cpu")

@@ -43,6 +43,10 @@ class ModelServerSettings(StrictModel):
         30.0, ge=0.0, description="how often the alias is re-resolved; 0 turns polling off"
     )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    runtime: Literal["torch", "onnx"] = Field(
+        "torch", description="torch: the checkpoint in PyTorch; onnx: the version's ONNX export "
+                             "(vitpipe export) in onnxruntime, CPU provider, fp32",
+    )
     top_k: int = Field(5, ge=1, le=1000, description="classification: labels returned")
     score_threshold: float = Field(0.3, ge=0.0, le=1.0, description="detection: lowest score")
     max_detections: int = Field(100, ge=1, le=1000, description="detection: most boxes")

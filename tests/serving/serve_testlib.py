@@ -18,18 +18,19 @@ CLASSIFIER = "serving-test-classifier"  # own names: the MLflow server is shared
 DETECTOR = "serving-test-detector"
 
 
-def make_checkpoint(directory: Path, model_name: str, task: str, seed: int) -> Path:
+def make_checkpoint(directory: Path, model_name: str, task: str, seed: int,
+                    class_names: list[str] = CLASS_NAMES) -> Path:
     from components.models import build_model
 
     torch.manual_seed(seed)
-    model = build_model(model_name, num_classes=len(CLASS_NAMES))
+    model = build_model(model_name, num_classes=len(class_names))
     with torch.no_grad():  # zero-initialised heads would make every answer identical
         for param in model.parameters():
             if not param.abs().sum():
                 param.normal_(0.0, 0.5)
     meta = CheckpointMeta(
         model_name=model_name, task=task, model_config=dict(model.build_config),
-        class_names=list(CLASS_NAMES), image_size=int(model.img_size),
+        class_names=list(class_names), image_size=int(model.img_size),
         patch_size=int(model.patch_size), mean=model.mean, std=model.std,
         data_fingerprint=f"test-{seed}", step=seed,
     )
@@ -51,7 +52,8 @@ def encode(image: np.ndarray, fmt: str = "PNG", **kwargs) -> bytes:
     return buf.getvalue()
 
 
-def deploy(registered, cache_dir, model_uri_override: str | None = None, **model_settings) -> None:
+def deploy(registered, cache_dir, model_uri_override: str | None = None,
+           detector_uri_override: str | None = None, **model_settings) -> None:
     """Deploy ``pipelines/configs/serve.yaml`` (edited for this test run) as ``serve deploy``
     would: through the controller's config path, so ``user_config`` edits retune live.
 
@@ -65,7 +67,7 @@ def deploy(registered, cache_dir, model_uri_override: str | None = None, **model
     schema = deploy_schema(
         load_config(),
         model_uris={"classifier": model_uri_override or f"models:/{CLASSIFIER}@champion",
-                    "detector": f"models:/{DETECTOR}@champion"},
+                    "detector": detector_uri_override or f"models:/{DETECTOR}@champion"},
         model_settings={"poll_interval_s": 0.5, "cache_dir": str(cache_dir), "max_batch_size": 8,
                         "batch_wait_timeout_s": 0.01, "score_threshold": 0.0, **model_settings},
         ingress_settings={"max_body_bytes": 300_000, "max_pixels": 1_000_000},
