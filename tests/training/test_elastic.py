@@ -190,6 +190,9 @@ def test_a_run_grows_to_a_joining_node_and_shrinks_when_it_leaves(mlflow_server,
            "RAY_agent_register_timeout_ms": "180000",
            # SIGTERM drains a node (reason: preemption) for up to this long before it stops.
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "20",
+           # Read by Ray Train's controller (on the head, from the node's environment): wait
+           # 5 s, not 30, for a paused or lost worker to leave its process group on a resize.
+           "TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S": "5",
            "PYTHONPATH": os.pathsep.join(
                p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     env.pop("RAY_ADDRESS", None)
@@ -211,6 +214,9 @@ def test_a_run_grows_to_a_joining_node_and_shrinks_when_it_leaves(mlflow_server,
             "mlflow.enabled=true", f"mlflow.tracking_uri={mlflow_server.uri}",
             "mlflow.experiment=training-elastic",
         ]
+        # Ray Train's knobs (the driver passes them on to its controller and workers): poll
+        # the workers every 0.5 s; give up on a worker group that cannot start in 30 s (a
+        # node that just left can still look available).
         driver_env = {**env, "RAY_ADDRESS": cluster.gcs, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
                       "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30"}
         driver_log = tmp_path / "driver.log"
