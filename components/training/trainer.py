@@ -150,7 +150,9 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[st
                                            "run_name": cfg.run.name})
         log_params_safely(uri, run_id, {**flatten(cfg), "data.num_train_rows": num_rows,
                                         "plan.total_steps": plan_steps["total_steps"],
-                                        "plan.steps_per_epoch": plan_steps["steps_per_epoch"]})
+                                        "plan.steps_per_epoch": plan_steps["steps_per_epoch"],
+                                        "plan.global_batch": cfg.batch_size * cfg.optim.grad_accum_steps
+                                        * cfg.scaling.max_workers})
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(uri)

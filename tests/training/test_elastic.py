@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -202,8 +203,8 @@ def test_a_run_grows_to_a_joining_node_and_shrinks_when_it_leaves(mlflow_server,
     driver = None
     try:
         cluster.wait_nodes(1)
-        # Each step reports a checkpoint: a resize costs at most the step in flight, and
-        # Ray Train's controller, taking one report per poll, paces the steps at its poll.
+        # Each step reports a checkpoint, registered by the controller at its next poll: a
+        # resize retrains at most the step or two after the last registered one.
         overrides = [
             f"data.root={synth_dataset}", f"run.storage_path={storage}", f"run.name={name}",
             "scaling.num_workers=[1,2]", "scaling.resize_interval_s=1", "scaling.torch_threads=1",
@@ -218,7 +219,7 @@ def test_a_run_grows_to_a_joining_node_and_shrinks_when_it_leaves(mlflow_server,
         # the workers every 0.5 s; give up on a worker group that cannot start in 30 s (a
         # node that just left can still look available).
         driver_env = {**env, "RAY_ADDRESS": cluster.gcs, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-                      "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30"}
+                      "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30", "RAY_DEDUP_LOGS": "0"}
         driver_log = tmp_path / "driver.log"
         driver = subprocess.Popen(
             [sys.executable, "-m", "pipelines.pretrain", "--config", str(CONFIGS / "pretrain_ci.yaml"),
@@ -253,6 +254,11 @@ def test_a_run_grows_to_a_joining_node_and_shrinks_when_it_leaves(mlflow_server,
     assert one["started_at_step"] == 0
     assert one["step"] - 1 <= two["started_at_step"] == grown_beat["started_at_step"] <= one["step"]
     assert two["started_at_step"] < again["started_at_step"] < total
+
+    # The run's reports, as the controller registered them (one progress line each): every
+    # step once, in order, across the three worker groups.
+    reported = [int(m) for m in re.findall(rf"\[{name}\] step (\d+)/{total}", out)]
+    assert reported == list(range(1, total + 1)), reported
 
     client = MlflowClient(mlflow_server.uri)
     run_id = summary["mlflow_run_id"]
