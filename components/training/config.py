@@ -8,6 +8,7 @@ layer's own ``DataConfig`` (kept as a plain mapping here and validated by
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from typing import Any, Literal
@@ -30,14 +31,65 @@ class ModelSection(StrictModel):
 
 
 class ScalingSection(StrictModel):
-    """Ray Train's ``ScalingConfig``: 1 CPU worker here, N GPU workers on a cluster."""
+    """Ray Train's ``ScalingConfig``: 1 CPU worker here, N GPU workers on a cluster.
 
-    num_workers: int = Field(1, ge=1)
+    ``num_workers`` is a fixed count, or ``[min, max]`` for elastic training: Ray Train
+    starts with as many workers as the cluster holds (at least ``min``), and restarts the
+    worker group from the latest checkpoint at a new size when nodes join or leave. The
+    global batch stays ``batch_size × optim.grad_accum_steps × max`` at every size (fewer
+    workers accumulate more micro-batches per optimizer step).
+    """
+
+    num_workers: int | tuple[int, int] = 1
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     resources_per_worker: dict[str, float] = Field(default_factory=dict)
     # torch intra-op threads per worker (0 = leave torch's default).
     torch_threads: int = Field(0, ge=0)
+    # Elastic only: how often (s) a healthy worker group checks whether the cluster now
+    # holds a different number of workers (Ray's elastic_resize_monitor_interval_s).
+    resize_interval_s: float = Field(60.0, ge=0)
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> int | tuple[int, int]:
+        def count(v: Any) -> int:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"num_workers must be an int or [min, max] of ints, got {value!r}")
+            return v
+
+        if isinstance(value, (list, tuple)):
+            if len(value) != 2:
+                raise ValueError(f"num_workers as a range is [min, max], got {list(value)!r}")
+            low, high = count(value[0]), count(value[1])
+            if not 1 <= low <= high:
+                raise ValueError(f"num_workers [min, max] needs 1 <= min <= max, got [{low}, {high}]")
+            return (low, high)
+        if count(value) < 1:
+            raise ValueError(f"num_workers must be >= 1, got {value}")
+        return value
+
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.num_workers, tuple)
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if self.elastic else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers[1] if self.elastic else self.num_workers
+
+
+def micro_batches_per_step(scaling: ScalingSection, grad_accum_steps: int, world_size: int) -> int:
+    """Micro-batches each of ``world_size`` workers accumulates per optimizer step, so that
+    one step always covers ``grad_accum_steps × max_workers`` micro-batches in all (the
+    global batch does not change when an elastic run is resized)."""
+    total = grad_accum_steps * scaling.max_workers
+    if world_size < 1 or total % world_size:
+        raise ValueError(f"{world_size} workers cannot share {total} micro-batches per step evenly")
+    return total // world_size
 
 
 class OptimSection(StrictModel):
@@ -184,6 +236,22 @@ class TrainConfig(StrictModel):
     eval: EvalSection = Field(default_factory=EvalSection)
     mae: MaeSection = Field(default_factory=MaeSection)
     criterion: CriterionSection = Field(default_factory=CriterionSection)  # task: detection
+
+    @model_validator(mode="after")
+    def _elastic_batch(self) -> "TrainConfig":
+        """Every worker count of an elastic range must split the global batch evenly."""
+        scaling, accum = self.scaling, self.optim.grad_accum_steps
+        bad = [w for w in range(scaling.min_workers, scaling.max_workers + 1)
+               if (accum * scaling.max_workers) % w]
+        if bad:
+            fit = next(a for a in range(accum, accum * math.lcm(*bad) + 1, accum)
+                       if all((a * scaling.max_workers) % w == 0 for w in bad))
+            raise ValueError(
+                f"scaling.num_workers {list(scaling.num_workers)}: the global batch is "
+                f"grad_accum_steps × max = {accum * scaling.max_workers} micro-batches per step, "
+                f"which {', '.join(map(str, bad))} worker(s) cannot share evenly; set "
+                f"optim.grad_accum_steps={fit} or narrow the range")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":

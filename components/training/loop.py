@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from components.core.device import autocast_dtype, needs_grad_scaler
-from components.training.config import TrainConfig
+from components.training.config import TrainConfig, micro_batches_per_step
 from components.training.optim import build_optimizer, build_scheduler
 from components.training.preemption import Preempted, preemption_notice, stop_requested, stop_requests_armed
 from components.training.reporting import CheckpointReporter, restore_from
@@ -205,8 +205,11 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
     optimizer = build_optimizer(base, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, plan["total_steps"])
     loss_fn = make_loss(cfg, len(plan["class_names"]))
+    # The global batch is fixed (batch_size × grad_accum_steps × max workers): a rank of a
+    # smaller (elastic) worker group accumulates more micro-batches per optimizer step.
+    accum = micro_batches_per_step(cfg.scaling, cfg.optim.grad_accum_steps, world)
     runner = StepRunner(model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
-                        device=device, amp_dtype=amp, grad_accum_steps=cfg.optim.grad_accum_steps,
+                        device=device, amp_dtype=amp, grad_accum_steps=accum,
                         clip_grad_norm=cfg.optim.clip_grad_norm, scaler=scaler)
 
     progress = Progress()
@@ -216,9 +219,13 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
         with checkpoint.as_directory() as ckpt_dir:
             progress, best_val = restore_from(ckpt_dir, task=cfg.task, model=base, optimizer=optimizer,
                                               scheduler=scheduler, scaler=scaler, rank=rank)
+        resumed_world = progress.world_size
+        progress.batch_in_epoch = resume_position(progress, cfg, world)
         if rank == 0:
-            log.info("resumed at step %d (epoch %d, batch %d)", progress.global_step,
-                     progress.epoch, progress.batch_in_epoch)
+            log.info("resumed at step %d (epoch %d, batch %d) with %d worker(s)%s", progress.global_step,
+                     progress.epoch, progress.batch_in_epoch, world,
+                     f" (checkpoint written by {resumed_world})" if resumed_world not in (0, world) else "")
+    progress.world_size = world
 
     logger = MetricLogger(None, None)
     if rank == 0 and plan.get("tracking_uri") and plan.get("mlflow_run_id"):
@@ -239,13 +246,12 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if plan.get("has_val") else None
     steps_per_epoch, total_steps = plan["steps_per_epoch"], plan["total_steps"]
-    accum = cfg.optim.grad_accum_steps
     micro_per_epoch = steps_per_epoch * accum
-    global_batch = cfg.batch_size * accum * world
+    global_batch = cfg.batch_size * accum * world  # the same at every world size
     every = cfg.checkpoint.every_n_steps
     fault_marker = plan.get("fault_marker")
     batch_task = plan.get("loader_task", cfg.task)
-    heartbeat = _Heartbeat(plan.get("heartbeat_dir"), rank, progress.global_step)
+    heartbeat = _Heartbeat(plan.get("heartbeat_dir"), rank, progress.global_step, world)
     last_progress = time.monotonic()
 
     while progress.global_step < total_steps and progress.epoch < plan["epochs"]:
@@ -279,7 +285,8 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
                                                     dtype=torch.float64), device)
                 loss_mean = float(sums[0]) / max(1.0, float(sums[1]))
                 metrics = {"train_loss": loss_mean, "lr": float(out["lr"]),
-                           "img_per_s": global_batch * window_n / max(elapsed, 1e-9)}
+                           "img_per_s": global_batch * window_n / max(elapsed, 1e-9),
+                           "world_size": float(world)}
                 for key, value in out.items():
                     if key.startswith("loss_") or key == "grad_norm":
                         metrics[f"train_{key}"] = float(value)
@@ -315,8 +322,9 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
 class _Heartbeat:
     """Test/ops hook (``run.heartbeat``, off): this rank's pid and step in the run's storage."""
 
-    def __init__(self, directory: str | None, rank: int, started_at_step: int):
+    def __init__(self, directory: str | None, rank: int, started_at_step: int, world_size: int = 1):
         self.path = None
+        self.world_size = world_size
         if directory:
             from components.training import storage
 
@@ -332,6 +340,7 @@ class _Heartbeat:
 
         storage.write_text(self.path, json.dumps({
             "pid": os.getpid(), "step": step, "started_at_step": self.started_at_step,
+            "world_size": self.world_size,
             "stop_requested": stop_requested(), "time": time.time()}))
 
 
@@ -347,6 +356,21 @@ def _maybe_inject_fault(cfg: TrainConfig, rank: int, step: int, marker: str | No
     storage.write_text(marker, f"killed at step {step}\n")
     log.warning("fault injection: killing this worker (pid %d) at step %d", os.getpid(), step)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def resume_position(progress: Progress, cfg: TrainConfig, world_size: int) -> int:
+    """Micro-batches each of ``world_size`` ranks skips in ``progress.epoch`` to resume there.
+
+    A checkpoint is written after a whole optimizer step, so ``batch_in_epoch`` (per rank,
+    at the size that wrote it) is a whole number of steps; the same number of steps over a
+    new size (an elastic resize) is that many steps of the new size's micro-batches.
+    """
+    written_by = progress.world_size or world_size  # 0: a checkpoint from before the field
+    if written_by == world_size:
+        return progress.batch_in_epoch
+    accum = cfg.optim.grad_accum_steps
+    steps_in_epoch = progress.batch_in_epoch // micro_batches_per_step(cfg.scaling, accum, written_by)
+    return steps_in_epoch * micro_batches_per_step(cfg.scaling, accum, world_size)
 
 
 def steps_plan(num_rows: int, *, num_workers: int, batch_size: int, grad_accum_steps: int,

@@ -8,8 +8,9 @@ A checkpoint directory (merged by Ray Train from every rank's temporary director
 - every rank: ``rng_rank<r>.{safetensors,json}``.
 
 Every rank calls :meth:`CheckpointReporter.report` at the same points (Ray Train's report is
-a collective). Rank 0's metric logger is flushed up to the reported step only after the
-checkpoint is committed, so a restarted run never logs a step twice.
+a collective). Rank 0's metric logger is flushed up to the reported step only after Ray
+Train's controller has registered the checkpoint, so a restarted run never logs a step twice
+and MLflow never holds a step that a restart trains again.
 """
 
 from __future__ import annotations
@@ -132,4 +133,9 @@ class CheckpointReporter:
                                  progress=progress)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_step{progress.global_step:07d}_{kind}")
+        if self.logger.enabled:
+            # ray.train.report returns before the controller has registered the checkpoint;
+            # a restart (a failure, an elastic resize) resumes from the last registered one.
+            # Waiting for it here means MLflow only ever holds steps of the run's lineage.
+            ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
         self.logger.flush(up_to_step=progress.global_step)  # committed: these steps are final

@@ -5,7 +5,8 @@ Files written into a checkpoint directory (next to ``model.safetensors`` + ``vit
 - ``optimizer.safetensors`` + ``train_state.json`` (rank 0): the optimizer's per-parameter
   tensors, flattened to ``state.<param_id>.<key>``; the JSON holds the optimizer's
   skeleton (param groups, scalar state), the scheduler and grad-scaler state and the
-  progress (``global_step``, ``epoch``, ``batch_in_epoch``, ``samples_seen``).
+  progress (``global_step``, ``epoch``, ``batch_in_epoch``, ``samples_seen``,
+  ``world_size``).
 - ``rng_rank<r>.safetensors`` + ``rng_rank<r>.json`` (every rank): torch CPU/CUDA, numpy
   and Python RNG states. Ray Train merges the ranks' directories into one checkpoint.
 """
@@ -34,6 +35,7 @@ class Progress:
     epoch: int = 0
     batch_in_epoch: int = 0  # micro-batches this rank consumed in ``epoch``
     samples_seen: int = 0  # over all ranks
+    world_size: int = 0  # workers that wrote this progress (0: not recorded)
 
 
 def flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:

@@ -53,7 +53,7 @@ def ensure_ray(cfg: TrainConfig | None = None) -> None:
         address = os.environ.get("RAY_ADDRESS") or None
         num_cpus = None
         if address is None and cfg is not None:
-            need = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 2
+            need = cfg.scaling.max_workers * cfg.scaling.cpus_per_worker + 2
             num_cpus = int(max(os.cpu_count() or 1, need))
         local = {"_node_ip_address": "127.0.0.1"} if address is None else {}  # loopback only
         # No worker_process_setup_hook for SIGTERM: Ray's worker main loop replaces any
@@ -103,7 +103,7 @@ def _log_dataset(uri: str, run_id: str, *, source: str, name: str, digest: str, 
 def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[str, Any]:
     """Train, evaluate and register as ``cfg`` says; returns the run's summary dict."""
     import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from components.data.dataset import build_dataset
@@ -134,7 +134,8 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[st
     class_names = list(train.class_names)
     num_rows = getattr(train, "num_rows", None) or train.dataset.count()
     try:
-        plan_steps = steps_plan(num_rows, num_workers=cfg.scaling.num_workers,
+        # Planned at the largest size: an elastic run keeps this global batch at every size.
+        plan_steps = steps_plan(num_rows, num_workers=cfg.scaling.max_workers,
                                 batch_size=cfg.batch_size, grad_accum_steps=cfg.optim.grad_accum_steps,
                                 epochs=cfg.epochs, max_steps=cfg.max_steps)
     except ValueError as err:
@@ -149,7 +150,9 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[st
                                            "run_name": cfg.run.name})
         log_params_safely(uri, run_id, {**flatten(cfg), "data.num_train_rows": num_rows,
                                         "plan.total_steps": plan_steps["total_steps"],
-                                        "plan.steps_per_epoch": plan_steps["steps_per_epoch"]})
+                                        "plan.steps_per_epoch": plan_steps["steps_per_epoch"],
+                                        "plan.global_batch": cfg.batch_size * cfg.optim.grad_accum_steps
+                                        * cfg.scaling.max_workers})
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(uri)
@@ -187,8 +190,7 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[st
         train_loop_config={"train": cfg.model_dump(mode="json"), "plan": plan},
         datasets={"train": train.dataset, "val": val.dataset},
         dataset_config=DataConfig(execution_options=ingest_options(data_cfg.preserve_order)),
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker=resources),
+        scaling_config=scaling_config(cfg, resources),
         run_config=RunConfig(
             name=cfg.run.name, storage_path=storage_path,
             checkpoint_config=CheckpointConfig(
@@ -247,6 +249,16 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[st
         "metrics": summary_metrics, "registered_version": registered_version,
         "steps": plan_steps["total_steps"], "seconds": round(time.monotonic() - started, 1),
     }
+
+
+def scaling_config(cfg: TrainConfig, resources: dict[str, float]):
+    """Ray Train's ``ScalingConfig``: a fixed worker count, or ``(min, max)`` for elastic
+    training, resized at most every ``scaling.resize_interval_s`` seconds."""
+    from ray.train import ScalingConfig
+
+    extra = {"elastic_resize_monitor_interval_s": cfg.scaling.resize_interval_s} if cfg.scaling.elastic else {}
+    return ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                         resources_per_worker=resources, **extra)
 
 
 def ingest_options(preserve_order: bool):
