@@ -48,6 +48,8 @@ class PredictSummary:
     seconds: float
     images_per_s: float
     outputs: dict[str, str]
+    first_batch_s: float = 0.0  # until the first answered batch: actor start, model load
+    steady_images_per_s: float = 0.0  # after the first answered batch
     metrics: dict[str, float] | None = None
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -78,9 +80,26 @@ class OutputDir:
         return pq.ParquetWriter(f"{self.path.rstrip('/')}/{name}", schema, filesystem=self.fs)
 
 
+def decode_in_actors(cfg: PredictConfig, num_gpus: float) -> bool:
+    """Does Ray Data fuse the decode step into the model actors?
+
+    It does when both stages reserve the same resources (equal ``num_cpus``, no GPU): each
+    actor then decodes its own batches and nothing crosses the object store. Otherwise the
+    decode tasks run apart and need CPUs of their own beside the pool's.
+    """
+    return num_gpus == 0 and cfg.decode.num_cpus == cfg.inference.num_cpus
+
+
+def cpus_needed(cfg: PredictConfig, num_gpus: float = 0.0) -> float:
+    """Logical CPUs the pipeline needs to make progress: the pool, plus one decode task
+    when decoding runs apart (a pool that takes every CPU would starve it forever)."""
+    pool = cfg.inference.actors * cfg.inference.num_cpus
+    return pool if decode_in_actors(cfg, num_gpus) else pool + cfg.decode.num_cpus
+
+
 def ensure_ray(cfg: PredictConfig) -> None:
-    """Join ``RAY_ADDRESS``'s cluster, or start a local one with a CPU for decoding beside
-    the actors (a pool that takes every CPU would leave the decode tasks waiting forever)."""
+    """Join ``RAY_ADDRESS``'s cluster, or start a local one with at least
+    :func:`cpus_needed` logical CPUs (more than the cores is fine: they are shared)."""
     import ray
 
     if ray.is_initialized():
@@ -89,9 +108,28 @@ def ensure_ray(cfg: PredictConfig) -> None:
     if address is not None:
         ray.init(address=address, configure_logging=False)
         return
-    need = cfg.inference.actors * cfg.inference.num_cpus + cfg.decode.num_cpus
-    ray.init(num_cpus=int(max(os.cpu_count() or 1, math.ceil(need))), configure_logging=False,
-             _node_ip_address="127.0.0.1", include_dashboard=False)
+    ray.init(num_cpus=int(max(os.cpu_count() or 1, math.ceil(cpus_needed(cfg)))),
+             configure_logging=False, _node_ip_address="127.0.0.1", include_dashboard=False)
+
+
+def check_fits(cfg: PredictConfig, num_gpus: float) -> None:
+    """A pipeline that cannot start on this cluster is a ``ConfigError``, not a hang."""
+    import ray
+
+    from components.core.config import ConfigError
+
+    have = ray.cluster_resources()
+    need = cpus_needed(cfg, num_gpus)
+    if need > have.get("CPU", 0):
+        raise ConfigError(
+            f"the pipeline needs {need:g} CPUs ({cfg.inference.actors} actors x "
+            f"{cfg.inference.num_cpus:g}"
+            + ("" if decode_in_actors(cfg, num_gpus) else f" + a decode task of {cfg.decode.num_cpus:g}")
+            + f") but the cluster has {have.get('CPU', 0):g}: lower inference.actors or "
+            "inference.num_cpus (or decode.num_cpus)")
+    if num_gpus and cfg.inference.actors * num_gpus > have.get("GPU", 0):
+        raise ConfigError(f"{cfg.inference.actors} actors x {num_gpus:g} GPUs do not fit the "
+                          f"cluster's {have.get('GPU', 0):g} GPUs")
 
 
 def read_source(cfg: PredictConfig, meta) -> Source:
@@ -140,6 +178,7 @@ def run_predict(cfg: PredictConfig) -> PredictSummary:
     results = RESULTS[meta.task](source, meta)
     ensure_ray(cfg)
     num_gpus = gpus_per_actor(cfg)
+    check_fits(cfg, num_gpus)
     decode = DecodeSpec(images=source.images, image_size=meta.image_size,
                         patch_size=meta.patch_size, max_pixels=cfg.decode.max_pixels)
     predictor = PredictorSpec(
@@ -153,7 +192,7 @@ def run_predict(cfg: PredictConfig) -> PredictSummary:
     dataset = build_pipeline(source, decode, predictor, cfg, num_gpus)
 
     report = source.report
-    writer, predicted = None, 0
+    writer, predicted, first = None, 0, None
     start = time.perf_counter()
     try:
         for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -171,10 +210,14 @@ def run_predict(cfg: PredictConfig) -> PredictSummary:
                 writer = out.parquet_writer(PARQUET_FILE, good.schema)
             writer.write_table(good)
             predicted += good.num_rows
+            if first is None:
+                first = (time.perf_counter() - start, predicted)
     finally:
         if writer is not None:
             writer.close()
     seconds = time.perf_counter() - start
+    first = first or (seconds, predicted)
+    steady = (predicted - first[1]) / (seconds - first[0]) if seconds > first[0] else 0.0
 
     outputs = {"skipped": ""}
     if predicted:
@@ -189,6 +232,7 @@ def run_predict(cfg: PredictConfig) -> PredictSummary:
     return PredictSummary(
         model=ref.uri, images=predicted, skipped=skipped, seconds=round(seconds, 3),
         images_per_s=round(predicted / seconds, 2) if seconds > 0 else 0.0, outputs=outputs,
+        first_batch_s=round(first[0], 3), steady_images_per_s=round(steady, 2),
         metrics=None if metrics is None else {
             k: round(float(v), 6) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)},

@@ -126,3 +126,15 @@ def test_missing_input_folder_is_exit_2(classifier_ckpt, tmp_path, capsys):
     code, _, err = run_cli(capsys, f"model={classifier_ckpt}", f"input.path={tmp_path / 'nope'}",
                            f"output={tmp_path / 'out'}")
     assert code == 2 and "does not exist" in err and "Traceback" not in err
+
+
+def test_a_pool_larger_than_the_cluster_is_refused(ray_cluster, classifier_ckpt, photo_folder,
+                                                   tmp_path, capsys):
+    """A pool that cannot start (or leaves no CPU to decode) is exit 2, not a hang."""
+    cpus = int(ray_cluster.address_info.get("num_cpus", 0) or 0) or 4
+    for overrides in ([f"inference.actors={cpus + 1}"],
+                      [f"inference.actors={cpus}", "decode.num_cpus=0.5"]):
+        code, _, err = run_cli(capsys, f"model={classifier_ckpt}", f"input.path={photo_folder}",
+                               f"output={tmp_path / 'out'}", *overrides)
+        assert code == 2 and "CPUs" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out" / "predictions.parquet").exists()
