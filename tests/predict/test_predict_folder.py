@@ -131,7 +131,9 @@ def test_missing_input_folder_is_exit_2(classifier_ckpt, tmp_path, capsys):
 def test_a_pool_larger_than_the_cluster_is_refused(ray_cluster, classifier_ckpt, photo_folder,
                                                    tmp_path, capsys):
     """A pool that cannot start (or leaves no CPU to decode) is exit 2, not a hang."""
-    cpus = int(ray_cluster.address_info.get("num_cpus", 0) or 0) or 4
+    import ray
+
+    cpus = int(ray.cluster_resources()["CPU"])
     for overrides in ([f"inference.actors={cpus + 1}"],
                       [f"inference.actors={cpus}", "decode.num_cpus=0.5"]):
         code, _, err = run_cli(capsys, f"model={classifier_ckpt}", f"input.path={photo_folder}",
