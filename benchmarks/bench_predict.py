@@ -2,7 +2,9 @@
 
 Both sides do the same work per image over the same files and checkpoint: read the bytes,
 decode (``decode_image``), eval transform (``preprocess``: whole-image resize to the
-model's size, patchify), a batched forward pass in fp32, softmax top-5. The plain loop is
+model's size, patchify), a batched forward pass, softmax top-5. Both run in fp32, or both
+in bf16 autocast when this CPU has native bf16 and a forward pass is measured > 5% faster
+in it (``bf16_forward_speedup`` in the JSON). The plain loop is
 what a user would write in one process: decode a batch of files, stack, forward with
 torch's default threads (all cores), repeat. The Ray side is ``python -m pipelines.predict``'s
 own code path (decode tasks, an actor pool of model replicas, Parquet out) on a local Ray
@@ -99,8 +101,10 @@ def large_images(size: tuple[int, int], n: int, out: Path) -> Path:
     return out
 
 
-def plain_loop(checkpoint: Path, folder: Path, batch_size: int) -> float:
+def plain_loop(checkpoint: Path, folder: Path, batch_size: int, precision: str = "fp32") -> float:
     """images/s of the single-process loop (model load excluded, as a long job amortises it)."""
+    import contextlib
+
     import torch
 
     from components.data.image_io import decode_image, preprocess
@@ -109,13 +113,15 @@ def plain_loop(checkpoint: Path, folder: Path, batch_size: int) -> float:
     model, meta = model_from_checkpoint(checkpoint)
     grid = (meta.image_size // meta.patch_size,) * 2
     files = sorted(folder.iterdir())
+    cast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
+            else contextlib.nullcontext())
     start = time.perf_counter()
     kept = 0
     for i in range(0, len(files), batch_size):
         patches = [preprocess(decode_image(f.read_bytes()), image_size=meta.image_size,
                               patch_size=meta.patch_size)[0] for f in files[i:i + batch_size]]
-        with torch.inference_mode():
-            logits = model(torch.from_numpy(np.stack(patches)), grid)
+        with torch.inference_mode(), cast:
+            logits = model(torch.from_numpy(np.stack(patches)), grid).float()
         kept += len(logits.softmax(-1).topk(5).indices)
     return kept / (time.perf_counter() - start)
 
@@ -135,16 +141,39 @@ def ray_pipeline(checkpoint: Path, folder: Path, out: Path, overrides: list[str]
             "first_batch_s": summary.first_batch_s, "images": summary.images}
 
 
+def bf16_speedup(checkpoint: Path, batch_size: int, reps: int = 3) -> float:
+    """Forward-pass time fp32 / bf16 autocast on this CPU (> 1: bf16 is faster), measured."""
+    import torch
+
+    from components.tracking.packaging import model_from_checkpoint
+
+    model, meta = model_from_checkpoint(checkpoint)
+    grid = (meta.image_size // meta.patch_size,) * 2
+    x = torch.randint(0, 256, (batch_size, grid[0] * grid[1], meta.patch_size ** 2 * 3),
+                      dtype=torch.uint8)
+    times = {}
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        best = float("inf")
+        for _ in range(reps + 1):
+            start = time.perf_counter()
+            with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                model(x, grid)
+            best = min(best, time.perf_counter() - start)
+        times[name] = best
+    return times["fp32"] / times["bf16"]
+
+
 def measure(checkpoint: Path, folder: Path, work: Path, configs: list[str], rounds: int,
-            batch_size: int) -> dict:
+            batch_size: int, precision: str) -> dict:
     loop, ray_runs = [], {c: [] for c in configs}
     with PeakMemory() as mem:
         for r in range(rounds):
             mem.phase = "dataloader"  # the driver alone: the loop forks nothing
-            loop.append(plain_loop(checkpoint, folder, batch_size))
+            loop.append(plain_loop(checkpoint, folder, batch_size, precision))
             mem.phase = "ray"
             for c in configs:
-                ray_runs[c].append(ray_pipeline(checkpoint, folder, work / f"out{r}", c.split(),
+                ray_runs[c].append(ray_pipeline(checkpoint, folder, work / f"out{r}",
+                                                [f"inference.precision={precision}", *c.split()],
                                                 batch_size))
             mem.phase = None
             print(f"  round {r}: loop {loop[-1]:.1f} img/s; "
@@ -152,7 +181,8 @@ def measure(checkpoint: Path, folder: Path, work: Path, configs: list[str], roun
                               f"(steady {v[-1]['steady_images_per_s']:.1f})"
                               for c, v in ray_runs.items()), flush=True)
     base = statistics.median(loop)
-    out = {"images": len(list(folder.iterdir())), "loop_images_per_s": round(base, 2),
+    out = {"images": len(list(folder.iterdir())), "precision": precision,
+           "loop_images_per_s": round(base, 2),
            "loop_peak_pss_mib": round(mem.peak["dataloader"], 1), "ray": []}
     for c, runs in ray_runs.items():
         e2e = statistics.median(r["images_per_s"] for r in runs)
@@ -200,15 +230,21 @@ def main() -> None:
         w, h = (int(v) for v in args.large.lower().split("x"))
         sets = {"bccd_640x480": bccd_images(Path(args.bccd), args.images, work / "bccd"),
                 f"generated_{w}x{h}": large_images((w, h), args.images, work / "large")}
+        # bf16 only where this CPU is measured faster at it (both sides then run bf16)
+        speedup = bf16_speedup(checkpoint, args.batch_size)
+        precision = "bf16" if cpu_has_fast_bf16() and speedup > 1.05 else "fp32"
+        print(f"bf16 forward speed-up {speedup:.2f}x: measuring in {precision}", flush=True)
         results = {}
         for name, folder in sets.items():
             print(f"{name}: {len(list(folder.iterdir()))} images", flush=True)
-            results[name] = measure(checkpoint, folder, work, args.ray, args.rounds, args.batch_size)
+            results[name] = measure(checkpoint, folder, work, args.ray, args.rounds,
+                                    args.batch_size, precision)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         ray.shutdown()
     report = {
-        "benchmark": "bench_predict", "model": MODEL, "image_size": 224, "precision": "fp32",
+        "benchmark": "bench_predict", "model": MODEL, "image_size": 224, "precision": precision,
+        "bf16_forward_speedup": round(speedup, 3),
         "batch_size": args.batch_size, "rounds": args.rounds, "goal_ratio": 1.5,
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__, "torch_threads_loop": torch.get_num_threads(),

@@ -101,11 +101,16 @@ class Predictor:
     """A Ray Data callable class: one model replica, batched forward passes (``__call__``)."""
 
     def __init__(self, spec: PredictorSpec):
+        import warnings
+
         import torch
 
         from components.core.device import autocast_dtype, pick_device
         from components.predict.outputs import OUTPUTS
-        from components.tracking.packaging import model_from_checkpoint
+
+        with warnings.catch_warnings():  # MLflow's advice on its own pyfunc wrapper class
+            warnings.simplefilter("ignore", UserWarning)
+            from components.tracking.packaging import model_from_checkpoint
 
         torch.set_num_threads(spec.threads)
         self.device = pick_device(prefer_gpu=spec.use_gpu)
