@@ -178,7 +178,7 @@ def measure(checkpoint: Path, folder: Path, work: Path, configs: list[str], roun
             mem.phase = None
             print(f"  round {r}: loop {loop[-1]:.1f} img/s; "
                   + "; ".join(f"[{c}] {v[-1]['images_per_s']:.1f} "
-                              f"(steady {v[-1]['steady_images_per_s']:.1f})"
+                              f"(steady {v[-1]['steady_images_per_s']})"
                               for c, v in ray_runs.items()), flush=True)
     base = statistics.median(loop)
     out = {"images": len(list(folder.iterdir())), "precision": precision,
@@ -186,7 +186,7 @@ def measure(checkpoint: Path, folder: Path, work: Path, configs: list[str], roun
            "loop_peak_pss_mib": round(mem.peak["dataloader"], 1), "ray": []}
     for c, runs in ray_runs.items():
         e2e = statistics.median(r["images_per_s"] for r in runs)
-        steady = statistics.median(r["steady_images_per_s"] for r in runs)
+        steady = statistics.median(r["steady_images_per_s"] or 0.0 for r in runs)  # 0: one batch
         out["ray"].append({
             "config": c, "images_per_s": round(e2e, 2), "steady_images_per_s": round(steady, 2),
             "first_batch_s": round(statistics.median(r["first_batch_s"] for r in runs), 2),

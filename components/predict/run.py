@@ -49,7 +49,7 @@ class PredictSummary:
     images_per_s: float
     outputs: dict[str, str]
     first_batch_s: float = 0.0  # until the first answered batch: actor start, model load
-    steady_images_per_s: float = 0.0  # after the first answered batch
+    steady_images_per_s: float | None = None  # after the first answered batch (None: one batch)
     metrics: dict[str, float] | None = None
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -217,7 +217,8 @@ def run_predict(cfg: PredictConfig) -> PredictSummary:
             writer.close()
     seconds = time.perf_counter() - start
     first = first or (seconds, predicted)
-    steady = (predicted - first[1]) / (seconds - first[0]) if seconds > first[0] else 0.0
+    steady = ((predicted - first[1]) / (seconds - first[0])
+              if predicted > first[1] and seconds > first[0] else None)
 
     outputs = {"skipped": ""}
     if predicted:
@@ -232,7 +233,8 @@ def run_predict(cfg: PredictConfig) -> PredictSummary:
     return PredictSummary(
         model=ref.uri, images=predicted, skipped=skipped, seconds=round(seconds, 3),
         images_per_s=round(predicted / seconds, 2) if seconds > 0 else 0.0, outputs=outputs,
-        first_batch_s=round(first[0], 3), steady_images_per_s=round(steady, 2),
+        first_batch_s=round(first[0], 3),
+        steady_images_per_s=None if steady is None else round(steady, 2),
         metrics=None if metrics is None else {
             k: round(float(v), 6) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)},
