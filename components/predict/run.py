@@ -19,7 +19,6 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -163,34 +162,12 @@ def gpus_per_actor(cfg: PredictConfig) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def run_predict(cfg: PredictConfig) -> PredictSummary:
-    """Predict every image of ``cfg.input`` (see the module docs); returns the summary.
+def stream_to_parquet(dataset, source: Source, results, out: OutputDir
+                      ) -> tuple[int, float, tuple[float, int]]:
+    """Write each answered batch as it arrives; bad rows go to the source's skip report.
 
-    Raises ``ConfigError``, ``DataError``, ``CheckpointError`` or ``RegistryError`` for a
-    request that cannot be served, before any image is read.
+    Returns ``(images predicted, seconds, (seconds, images) at the first answered batch)``.
     """
-    from components.predict.outputs import OUTPUTS
-    from components.predict.results import RESULTS
-
-    ref, meta = resolve_model(cfg.model, tracking_uri=cfg.tracking_uri, cache_dir=cfg.cache_dir)
-    source = read_source(cfg, meta)
-    out = OutputDir(cfg.output)
-    results = RESULTS[meta.task](source, meta)
-    ensure_ray(cfg)
-    num_gpus = gpus_per_actor(cfg)
-    check_fits(cfg, num_gpus)
-    decode = DecodeSpec(images=source.images, image_size=meta.image_size,
-                        patch_size=meta.patch_size, max_pixels=cfg.decode.max_pixels)
-    predictor = PredictorSpec(
-        model=ref, threads=cfg.inference.torch_threads(), precision=cfg.inference.precision,
-        use_gpu=num_gpus > 0, top_k=cfg.top_k, score_threshold=cfg.score_threshold,
-        max_detections=cfg.max_detections, keep_logits=results.keep_logits,
-        data_fingerprint=source.fingerprint)
-    log.info("predicting %d images of %s with %s (%d actors x %d threads, batch %d, %s GPUs each)",
-             len(source.records), source.root_uri, ref.uri, cfg.inference.actors,
-             predictor.threads, cfg.inference.batch_size, num_gpus)
-    dataset = build_pipeline(source, decode, predictor, cfg, num_gpus)
-
     report = source.report
     writer, predicted, first = None, 0, None
     start = time.perf_counter()
@@ -216,11 +193,42 @@ def run_predict(cfg: PredictConfig) -> PredictSummary:
         if writer is not None:
             writer.close()
     seconds = time.perf_counter() - start
-    first = first or (seconds, predicted)
+    return predicted, seconds, first or (seconds, predicted)
+
+
+def run_predict(cfg: PredictConfig) -> PredictSummary:
+    """Predict every image of ``cfg.input`` (see the module docs); returns the summary.
+
+    Raises ``ConfigError``, ``DataError``, ``CheckpointError`` or ``RegistryError`` for a
+    request that cannot be served, before any image is read.
+    """
+    from components.predict.results import RESULTS
+
+    ref, meta = resolve_model(cfg.model, tracking_uri=cfg.tracking_uri, cache_dir=cfg.cache_dir)
+    source = read_source(cfg, meta)
+    out = OutputDir(cfg.output)
+    results = RESULTS[meta.task](source, meta)
+    ensure_ray(cfg)
+    num_gpus = gpus_per_actor(cfg)
+    check_fits(cfg, num_gpus)
+    decode = DecodeSpec(images=source.images, image_size=meta.image_size,
+                        patch_size=meta.patch_size, max_pixels=cfg.decode.max_pixels)
+    predictor = PredictorSpec(
+        model=ref, threads=cfg.inference.torch_threads(), precision=cfg.inference.precision,
+        use_gpu=num_gpus > 0, top_k=cfg.top_k, score_threshold=cfg.score_threshold,
+        max_detections=cfg.max_detections, keep_logits=results.keep_logits,
+        data_fingerprint=source.fingerprint)
+    log.info("predicting %d images of %s with %s (%d actors x %d threads, batch %d, %s GPUs each)",
+             len(source.records), source.root_uri, ref.uri, cfg.inference.actors,
+             predictor.threads, cfg.inference.batch_size, num_gpus)
+    dataset = build_pipeline(source, decode, predictor, cfg, num_gpus)
+
+    report = source.report
+    predicted, seconds, first = stream_to_parquet(dataset, source, results, out)
     steady = ((predicted - first[1]) / (seconds - first[0])
               if predicted > first[1] and seconds > first[0] else None)
 
-    outputs = {"skipped": ""}
+    outputs: dict[str, str] = {}
     if predicted:
         outputs["predictions"] = out.where(PARQUET_FILE)
     metrics, extra = results.finish(out.write)
