@@ -19,6 +19,8 @@ from components.data.synth import CLASS_NAMES
 from tests.data.conftest import encode, png_with_header_size
 from tests.tracking.tracking_helpers import make_checkpoint
 
+CONFIG = str(Path(__file__).resolve().parents[2] / "pipelines" / "configs" / "predict_ci.yaml")
+
 # Bad files placed in the test folder, with the reason each must be skipped with.
 BAD_FILES = {
     "bad/corrupt.jpg": "not an image",
@@ -27,6 +29,17 @@ BAD_FILES = {
     "bad/empty.png": "empty file",
     "notes.txt": "not an image file extension",
 }
+
+
+def run_cli(capsys, *overrides: str) -> tuple[int, dict | None, str]:
+    """``python -m pipelines.predict`` with the CI config, in-process:
+    (exit code, the summary line as JSON or None, stderr)."""
+    from pipelines.predict import main
+
+    code = main(["--config", CONFIG, *overrides])
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    return code, (json.loads(lines[-1]) if code == 0 else None), captured.err
 
 
 def perturbed_checkpoint(directory: Path, *, model_name: str, class_names: list[str],

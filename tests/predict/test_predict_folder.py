@@ -7,6 +7,7 @@ bad images are skipped, counted and listed, never fatal.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -17,24 +18,20 @@ import torch
 
 from components.data.image_io import decode_image
 from components.tracking.packaging import model_from_checkpoint, predict_arrays
-from pipelines.predict import main
-from tests.predict.conftest import BAD_FILES
+from tests.predict.conftest import BAD_FILES, run_cli
 
-CONFIG = str(Path(__file__).resolve().parents[2] / "pipelines" / "configs" / "predict_ci.yaml")
 COLUMNS = {"image_id", "file", "sha256", "height", "width", "label", "score", "top_labels",
            "top_ids", "top_scores", "model_uri", "model_name", "model_version", "data_fingerprint"}
 
 
-def run_cli(capsys, *overrides: str) -> tuple[int, dict | None, str]:
-    """``main`` with the CI config; (exit code, the summary line as JSON or None, stderr)."""
-    code = main(["--config", CONFIG, *overrides])
-    captured = capsys.readouterr()
-    lines = captured.out.strip().splitlines()
-    return code, (json.loads(lines[-1]) if code == 0 else None), captured.err
+@functools.lru_cache(maxsize=4)
+def reference_model(checkpoint: Path):
+    return model_from_checkpoint(checkpoint)
 
 
 def expected_top(checkpoint: Path, data: bytes, k: int) -> tuple[list[int], np.ndarray]:
-    model, meta = model_from_checkpoint(checkpoint)
+    """The top-``k`` class ids and probabilities of a direct fp32 forward pass on one image."""
+    model, meta = reference_model(checkpoint)
     logits = torch.from_numpy(predict_arrays(model, meta, decode_image(data)[None]))
     scores, ids = logits.softmax(-1).topk(k)
     return ids[0].tolist(), scores[0].numpy()

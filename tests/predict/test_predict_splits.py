@@ -20,7 +20,7 @@ from components.data.loader import iter_batches
 from components.tracking.packaging import model_from_checkpoint
 from components.training.evaluate import (coco_metrics, evaluate_classification,
                                           predict_detections)
-from tests.predict.test_predict_folder import run_cli
+from tests.predict.conftest import run_cli
 
 
 @pytest.mark.slow
