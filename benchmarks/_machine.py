@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import platform
 import time
-from pathlib import Path
 
 import torch
 
-
-def cpu_name() -> str:
-    """The CPU model from ``/proc/cpuinfo`` (``platform.processor()`` where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from components.core.device import cpu_name  # noqa: F401  (re-exported for the scripts)
 
 
 def gemm_peak(dtype: torch.dtype, seconds: float, n: int = 2048) -> float:

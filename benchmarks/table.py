@@ -1,16 +1,25 @@
-"""Print the README's benchmark tables from ``benchmarks/results/*.json`` (never typed in).
+"""Write ``docs/benchmarks.md`` (tables + PNG plots) from ``benchmarks/results/*.json``.
 
-    python benchmarks/table.py            # Markdown on stdout
+    python benchmarks/table.py            # writes docs/benchmarks.md and docs/img/bench_*.png
+    python benchmarks/table.py --stdout   # Markdown on stdout, no files written
+
+Every number in the page comes from a JSON file a benchmark script wrote; nothing is typed
+in. A speed result whose machine was overloaded when it was measured (1-minute load average
+above 1.5x its cores, or a GEMM peak far below the CPU's rate) is listed as not published
+instead of shown.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
-
+DOC = ROOT / "docs" / "benchmarks.md"
+IMG = ROOT / "docs" / "img"
 
 def _load(name: str) -> dict | None:
     path = RESULTS / f"{name}.json"
@@ -247,42 +256,161 @@ def nms_table(d: dict) -> list[str]:
     return rows
 
 
-# (results/<name>.json, the script that writes it, its table)
-SECTIONS = [
-    ("data", "bench_data.py", data_table),
-    ("data_blocks", "bench_blocks.py --root .demo/synth", blocks_table),
-    ("models", "bench_models.py", models_table),
-    ("train", "bench_train.py", train_table),
-    ("train_gpu", "bench_train_gpu.py", train_gpu_table),
-    ("accuracy_gpu", "bench_accuracy_gpu.py", accuracy_gpu_table),
-    ("accuracy_gpu_rot90", "bench_accuracy_gpu.py --rot90", accuracy_gpu_table),
-    ("accuracy_cpu_stem", "bench_accuracy_gpu.py --threads 1 --models vit_demo+conv vit_demo ...",
-     accuracy_gpu_table),
-    ("accuracy_cpu_stem_long", "bench_accuracy_gpu.py --threads 1 --steps 1800 --num-train 4000 "
-     "--models vit_demo+conv --precision fp32 ...", accuracy_gpu_table),
-    ("detect_cpu", "bench_detect_gpu.py", detect_table),
-    ("detect_cpu_o2m", "bench_detect_gpu.py --threads 1 --models yolos_demo+conv --match-repeats 1 3 ...",
-     detect_table),
-    ("detect_cpu_recipe", "bench_detect_gpu.py --threads 1 --models yolos_demo+conv --match-repeats 3 ...",
-     detect_recipe_table),
-    ("detect_demo_nms", "nms_sweep.py CHECKPOINT --data-root .demo/synth", nms_table),
-    ("registry", "bench_registry.py", registry_table),
-    ("serve", "bench_serve.py", serve_table),
-    ("serve_vit_tiny_patch16_224_64px",
-     "bench_serve.py --model vit_tiny_patch16_224 --img-size 64", serve_table),
-    ("serve_vit_tiny_patch16_224", "bench_serve.py --model vit_tiny_patch16_224", serve_table),
+def generic_table(d: dict) -> list[str]:
+    """Any result file: its scalar fields as one line, each list of rows as a table."""
+    title = d.get("what") or d.get("benchmark", "results")
+    rows = [f"**{title}** ({_machine(d.get('machine', {})) or d.get('device', '')})", ""]
+    for section, value in d.items():
+        if section in ("machine", "what", "benchmark"):
+            continue
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            keys = list(dict.fromkeys(k for r in value for k in r if not isinstance(r[k], (dict, list))))
+            rows += ["", f"_{section}_", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+            rows += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in value]
+        elif isinstance(value, dict):
+            flat = {k: v for k, v in value.items() if not isinstance(v, (dict, list))}
+            if flat:
+                rows += ["", f"_{section}_: " + ", ".join(f"{k}={v}" for k, v in flat.items())]
+        else:
+            rows += ["", f"_{section}_: {value}"]
+    return rows
+
+
+def overloaded(d: dict) -> str | None:
+    """Why a speed result must not be published, or None."""
+    m = d.get("machine", {}) if isinstance(d.get("machine"), dict) else {}
+    cpus = m.get("cpus") or m.get("host_cpus") or m.get("cores")
+    for key in ("loadavg_at_start", "loadavg_at_end", "load_avg_at_start", "load_avg_1m_at_end",
+                "load_average_1m_at_start", "load_average_1m_at_end"):
+        value = m.get(key)
+        load = value[0] if isinstance(value, list) else value
+        if cpus and isinstance(load, (int, float)) and load > 1.5 * cpus:
+            return f"1-minute load average {load:.1f} on {cpus} cores"
+    peak = d.get("gemm_peak_tflops")
+    if isinstance(peak, dict) and isinstance(peak.get("fp32"), (int, float)) and cpus:
+        # a CPU core does >= ~30 GFLOP/s fp32 (AVX2 FMA at 2 GHz): far below that is contention
+        if peak["fp32"] < 0.3 * 0.03 * cpus:
+            return f"measured fp32 GEMM peak {peak['fp32']} TFLOP/s, far below {cpus} cores' rate"
+    note = str(m.get("note", ""))
+    if "other work ran" in note:
+        return "other work ran on the machine during the measurement"
+    return None
+
+
+def plot_curves(d: dict, key: str, label: str, path: Path, title: str) -> bool:
+    """Metric by step, one line per result row with a ``curve``; False if nothing to plot."""
+    series = [(r.get("variant") or r.get("model"), r["curve"]) for r in d.get("results", []) if r.get("curve")]
+    if not series:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    for i, (name, curve) in enumerate(series):
+        extra = f" ({d['results'][i].get('synth_images')} img)" if d["results"][i].get("synth_images") else ""
+        ax.plot([p["step"] for p in curve], [p[key] for p in curve], marker=".", label=f"{name}{extra}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(label)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+# Page layout: (heading, what the section answers, [(results name, script, formatter, kind)]).
+# kind "speed": refused when measured on an overloaded machine; "accuracy": curves are plotted.
+PAGE = [
+    ("Data pipeline", "Ray Data against a torch DataLoader doing the same work, and the block size.", [
+        ("data", "bench_data.py", data_table, "speed"),
+        ("data_blocks", "bench_blocks.py --root .demo/synth", blocks_table, "speed"),
+        ("decode", "bench_decode.py", generic_table, "speed"),
+    ]),
+    ("Training speed", "Our training step against timm eager, through Ray Train, on CPU and GPU.", [
+        ("models", "bench_models.py", models_table, "speed"),
+        ("train", "bench_train.py", train_table, "speed"),
+        ("train_gpu", "bench_train_gpu.py", train_gpu_table, "speed"),
+    ]),
+    ("Accuracy within a budget", "Validation accuracy by optimizer step on the synthetic shapes "
+     "(accuracy by step does not depend on machine load; seconds are not reported).", [
+        ("accuracy_gpu", "bench_accuracy_gpu.py", accuracy_gpu_table, "accuracy"),
+        ("accuracy_gpu_rot90", "bench_accuracy_gpu.py --rot90", accuracy_gpu_table, "accuracy"),
+        ("accuracy_cpu_stem", "bench_accuracy_gpu.py --threads 1 --models vit_demo+conv vit_demo ...",
+         accuracy_gpu_table, "accuracy"),
+        ("accuracy_cpu_stem_long", "bench_accuracy_gpu.py --threads 1 --steps 1800 --num-train 4000 "
+         "--models vit_demo+conv --precision fp32 ...", accuracy_gpu_table, "accuracy"),
+        ("detect_cpu", "bench_detect_gpu.py", detect_table, "accuracy"),
+        ("detect_cpu_o2m", "bench_detect_gpu.py --threads 1 --models yolos_demo+conv --match-repeats 1 3 ...",
+         detect_table, "accuracy"),
+        ("detect_cpu_recipe", "bench_detect_gpu.py --threads 1 --models yolos_demo+conv --match-repeats 3 ...",
+         detect_recipe_table, "table"),
+        ("detect_demo_nms", "nms_sweep.py CHECKPOINT --data-root .demo/synth", nms_table, "table"),
+        ("tune_yolos", "bench_tune.py", generic_table, "table"),
+    ]),
+    ("Inference", "Offline batch inference, exported models and the model registry.", [
+        ("predict", "bench_predict.py", generic_table, "speed"),
+        ("export", "bench_export.py", generic_table, "speed"),
+        ("registry", "bench_registry.py", registry_table, "speed"),
+    ]),
+    ("Serving", "Ray Serve over HTTP against the same model in-process, and autoscaling under a ramp.", [
+        ("serve", "bench_serve.py", serve_table, "speed"),
+        ("serve_vit_tiny_patch16_224_64px", "bench_serve.py --model vit_tiny_patch16_224 --img-size 64",
+         serve_table, "speed"),
+        ("serve_vit_tiny_patch16_224", "bench_serve.py --model vit_tiny_patch16_224", serve_table, "speed"),
+        ("autoscale", "bench_autoscale.py", generic_table, "speed"),
+    ]),
 ]
 
 
+def render(write_images: bool) -> str:
+    out = ["# Benchmarks", "",
+           "Generated by `python benchmarks/table.py` from `benchmarks/results/*.json`; each "
+           "script in `benchmarks/` measures its baseline in the same run. Every table names "
+           "the machine it was measured on.", ""]
+    missing: list[str] = []
+    for heading, intro, sections in PAGE:
+        body: list[str] = []
+        for name, script, fmt, kind in sections:
+            d = _load(name)
+            if d is None:
+                missing.append(f"`{name}` (`python benchmarks/{script}`)")
+                continue
+            why = overloaded(d) if kind == "speed" else None
+            if why:
+                missing.append(f"`{name}` (`python benchmarks/{script}`): measured with {why}; "
+                               "to be re-measured on a quiet machine")
+                continue
+            body += fmt(d) + [""]
+            if kind == "accuracy":
+                key, label = ("map50", "mAP50") if name.startswith("detect") else ("val_top1", "val top-1")
+                png = IMG / f"bench_{name}.png"
+                title = f"{name}: {d.get('device', '')}"
+                if (plot_curves(d, key, label, png, title) if write_images else png.is_file()):
+                    body += [f"![{label} by step, {name}](img/{png.name})", ""]
+        if body:
+            out += [f"## {heading}", "", intro, ""] + body
+    if missing:
+        out += ["## Not published", "",
+                "Results without a file, or measured on a machine too loaded to publish:", ""]
+        out += [f"- {m}" for m in missing] + [""]
+    return "\n".join(out)
+
+
 def main() -> int:
-    out: list[str] = []
-    for name, script, fmt in SECTIONS:
-        d = _load(name)
-        if d is None:
-            out += [f"_{name}: no results yet (run `python benchmarks/{script}`)_", ""]
-            continue
-        out += fmt(d) + [""]
-    sys.stdout.write("\n".join(out))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--stdout", action="store_true", help="print the Markdown; write no files")
+    args = ap.parse_args()
+    text = render(write_images=not args.stdout)
+    if args.stdout:
+        sys.stdout.write(text)
+    else:
+        DOC.write_text(text)
+        print(f"wrote {DOC.relative_to(ROOT)}")
     return 0
 
 

@@ -1,11 +1,14 @@
 """``vitpipe data ...``: synthesize, inspect and show datasets.
 
 - ``synth --out DIR``: the embedded synthetic dataset (COCO + ImageFolder).
-- ``inspect --coco ANN.json --images DIR [--json]``: validate every record and image;
-  report accepted ``images``/``annotations``, ``categories``, ``per_category`` counts and
-  ``skipped`` (``[{"file"|"id", "reason"}]``). ``--json`` prints exactly one JSON object.
-- ``show --coco ANN.json --images DIR --out DIR [--augment]``: draw boxes and labels on a
-  sample, optionally after the training transforms.
+- ``inspect --coco ANN.json --images DIR [--json]`` (or ``--voc ROOT [--split NAME]``):
+  validate every record and image; report accepted ``images``/``annotations``,
+  ``categories``, ``per_category`` counts and ``skipped`` (``[{"file"|"id", "reason"}]``).
+  ``--json`` prints exactly one JSON object.
+- ``show --coco ANN.json --images DIR --out DIR [--augment]`` (or ``--voc``): draw boxes and
+  labels on a sample, optionally after the training transforms.
+- ``convert --voc ROOT [--split NAME] --out FILE.json``: a Pascal VOC split (validated like
+  ``inspect``) as a COCO instances file for the images under ``ROOT/JPEGImages``.
 
 Exit 0 whenever the dataset could be read (skips included); a missing or malformed
 annotation file or image root is one line on stderr and exit 2.
@@ -31,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--image-size", type=int, default=None)
     synth.set_defaults(handler=_synth)
 
-    inspect = sub.add_parser("inspect", help="validate a COCO dataset and report what was accepted")
+    inspect = sub.add_parser("inspect", help="validate a COCO or VOC dataset and report what was accepted")
     _add_source_args(inspect)
     inspect.add_argument("--json", action="store_true", help="print exactly one JSON object")
     inspect.set_defaults(handler=_inspect)
@@ -45,10 +48,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("--image-size", type=int, default=192, help="model input size (--augment)")
     show.set_defaults(handler=_show)
 
+    convert = sub.add_parser("convert", help="write a Pascal VOC split as a COCO instances file")
+    convert.add_argument("--voc", required=True, help="VOC folder (path or URI)")
+    convert.add_argument("--split", default=None,
+                         help="ImageSets/Main/<split>.txt (default: every XML)")
+    convert.add_argument("--out", required=True, help="COCO JSON file to write")
+    convert.add_argument("--max-pixels", type=int, default=None, help="skip images above this size")
+    convert.set_defaults(handler=_convert, coco=None, images=None)
+
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--coco", required=True, help="COCO instances JSON (path or URI)")
-    p.add_argument("--images", required=True, help="image root (path or URI)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--coco", help="COCO instances JSON (path or URI); needs --images")
+    source.add_argument("--voc", help="Pascal VOC folder, or a flat folder of XML + images")
+    p.add_argument("--images", help="COCO: image root (path or URI)")
+    p.add_argument("--split", default=None,
+                   help="VOC: the split in ImageSets/Main/<split>.txt (default: every XML)")
     p.add_argument("--max-pixels", type=int, default=None, help="skip images above this size")
 
 
@@ -67,22 +82,44 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_records(args: argparse.Namespace):
+    """The COCO or VOC source named on the command line (records only) or UserError."""
+    from components.cli.main import UserError
+    from components.data.coco import read_coco
+    from components.data.config import DataConfig
+    from components.data.errors import DataError
+    from components.data.voc import read_voc
+
+    if args.coco is not None and args.images is None:
+        raise UserError("--coco needs --images (the image root)")
+    if args.voc is not None and args.images is not None:
+        raise UserError("--images is for --coco; a VOC folder's images are found from it")
+    if args.coco is not None and args.split is not None:
+        raise UserError("--split is for --voc; a COCO split is its own annotation file")
+    where = args.images if args.coco is not None else args.voc
+    try:
+        if args.coco is not None:
+            return read_coco(args.coco, args.images)
+        image_set = None if args.split is None else DataConfig(
+            format="voc", root=args.voc).split_paths(args.split).image_set
+        return read_voc(args.voc, image_set=image_set)
+    except DataError as err:
+        raise UserError(str(err)) from None
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {where}: {err}") from None
+
+
 def _read(args: argparse.Namespace, *, check_pixels: bool):
-    """Read + validate the COCO source (pixels too, when asked) or raise UserError."""
+    """Read + validate the COCO/VOC source (pixels too, when asked) or raise UserError."""
     from tqdm import tqdm
 
     from components.cli.main import UserError
-    from components.data.coco import CocoFormatError, check_image, read_coco
+    from components.data.coco import check_image
     from components.data.image_io import DEFAULT_MAX_PIXELS
 
-    try:
-        source = read_coco(args.coco, args.images)
-    except CocoFormatError as err:
-        raise UserError(str(err)) from None
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {args.images}: {err}") from None
+    source = _read_records(args)
     if not source.images.is_dir():
-        raise UserError(f"image root {args.images} does not exist or is not a folder")
+        raise UserError(f"image root {args.images or args.voc} does not exist or is not a folder")
     if check_pixels:
         bad = set()
         limit = args.max_pixels or DEFAULT_MAX_PIXELS
@@ -180,4 +217,23 @@ def _show(args: argparse.Namespace) -> int:
         draw_boxes(image, xyxy, labels).save(out / name)
         written += 1
     print(f"wrote {written} images to {out}")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from components.cli.main import UserError
+
+    source = _read(args, check_pixels=True)
+    out = Path(args.out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(source.gt, sort_keys=True))
+    except OSError as err:
+        raise UserError(f"cannot write {out}: {err}") from None
+    images_uri = source.images.root
+    print(f"wrote {len(source.gt['images'])} images, {len(source.gt['annotations'])} "
+          f"annotations ({len(source.report.skipped)} records skipped) to {out}; "
+          f"images: {images_uri}")
     return 0

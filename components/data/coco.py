@@ -28,7 +28,7 @@ from typing import Any
 
 from components.data.errors import DataError
 from components.data.fs import Location, PathEscapeError, read_uri
-from components.data.image_io import BadImageError, decode_image
+from components.data.image_io import BadImageError, decode_at_size
 from components.data.report import SkipReport
 
 # A box thinner than this fraction of its image's side is "degenerate": it has no extent
@@ -121,7 +121,16 @@ def _clip(box: list[float], width: int, height: int) -> list[float] | None:
 def read_coco(annotations_uri: str, images_uri: str, *, class_names: list[str] | None = None
               ) -> CocoSource:
     """Read ``annotations_uri`` (COCO instances) for images under ``images_uri``."""
-    data = load_coco_json(annotations_uri)
+    return coco_source(load_coco_json(annotations_uri), images_uri, class_names=class_names,
+                       where=annotations_uri)
+
+
+def coco_source(data: dict[str, Any], images_uri: str, *, class_names: list[str] | None = None,
+                where: str = "annotations") -> CocoSource:
+    """Validate a structurally checked COCO instances dict (see :func:`load_coco_json`) for
+    images under ``images_uri``; ``where`` names its origin in errors. Other readers (VOC)
+    build such a dict and share these checks."""
+    annotations_uri = where
     images = Location.from_uri(images_uri)
     report = SkipReport()
 
@@ -251,6 +260,8 @@ def check_image(images: Location, record: dict[str, Any], *, max_pixels: int
 
     Checks that the file exists, decodes (see :func:`decode_image`) and, when the record
     states ``width``/``height`` (> 0), that they match the decoded, EXIF-oriented image.
+    A JPEG is decoded at its smallest reduced scale: every byte is still read and
+    entropy-decoded, so truncation and corruption are found as in a full decode.
     """
     try:
         data = images.read(record["file"])
@@ -262,11 +273,11 @@ def check_image(images: Location, record: dict[str, Any], *, max_pixels: int
         return f"unreadable file ({err})", ""
     digest = hashlib.sha256(data).hexdigest()
     try:
-        rgb = decode_image(data, max_pixels=max_pixels)
+        _, (full_h, full_w) = decode_at_size(data, (1, 1), max_pixels=max_pixels)
     except BadImageError as err:
         return err.reason, digest
     w, h = record.get("width", -1), record.get("height", -1)
-    if w > 0 and h > 0 and (rgb.shape[0], rgb.shape[1]) != (h, w):
+    if w > 0 and h > 0 and (full_h, full_w) != (h, w):
         return (f"stored size {w}x{h} does not match decoded size "
-                f"{rgb.shape[1]}x{rgb.shape[0]}"), digest
+                f"{full_w}x{full_h}"), digest
     return None, digest

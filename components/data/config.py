@@ -6,7 +6,8 @@ or explicit per-split paths in ``splits``; an explicit split entry wins over ``r
 
 ``root`` layout: COCO ``annotations/instances_<split>.json`` + ``images/<split>/``;
 ImageFolder ``imagefolder/<split>/<class>/*`` if that folder exists, else
-``<split>/<class>/*``.
+``<split>/<class>/*``; Pascal VOC: ``root`` is the VOC folder (``Annotations/``,
+``JPEGImages/``) and the split lists its ids in ``ImageSets/Main/<split>.txt``.
 """
 
 from __future__ import annotations
@@ -21,11 +22,20 @@ BLOCK_TARGET_BYTES = 8 * 1024 * 1024  # uint8 patches per block: 256 rows at 96 
 MAX_ROWS_PER_BLOCK = 256
 
 
+Format = Literal["coco", "imagefolder", "voc"]
+# What each format gives: the batch contract its rows follow.
+FORMAT_TASK: dict[str, Literal["classification", "detection"]] = {
+    "coco": "detection", "voc": "detection", "imagefolder": "classification"}
+
+
 class SplitPaths(StrictModel):
-    """One split's files: COCO needs ``annotations`` + ``images``; ImageFolder ``images``."""
+    """One split's files: COCO needs ``annotations`` + ``images``; ImageFolder ``images``;
+    VOC ``images`` (the VOC folder, or a flat folder of XML + images) and optionally
+    ``image_set`` (the split's id list; none: every XML of the folder)."""
 
     annotations: str | None = None  # COCO instances JSON
-    images: str  # COCO image root, or the ImageFolder split folder (class subfolders)
+    images: str  # COCO image root, the ImageFolder split folder (class subfolders), VOC folder
+    image_set: str | None = None  # VOC: ids of the split, one per line (ImageSets/Main/x.txt)
 
 
 class AugmentConfig(StrictModel):
@@ -58,7 +68,7 @@ class AugmentConfig(StrictModel):
 class DataConfig(StrictModel):
     """Everything the data stage needs; validated before any Ray task starts."""
 
-    format: Literal["coco", "imagefolder"] = "coco"
+    format: Format = "coco"
     root: str | None = None
     splits: dict[str, SplitPaths] = Field(default_factory=dict)
     class_names: list[str] | None = None  # fix the label order (fine-tuning); default: sorted
@@ -72,6 +82,8 @@ class DataConfig(StrictModel):
     shuffle: bool = True  # shuffle the row order of training splits (seeded)
     preserve_order: bool = True  # deliver rows in the (seeded) order: reproducible batches
     validate_images: bool = True  # decode every image once up front (exact skip report)
+    # Large JPEGs decode at 1/2, 1/4 or 1/8 scale, never below the size the transforms use.
+    reduced_decode: bool = True
     # Rows per Ray Data block / map task. None: as many as fit BLOCK_TARGET_BYTES of patches,
     # at most MAX_ROWS_PER_BLOCK (each task costs a few ms of scheduling whatever its size:
     # 16-row blocks spent ~3x the decode time on it, docs/data.md).
@@ -91,6 +103,12 @@ class DataConfig(StrictModel):
             for name, paths in self.splits.items():
                 if paths.annotations is None:
                     raise ValueError(f"splits.{name}.annotations is required for format 'coco'")
+        for name, paths in self.splits.items():
+            if paths.image_set is not None and self.format != "voc":
+                raise ValueError(f"splits.{name}.image_set is for format 'voc'")
+            if paths.annotations is not None and self.format == "voc":
+                raise ValueError(f"splits.{name}.annotations is for format 'coco'; a VOC split "
+                                 "is splits.<name>.images (the VOC folder) + image_set")
         return self
 
     def block_rows(self) -> int:
@@ -113,5 +131,8 @@ class DataConfig(StrictModel):
                 annotations=join_uri(self.root, "annotations", f"instances_{split}.json"),
                 images=join_uri(self.root, "images", split),
             )
+        if self.format == "voc":
+            return SplitPaths(images=self.root,
+                              image_set=join_uri(self.root, "ImageSets", "Main", f"{split}.txt"))
         nested = join_uri(self.root, "imagefolder", split)
         return SplitPaths(images=nested if uri_is_dir(nested) else join_uri(self.root, split))

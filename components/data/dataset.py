@@ -2,9 +2,14 @@
 
 Pipeline (one Ray Data map stage, CPU-only tasks)::
 
-    records (driver, metadata only) → read bytes (pyarrow fs) → decode_image → check size
+    records (driver, metadata only) → read bytes (pyarrow fs) → decode_at_size → check size
       → ImageTransform (train: albumentations, bbox-aware; eval: whole-image resize)
       → patchify → uint8 patches (+ padded boxes / classes / mask for detection)
+
+Sources: COCO and Pascal VOC (detection), ImageFolder (classification); ``data.format``
+picks the reader (``READERS``). Large JPEGs are decoded at the reduced size the transform
+asks for (``ImageTransform.min_decode_size``, ``data.reduced_decode``), boxes scaled with
+them; ``orig_size`` stays the full image's size.
 
 Only metadata lives on the driver; image bytes are read inside the map tasks and leave
 them as ``image_size²`` uint8 patches, so the dataset streams and never sits in memory.
@@ -43,13 +48,14 @@ from typing import Any, Literal
 import numpy as np
 
 from components.data.coco import CocoSource, check_image, read_coco
-from components.data.config import AugmentConfig, DataConfig
+from components.data.config import FORMAT_TASK, AugmentConfig, DataConfig, SplitPaths
 from components.data.errors import DataError
 from components.data.fs import Location
-from components.data.image_io import BadImageError, decode_image
+from components.data.image_io import BadImageError, decode_at_size
 from components.data.imagefolder import ImageFolderSource, read_imagefolder
 from components.data.patchify import patchify
 from components.data.report import SkipReport
+from components.data.voc import read_voc
 
 log = logging.getLogger(__name__)
 Task = Literal["classification", "detection"]
@@ -69,7 +75,7 @@ def pad_boxes(boxes: np.ndarray, classes: np.ndarray, max_boxes: int
 
 
 def task_of(cfg: DataConfig) -> Task:
-    return "detection" if cfg.format == "coco" else "classification"
+    return FORMAT_TASK[cfg.format]
 
 
 # ----------------------------------------------------------------- map-task side
@@ -88,6 +94,7 @@ class RowSpec:
     seed: int | None
     epoch: int
     passes: Any = None  # PassCounter actor handle: training datasets vary per pass
+    reduced_decode: bool = True  # JPEGs decode at transform.min_decode_size
 
 
 @functools.lru_cache(maxsize=8)
@@ -116,7 +123,7 @@ def make_rows(batch: dict[str, np.ndarray], spec: RowSpec) -> dict[str, np.ndarr
     """Map-task body: a batch of records → a batch of model-ready rows (bad images dropped)."""
     import cv2
 
-    from components.data.transforms import row_seed
+    from components.data.transforms import row_seed, scale_boxes
 
     cv2.setNumThreads(1)  # one CPU per task: OpenCV's own threads would only contend
     transform = _transform(spec.task, spec.training, spec.image_size,
@@ -130,17 +137,18 @@ def make_rows(batch: dict[str, np.ndarray], spec: RowSpec) -> dict[str, np.ndarr
     for i in range(len(batch["image_id"])):
         image_id, file = int(batch["image_id"][i]), str(batch["file"][i])
         try:
-            rgb = decode_image(spec.images.read(file), max_pixels=spec.max_pixels)
+            rgb, (h, w) = decode_at_size(
+                spec.images.read(file), transform.min_decode_size if spec.reduced_decode else None,
+                max_pixels=spec.max_pixels)
         except (BadImageError, OSError, ValueError) as err:
             log.warning("skipping %s while streaming: %s", file, err)
             continue
-        h, w = rgb.shape[:2]
         seed = row_seed(spec.seed, epoch, image_id)
         if spec.task == "classification":
             image, _, _ = transform(rgb, seed=seed)
             rows["label"].append(int(batch["label"][i]))
         else:
-            boxes_in = np.asarray(batch["boxes"][i], np.float32).reshape(-1, 4)
+            boxes_in = scale_boxes(batch["boxes"][i], (h, w), rgb.shape[:2])
             classes_in = np.asarray(batch["classes"][i], np.int64).reshape(-1)
             image, boxes, classes = transform(rgb, boxes_in, classes_in, seed=seed)
             m = spec.max_boxes
@@ -226,11 +234,16 @@ class DataBundle:
         return _make_dataset(self.records, self.config, self.spec.training, epoch, self.spec)
 
 
+READERS = {  # data.format → reader of one split's paths
+    "coco": lambda p, names: read_coco(p.annotations, p.images, class_names=names),
+    "voc": lambda p, names: read_voc(p.images, image_set=p.image_set, class_names=names),
+    "imagefolder": lambda p, names: read_imagefolder(p.images, class_names=names),
+}
+
+
 def _read_source(cfg: DataConfig, split: str) -> CocoSource | ImageFolderSource:
-    paths = cfg.split_paths(split)
-    if cfg.format == "coco":
-        return read_coco(paths.annotations, paths.images, class_names=cfg.class_names)
-    return read_imagefolder(paths.images, class_names=cfg.class_names)
+    paths: SplitPaths = cfg.split_paths(split)
+    return READERS[cfg.format](paths, cfg.class_names)
 
 
 def _num_blocks(n: int, cfg: DataConfig) -> int:
@@ -316,8 +329,8 @@ def build_dataset(cfg: DataConfig, split: str, *, training: bool, epoch: int = 0
 
     ``training`` turns on augmentation and (seeded) shuffling of the row order; ``epoch``
     selects the epoch's order and augmentation (also :meth:`DataBundle.for_epoch`).
-    Raises :class:`DataError` (``CocoFormatError`` / ``ImageFolderError``) for unusable
-    inputs, a split with no usable image among them.
+    Raises :class:`DataError` (``CocoFormatError`` / ``VocFormatError`` /
+    ``ImageFolderError``) for unusable inputs, a split with no usable image among them.
     """
     source = _read_source(cfg, split)
     digests = _validate(source, cfg) if cfg.validate_images else {}
@@ -333,7 +346,8 @@ def build_dataset(cfg: DataConfig, split: str, *, training: bool, epoch: int = 0
     spec = RowSpec(images=source.images, task=task, training=training,
                    image_size=cfg.image_size, patch_size=cfg.patch_size,
                    max_boxes=cfg.max_boxes, max_pixels=cfg.max_pixels,
-                   augment=cfg.augment, seed=cfg.seed, epoch=epoch)
+                   augment=cfg.augment, seed=cfg.seed, epoch=epoch,
+                   reduced_decode=cfg.reduced_decode)
     dataset = _make_dataset(source.records, cfg, training, epoch, spec)
     if report.skipped:
         log.warning("%s/%s: skipped %d records (%s)", cfg.format, split, len(report.skipped),

@@ -6,6 +6,14 @@ converted; it refuses empty, non-image, truncated and oversized input with a
 :class:`BadImageError` whose ``reason`` is a short, countable phrase. The pixel limit is
 checked from the header, before any pixel is decoded (decompression bombs cost nothing).
 
+``decode_at_size`` is the same decode for an image that will be shrunk anyway: a JPEG much
+larger than what the caller needs is decoded by libjpeg at 1/2, 1/4 or 1/8 scale (Pillow's
+``Image.draft``: the smallest of these that keeps each side >= the requested size), which
+skips most of the decoding work. The reduced image is an exact scaled copy of the whole
+picture (``(w', h') = ceil((W, H) / scale)``, edge pixels resampled so that nothing is
+shifted), so boxes in original pixels map to it by ``w' / W`` and ``h' / H`` and normalised
+boxes need no change.
+
 ``preprocess`` is the eval transform shared by the val dataset, promotion and serving:
 the WHOLE image is resized to ``image_size × image_size`` (no crop, no pad) and
 patchified, so normalised boxes map back to the original pixels by a plain scale.
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -99,6 +108,28 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         BadImageError: ``reason`` one of "empty file", "not an image", "too many pixels
         (W x H > limit)", "truncated or corrupt image (...)".
     """
+    return decode_at_size(data, None, max_pixels=max_pixels)[0]
+
+
+# (width, height) of the whole displayed image → the smallest (width, height) wanted.
+SizeRequest = Callable[[int, int], tuple[int, int]]
+
+
+def decode_at_size(data: bytes, min_size: tuple[int, int] | SizeRequest | None, *,
+                   max_pixels: int = DEFAULT_MAX_PIXELS
+                   ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Encoded bytes → ``(RGB uint8 [h', w', 3], (H, W))``, EXIF orientation applied.
+
+    ``(H, W)`` is the whole image's displayed size. ``min_size`` (displayed ``(width,
+    height)``, or a function of ``(W, H)`` giving it) lets a JPEG decode at the smallest
+    1/2, 1/4 or 1/8 scale whose sides are all >= it; ``w' = ceil(W / scale)``,
+    ``h' = ceil(H / scale)`` and the picture is an exact scaled copy of the whole one (see
+    the module docs). Other formats, ``None`` and sizes that allow no reduction decode in
+    full (``(h', w') == (H, W)``). The pixel limit applies to the full size, from the header.
+
+    Raises:
+        BadImageError: as :func:`decode_image`.
+    """
     with _open(data) as im:
         w, h = im.size
         if w <= 0 or h <= 0:
@@ -108,6 +139,11 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                swap = _exif_swaps_axes(im)
+                full_w, full_h = (h, w) if swap else (w, h)
+                if min_size is not None and im.format == "JPEG":
+                    want = min_size(full_w, full_h) if callable(min_size) else min_size
+                    im = _draft(im, want[::-1] if swap else want)
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 rgb = _to_rgb(im)
@@ -115,7 +151,29 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
             raise
         except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, ...
             raise BadImageError(f"truncated or corrupt image ({err})") from None
-    return np.ascontiguousarray(rgb)
+    return np.ascontiguousarray(rgb), (full_h, full_w)
+
+
+def _draft(im: Image.Image, want: tuple[int, int]) -> Image.Image:
+    """Ask libjpeg for a reduced decode of ``im`` (stored orientation) with sides >= ``want``.
+
+    libjpeg's reduced image is ``ceil(W / s) × ceil(H / s)`` whose last column/row is only
+    partly inside the picture (``W / s`` is fractional); it is resampled from the exact
+    box ``(0, 0, W / s, H / s)`` to the same size so that the result is the whole picture
+    scaled by ``ceil(W / s) / W`` (and likewise for ``H``), with no shift of the content.
+    """
+    w, h = im.size
+    want_w, want_h = max(1, int(want[0])), max(1, int(want[1]))
+    if w // want_w < 2 or h // want_h < 2:
+        return im  # no 1/2 scale keeps both sides large enough
+    drafted = im.draft(im.mode, (want_w, want_h))
+    if drafted is None or im.size == (w, h):
+        return im
+    _, box = drafted  # (0, 0, W / s, H / s) in the reduced image's pixels
+    if box[2] == im.size[0] and box[3] == im.size[1]:
+        return im  # the scale divides both sides: already exact
+    im.load()
+    return im.resize(im.size, Image.Resampling.BILINEAR, box=box)
 
 
 def resize_whole(image_rgb: np.ndarray, image_size: int) -> np.ndarray:

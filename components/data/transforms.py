@@ -11,6 +11,9 @@ boxes in the batch format (normalised cxcywh, ``components.data.boxes``):
 
 Very large images are first shrunk (area filter) so the longer side is at most
 ``4 × S``: the crop then works on few pixels, and boxes are scaled with them.
+:meth:`ImageTransform.min_decode_size` tells the decoder how small a JPEG may be decoded
+for this (``image_io.decode_at_size``): ``S × S`` for eval, a longer side of ``4 × S`` for
+training; :func:`scale_boxes` moves original-pixel boxes onto such a reduced image.
 
 Randomness: each image gets its own seed ``(seed, epoch, image_id)`` → same seed, same
 augmentation wherever the row is processed; ``seed=None`` → fresh randomness every pass.
@@ -18,6 +21,7 @@ augmentation wherever the row is processed; ``seed=None`` → fresh randomness e
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import albumentations as A
@@ -38,6 +42,17 @@ def row_seed(seed: int | None, epoch: int, image_id: int) -> int | None:
     if seed is None:
         return None
     return int(np.random.SeedSequence([seed, epoch, image_id]).generate_state(1)[0])
+
+
+def scale_boxes(boxes_xywh: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int]
+                ) -> np.ndarray:
+    """COCO xywh ``[M, 4]`` in pixels of a ``from_hw`` image → pixels of the same picture
+    at ``to_hw`` (h, w); unchanged when the sizes are equal."""
+    boxes = np.asarray(boxes_xywh, np.float32).reshape(-1, 4)
+    if tuple(from_hw) == tuple(to_hw):
+        return boxes
+    sx, sy = to_hw[1] / from_hw[1], to_hw[0] / from_hw[0]
+    return boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
 
 
 def preshrink(image: np.ndarray, boxes_xywh: np.ndarray, limit: int
@@ -96,6 +111,19 @@ class ImageTransform:
         self.augmenting = bool(training and augment is not None and augment.enabled)
         self.augment = (build_train_augment(augment, image_size, with_boxes=task == "detection")
                         if self.augmenting else None)
+
+    def min_decode_size(self, width: int, height: int) -> tuple[int, int]:
+        """The smallest ``(width, height)`` a ``width × height`` image may be decoded at
+        without changing what this transform makes of it (to within resampling): eval
+        resizes the whole image to ``S × S``; training first shrinks the longer side to
+        ``4 × S`` (:func:`preshrink`)."""
+        s = self.image_size
+        if not self.augmenting:
+            return s, s
+        factor = PRESHRINK_FACTOR * s / max(width, height)
+        if factor >= 1:
+            return width, height
+        return math.ceil(width * factor), math.ceil(height * factor)
 
     def __call__(self, image: np.ndarray, boxes_xywh: np.ndarray | None = None,
                  classes: np.ndarray | None = None, *, seed: int | None = None

@@ -141,7 +141,7 @@ def measure_model(
     model = build_model(name, num_classes=num_classes, img_size=img_size, **(overrides or {})).eval()
     h, w = (model.img_size, model.img_size) if isinstance(model.img_size, int) else model.img_size
     device = torch.device("cpu")
-    amp = autocast_dtype(device, precision)
+    amp = autocast_dtype(device, precision, model)
     rng = np.random.default_rng(0)
 
     def inputs(batch: int):

@@ -122,8 +122,8 @@ def train_to_target(spec: TrainingSpec, data: TaskData, *, target: float, max_ep
 
     torch.manual_seed(seed)
     device = torch.device("cpu")
-    amp = autocast_dtype(device, precision)
     model = build_model(spec.model, num_classes=data.num_classes, img_size=data.image_size, **spec.overrides)
+    amp = autocast_dtype(device, precision, model, train=True)
     if spec.task == "classification":
         loss_fn = classification_loss(0.0)
         metric_name = "top1"

@@ -209,4 +209,4 @@ class ModelServer:
 def _dtype_for(loaded: LoadedModel, precision: str):
     from components.core.device import autocast_dtype
 
-    return autocast_dtype(loaded.device, precision)
+    return autocast_dtype(loaded.device, precision, loaded.model)

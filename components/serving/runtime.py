@@ -157,7 +157,7 @@ def load_version(uri: str, *, task: str, cache_dir: str | Path | None = None,
     loaded = LoadedModel(
         model=model.eval(), meta=meta, name=resolved.name, version=str(resolved.version),
         alias=resolved.alias, uri=uri, device=device,
-        autocast=autocast_dtype(device, precision),
+        autocast=autocast_dtype(device, precision, model),
     )
     warm = loaded.warm_up(warmup_batch_sizes)
     log.info("loaded %s → version %s (%s) in %.2fs, warm-up %.2fs", uri, loaded.version,

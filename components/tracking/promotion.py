@@ -201,7 +201,7 @@ def measure(
             f"{checkpoint_dir}: the model's classes {meta.class_names} differ from the "
             f"validation data's {list(bundle.class_names)}: the scores would not be comparable"
         )
-    dtype = autocast_dtype(device, cfg.precision)
+    dtype = autocast_dtype(device, cfg.precision, model)
     if cfg.task == "classification":
         return evaluate_classification(
             model, batches(), device=device, autocast_dtype=dtype,

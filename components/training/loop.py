@@ -120,7 +120,9 @@ def loader_task(cfg: TrainConfig, data_format: str | None) -> str:
     """The batch contract the loader collates: an MAE reads either format, ignoring labels."""
     if cfg.task != "mae":
         return cfg.task
-    return "detection" if data_format == "coco" else "classification"
+    from components.data.config import FORMAT_TASK
+
+    return FORMAT_TASK.get(data_format or "", "classification")
 
 
 # ---------------------------------------------------------------------------- validation
@@ -198,7 +200,7 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
     del init_state
     base = model
     model = ray.train.torch.prepare_model(model)
-    amp = autocast_dtype(device, cfg.precision)
+    amp = autocast_dtype(device, cfg.precision, base, train=True)
     scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(amp, device) else None
     optimizer = build_optimizer(base, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, plan["total_steps"])

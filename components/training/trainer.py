@@ -322,7 +322,7 @@ def evaluate_checkpoint(checkpoint_dir: Path, val_bundle, cfg: TrainConfig) -> d
                 "checkpoint_metrics": meta.metrics, "_plots": []}
     device = pick_device(prefer_gpu=cfg.scaling.use_gpu)
     model, meta = model_from_checkpoint(checkpoint_dir, device=device)
-    amp = autocast_dtype(device, cfg.precision)
+    amp = autocast_dtype(device, cfg.precision, model)
     batches = iter_batches(val_bundle.dataset, batch_size=cfg.eval.batch_size, task=cfg.task)
     plots_dir = checkpoint_dir.parent / f"{checkpoint_dir.name}-plots"
     plots: list[str] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -133,3 +134,32 @@ def tiny_synth(tmp_path_factory) -> Path:
 
     return synthesize(tmp_path_factory.mktemp("tinysynth"),
                       SynthConfig(seed=3, num_train=24, num_val=8, image_size=64))
+
+
+# The real BCCD photographs (Pascal VOC, MIT license; read-only: copies go to tmp).
+BCCD = Path(os.environ.get("VITPIPE_BCCD", "/work/shared/data/bccd"))
+BCCD_VOC = BCCD / "BCCD"
+
+
+def copy_bccd(dest: Path, splits: dict[str, int]) -> Path:
+    """The first ``n`` ids of each BCCD split copied into a VOC folder under ``dest`` (with
+    the dataset's LICENSE); returns that folder."""
+    import shutil
+
+    root = dest / "BCCD"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copy(BCCD / "LICENSE", dest / "LICENSE")
+    for split, n in splits.items():
+        ids = (BCCD_VOC / "ImageSets" / "Main" / f"{split}.txt").read_text().split()[:n]
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+        for i in ids:
+            shutil.copy(BCCD_VOC / "Annotations" / f"{i}.xml", root / "Annotations")
+            shutil.copy(BCCD_VOC / "JPEGImages" / f"{i}.jpg", root / "JPEGImages")
+    return root
+
+
+@pytest.fixture(scope="session")
+def bccd_small(tmp_path_factory) -> Path:
+    """A few real BCCD photographs in VOC layout: 6 train and 3 val images."""
+    return copy_bccd(tmp_path_factory.mktemp("bccd"), {"train": 6, "val": 3})
