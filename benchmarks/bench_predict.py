@@ -1,8 +1,9 @@
 """Batch inference throughput: the Ray Data pipeline (``run_predict``) vs a plain loop.
 
 Both sides do the same work per image over the same files and checkpoint: read the bytes,
-decode (``decode_image``), eval transform (``preprocess``: whole-image resize to the
-model's size, patchify), a batched forward pass, softmax top-5. Both run in fp32, or both
+decode and eval transform (``components.predict.stages.model_input``: a JPEG decoded at the
+smallest reduced scale covering the model's size, whole-image resize, patchify), a batched
+forward pass, softmax top-5. Both run in fp32, or both
 in bf16 autocast when this CPU has native bf16 and a forward pass is measured > 5% faster
 in it (``bf16_forward_speedup`` in the JSON). The plain loop is
 what a user would write in one process: decode a batch of files, stack, forward with
@@ -107,7 +108,7 @@ def plain_loop(checkpoint: Path, folder: Path, batch_size: int, precision: str =
 
     import torch
 
-    from components.data.image_io import decode_image, preprocess
+    from components.predict.stages import model_input
     from components.tracking.packaging import model_from_checkpoint
 
     model, meta = model_from_checkpoint(checkpoint)
@@ -118,8 +119,9 @@ def plain_loop(checkpoint: Path, folder: Path, batch_size: int, precision: str =
     start = time.perf_counter()
     kept = 0
     for i in range(0, len(files), batch_size):
-        patches = [preprocess(decode_image(f.read_bytes()), image_size=meta.image_size,
-                              patch_size=meta.patch_size)[0] for f in files[i:i + batch_size]]
+        patches = [model_input(f.read_bytes(), image_size=meta.image_size,
+                               patch_size=meta.patch_size, max_pixels=40_000_000)[0]
+                   for f in files[i:i + batch_size]]
         with torch.inference_mode(), cast:
             logits = model(torch.from_numpy(np.stack(patches)), grid).float()
         kept += len(logits.softmax(-1).topk(5).indices)

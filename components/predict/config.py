@@ -44,6 +44,9 @@ class DecodeConfig(StrictModel):
     rows_per_block: int = Field(16, ge=1, description="images per decode task (Ray Data block)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description=(
         "images with more pixels are skipped, checked from the header before decoding"))
+    reduced: bool = Field(True, description=(
+        "decode a JPEG at the smallest 1/2, 1/4 or 1/8 scale still covering the model's "
+        "input (libjpeg's reduced decode; the data layer's eval transform does the same)"))
 
 
 class InferenceConfig(StrictModel):
@@ -57,7 +60,8 @@ class InferenceConfig(StrictModel):
     threads: int | None = Field(None, ge=1, description=(
         "torch intra-op threads per actor (null: num_cpus rounded, at least 1)"))
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("fp32", description=(
-        "autocast dtype; auto: bf16 on GPUs and on CPUs with native bf16, else fp32"))
+        "autocast dtype; auto: bf16 on GPUs, and on a CPU where the replica's forward pass is "
+        "measured faster in it, else fp32"))
 
     def torch_threads(self) -> int:
         return self.threads or max(1, round(self.num_cpus))

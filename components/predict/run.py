@@ -212,7 +212,8 @@ def run_predict(cfg: PredictConfig) -> PredictSummary:
     num_gpus = gpus_per_actor(cfg)
     check_fits(cfg, num_gpus)
     decode = DecodeSpec(images=source.images, image_size=meta.image_size,
-                        patch_size=meta.patch_size, max_pixels=cfg.decode.max_pixels)
+                        patch_size=meta.patch_size, max_pixels=cfg.decode.max_pixels,
+                        reduced=cfg.decode.reduced)
     predictor = PredictorSpec(
         model=ref, threads=cfg.inference.torch_threads(), precision=cfg.inference.precision,
         use_gpu=num_gpus > 0, top_k=cfg.top_k, score_threshold=cfg.score_threshold,

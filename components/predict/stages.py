@@ -8,7 +8,7 @@
 
 :func:`decode_rows` rows: ``image_id`` int64, ``file`` str, ``sha256`` str (of the file's
 bytes), ``height``/``width`` int64 (original pixels), ``patches`` uint8 ``[N, P*P*3]``
-(the eval transform: whole image resized to the model's size, ``components.data.image_io``)
+(:func:`model_input`: the eval transform, whole image resized to the model's size)
 and ``error`` str (``""`` for a good image; else the skip reason, with zero patches).
 
 :class:`Predictor` answers with an Arrow table: ``image_id``, ``file``, ``sha256``,
@@ -41,6 +41,23 @@ class DecodeSpec:
     image_size: int
     patch_size: int
     max_pixels: int
+    reduced: bool = True
+
+
+def model_input(data: bytes, *, image_size: int, patch_size: int, max_pixels: int,
+                reduced: bool = True) -> tuple[np.ndarray, tuple[int, int]]:
+    """Encoded bytes → (patches uint8 ``[N, P*P*3]``, original ``(H, W)``): the eval
+    transform; with ``reduced``, a JPEG is decoded at the smallest reduced scale that still
+    covers ``image_size`` (``decode_at_size``), as the data layer's eval dataset does.
+
+    Raises ``BadImageError`` for bytes that are no usable image.
+    """
+    from components.data.image_io import decode_at_size, preprocess
+
+    rgb, orig_hw = decode_at_size(data, (image_size, image_size) if reduced else None,
+                                  max_pixels=max_pixels)
+    patches, _ = preprocess(rgb, image_size=image_size, patch_size=patch_size)
+    return patches, orig_hw
 
 
 def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.ndarray]:
@@ -48,7 +65,7 @@ def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.
     import cv2
 
     from components.data.fs import PathEscapeError
-    from components.data.image_io import BadImageError, decode_image, preprocess
+    from components.data.image_io import BadImageError
 
     cv2.setNumThreads(1)  # one CPU per task: OpenCV's own threads would only contend
     n = len(batch["image_id"])
@@ -61,9 +78,10 @@ def decode_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.
         try:
             data = spec.images.read(file)
             digest = hashlib.sha256(data).hexdigest()
-            rgb = decode_image(data, max_pixels=spec.max_pixels)
-            patches[i], _ = preprocess(rgb, image_size=spec.image_size, patch_size=spec.patch_size)
-            sizes[i] = rgb.shape[:2]
+            patches[i], sizes[i] = model_input(data, image_size=spec.image_size,
+                                               patch_size=spec.patch_size,
+                                               max_pixels=spec.max_pixels,
+                                               reduced=spec.reduced)
         except BadImageError as err:
             error = err.reason
         except PathEscapeError as err:
@@ -115,7 +133,8 @@ class Predictor:
         torch.set_num_threads(spec.threads)
         self.device = pick_device(prefer_gpu=spec.use_gpu)
         self.model, self.meta = model_from_checkpoint(spec.model.local_dir(), device=self.device)
-        self.dtype = autocast_dtype(self.device, spec.precision)
+        # auto: bf16 where this replica's forward pass is measured faster in it (cached)
+        self.dtype = autocast_dtype(self.device, spec.precision, self.model, train=False)
         self.grid = (self.meta.image_size // self.meta.patch_size,) * 2
         self.outputs = OUTPUTS[self.meta.task](
             self.meta, model=self.model, top_k=spec.top_k, score_threshold=spec.score_threshold,

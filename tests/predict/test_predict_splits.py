@@ -115,3 +115,28 @@ def test_detector_on_a_coco_split(ray_cluster, synth_dataset, detector_ckpt, tmp
         assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= row["width"]).all()
         assert (boxes[:, 1] >= 0).all() and (boxes[:, 3] <= row["height"]).all()
         assert set(row["labels"]) <= set(meta.class_names)
+
+
+@pytest.mark.slow
+def test_detector_on_real_voc_photographs(ray_cluster, tmp_path, capsys):
+    """Four BCCD photographs (640×480 JPEG, Pascal VOC): decoded at a reduced scale for the
+    64-px model, answered in original pixels, scored against the VOC ground truth."""
+    from tests.data.conftest import copy_bccd
+    from tests.predict.conftest import perturbed_checkpoint
+
+    root = copy_bccd(tmp_path / "data", {"val": 4})
+    ckpt = perturbed_checkpoint(tmp_path / "ckpt", model_name="yolos_demo",
+                                class_names=["Platelets", "RBC", "WBC"], seed=9)
+    out = tmp_path / "out"
+    code, summary, err = run_cli(capsys, f"model={ckpt}", "input.data.format=voc",
+                                 f"input.data.root={root}", "input.split=val", f"output={out}")
+    assert code == 0, err
+    assert summary["images"] == 4 and summary["skipped"] == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == 4 and 0.0 <= metrics["map"] <= 1.0
+    table = pq.read_table(out / "predictions.parquet").to_pylist()
+    assert {(r["height"], r["width"]) for r in table} == {(480, 640)}
+    boxes = np.concatenate([np.asarray(r["boxes"]).reshape(-1, 4) for r in table])
+    assert len(boxes) and boxes[:, 2].max() > 64 and boxes[:, 2].max() <= 640  # original pixels
+    results = json.loads((out / "coco_results.json").read_text())
+    assert len(results) == len(boxes)
