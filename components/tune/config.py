@@ -105,7 +105,8 @@ class AshaSection(StrictModel):
     enabled: bool = True
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1)
-    max_t: int | None = Field(None, ge=1)  # None: max_steps of the base config, else unbounded
+    # ASHA stops every trial at max_t: at least the run's steps. None: max_steps, else unbounded.
+    max_t: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _grace_below_max(self) -> "AshaSection":
@@ -164,6 +165,14 @@ class TuneConfig(TrainConfig):
     def base(self) -> TrainConfig:
         """The training config every trial starts from."""
         return TrainConfig.model_validate(self.model_dump(mode="json", exclude={"search"}))
+
+    @model_validator(mode="after")
+    def _max_t_covers_the_run(self) -> "TuneConfig":
+        max_t = self.search.scheduler.max_t
+        if self.search.scheduler.enabled and max_t is not None and self.max_steps and max_t < self.max_steps:
+            raise ValueError(f"search.scheduler.max_t ({max_t}) is below max_steps ({self.max_steps}): "
+                             "ASHA would stop every trial at max_t")
+        return self
 
     def objective(self) -> tuple[str, str]:
         metric, mode = default_objective(self.task)

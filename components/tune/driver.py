@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from components.core.config import dump_config, flatten
+from components.tracking.registry import DEFAULT_NAMES
 from components.training import storage
 from components.training.tracking import TrackingError, check_tracking_server, log_params_safely, open_run, retry
 from components.tune.config import TuneConfig
@@ -122,9 +123,8 @@ def _tuner(cfg: TuneConfig, trainable, exp_dir: str, storage_path: str, metric: 
         trainable,
         param_space={k: d.to_tune() for k, d in cfg.search.space.items()},
         tune_config=tune.TuneConfig(
-            num_samples=cfg.search.num_samples, max_concurrent_trials=concurrency,
-            scheduler=_scheduler(cfg, metric, mode),
-            search_alg=BasicVariantGenerator(random_state=cfg.search.seed),
+            num_samples=cfg.search.num_samples, scheduler=_scheduler(cfg, metric, mode),
+            search_alg=BasicVariantGenerator(max_concurrent=concurrency, random_state=cfg.search.seed),
         ),
         run_config=tune.RunConfig(name=cfg.run.name, storage_path=storage_path,
                                   failure_config=tune.FailureConfig(max_failures=0)),
@@ -169,7 +169,7 @@ def run_tune(cfg: TuneConfig) -> dict[str, Any]:
     if uri and parent:
         _close_children(uri, parent, trials)
     registered = None
-    if best is not None and cfg.registry.enabled and cfg.task != "mae":
+    if best is not None and cfg.registry.enabled and uri and cfg.task in DEFAULT_NAMES:  # MAE: nothing to serve
         registered = _read_record(exp_dir).get("registered_version") or _register_best(cfg, uri, parent, best)
         _write_record(exp_dir, {**_read_record(exp_dir), "registered_version": registered})
     summary = {

@@ -41,6 +41,9 @@ class ReportToTune(TuneReportCallback):
     Reports without it (progress lines) and checkpoints before the first validation (whose
     score is the placeholder :func:`worst_score`) are not forwarded: Tune requires the
     scheduler's metric in every result, and a placeholder would rank a trial at a rung.
+    Nor is the report of the run's last step: the trial reports it itself once the run has
+    been evaluated, so a rung (or ``max_t``) at the last step cannot stop a trial that
+    finished training while its final evaluation runs.
     """
 
     def __init__(self, metric: str) -> None:
@@ -51,6 +54,9 @@ class ReportToTune(TuneReportCallback):
         first = metrics[0] if metrics else {}
         value = first.get(self.metric)
         if value is None or float(value) in (worst_score("max"), worst_score("min")):
+            return
+        plan = (run_context.train_loop_config or {}).get("plan") or {}
+        if first.get("step", 0) >= plan.get("total_steps", float("inf")):
             return
         numeric = {k: float(v) for k, v in first.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}

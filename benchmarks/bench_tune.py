@@ -1,0 +1,117 @@
+"""The YOLOS recipe sweep as one Ray Tune search: ``pipelines/configs/tune_yolos.yaml``.
+
+Runs the search with the pipeline's own driver (``components.tune.driver.run_tune``: a
+``TorchTrainer`` per trial, ASHA, MLflow parent + child runs, the best trial registered)
+against a real ``mlflow server`` on loopback and a local Ray, on the embedded synthetic
+dataset (synthesized once into ``--cache``), and writes the trials (sampled configs, status,
+val loss, final COCO mAP / mAP50, steps), the best trial and the wall time as JSON.
+
+``--compare-fifo`` runs the same trials (same sampler seed, so the same configs) a second
+time with ASHA off, in the same process, and reports the wall-time ratio ASHA / no early
+stopping and both best trials: what early stopping saved, and whether it kept the winner.
+
+    python benchmarks/bench_tune.py --out /tmp/tune_smoke.json        # small: minutes on 2 cores
+    python benchmarks/bench_tune.py --full --compare-fifo             # the config's size
+        # → benchmarks/results/tune_yolos.json (4,000 images, 8 trials of 1,000 steps)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CONFIG = ROOT / "pipelines" / "configs" / "tune_yolos.yaml"
+
+SMALL = {"num_train": 96, "num_val": 24, "steps": 24, "samples": 2, "grace": 6}
+FULL = {"num_train": 4000, "num_val": 200, "steps": 1000, "samples": 8, "grace": 250}
+
+
+def _dataset(cache: Path, num_train: int, num_val: int) -> Path:
+    from components.data.synth import SynthConfig, synthesize
+
+    out = cache / f"synth-{num_train}-{num_val}"
+    if not (out / "annotations" / "instances_val.json").is_file():
+        synthesize(out, SynthConfig(seed=0, num_train=num_train, num_val=num_val, image_size=96))
+    return out
+
+
+def _search(overrides: list[str]) -> tuple[dict, float]:
+    from components.tune.config import load_tune_config
+    from components.tune.driver import run_tune
+
+    cfg = load_tune_config(CONFIG, overrides)
+    start = time.perf_counter()
+    summary = run_tune(cfg)
+    return summary, round(time.perf_counter() - start, 1)
+
+
+def _brief(summary: dict, wall_s: float) -> dict:
+    return {
+        "wall_s": wall_s, "metric": summary["metric"], "mode": summary["mode"],
+        "scheduler": summary["scheduler"],
+        "trials": [{k: t[k] for k in ("trial_id", "status", "config", "metric", "step", "eval")}
+                   for t in summary["trials"]],
+        "best": None if summary["best"] is None else
+        {k: summary["best"][k] for k in ("trial_id", "config", "metric", "eval")},
+        "steps_trained": sum(float(t["step"] or 0) for t in summary["trials"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="the config's size (4,000 images, 8 × 1,000 steps)")
+    parser.add_argument("--compare-fifo", action="store_true", help="also run the same trials without ASHA")
+    parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "vitpipe-bench-tune"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "tune_yolos.json"))
+    args = parser.parse_args(argv)
+    size = FULL if args.full else SMALL
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    data = _dataset(cache, size["num_train"], size["num_val"])
+
+    from components.tracking.server import MlflowServer
+
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=cache))
+    server = MlflowServer(root=work / "mlflow").start()
+    common = [f"data.root={data}", f"run.storage_path={work / 'runs'}", f"mlflow.tracking_uri={server.uri}",
+              f"search.num_samples={size['samples']}"]
+    if not args.full:
+        common += [f"max_steps={size['steps']}", "epochs=100", "run.log_every_n_steps=3",
+                   f"search.scheduler.grace_period={size['grace']}", f"search.scheduler.max_t={size['steps']}"]
+    try:
+        asha, asha_s = _search(common + ["run.name=bench-asha"])
+        out = {"benchmark": "tune_yolos", "config": str(CONFIG.relative_to(ROOT)),
+               "size": "full" if args.full else "small", **size,
+               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                           "python": platform.python_version()},
+               "asha": _brief(asha, asha_s)}
+        if args.compare_fifo:
+            fifo, fifo_s = _search(common + ["run.name=bench-fifo", "search.scheduler.enabled=false",
+                                             "registry.enabled=false"])
+            out["fifo"] = _brief(fifo, fifo_s)
+            out["asha_vs_fifo_wall"] = round(asha_s / fifo_s, 3)
+            out["same_best_config"] = (asha["best"] or {}).get("config") == (fifo["best"] or {}).get("config")
+        import ray
+
+        out["machine"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+        ray.shutdown()
+    finally:
+        server.stop()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1, default=str) + "\n")
+    print(json.dumps({k: out[k] for k in out if k in ("asha_vs_fifo_wall", "same_best_config")}
+                     | {"asha_wall_s": out["asha"]["wall_s"], "out": args.out}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
