@@ -4,7 +4,7 @@
    ``<storage>/<run.name>`` (Tune's state) and ``<storage>/<run.name>/trials`` (each trial's
    training run);
 2. open the search's MLflow run (the parent), or reopen the one the record beside the
-   experiment names (``vitpipe_tune.json``): a resumed search logs into the same run;
+   experiment names (``vitpipe_run.json``, as a training run's): a resumed search logs into the same run;
 3. ``Tuner.restore`` when that experiment exists (finished trials are kept, unfinished ones
    resume from their last checkpoint), else a new ``Tuner`` with the ASHA scheduler;
 4. after the last trial: mark each child run KILLED (stopped early by ASHA) or FAILED, pick
@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import tempfile
@@ -30,9 +29,6 @@ from components.tune.config import TuneConfig
 from components.tune.trial import CHECKPOINT_KEY, DONE_KEY, PARENT_TAG, RUN_ID_KEY, TRIAL_TAG, make_trainable
 
 log = logging.getLogger(__name__)
-
-RECORD = "vitpipe_tune.json"
-
 
 class TuneError(RuntimeError):
     """The search ran, but no trial trained to its end."""
@@ -83,11 +79,12 @@ def _scheduler(cfg: TuneConfig, metric: str, mode: str):
 def _open_parent(cfg: TuneConfig, uri: str, exp_dir: str) -> str:
     from mlflow.tracking import MlflowClient
 
-    record = _read_record(exp_dir)
-    run_id = open_run(uri, cfg.mlflow.experiment, cfg.run.name, record.get("parent_run_id"),
+    record = storage.read_run_record(exp_dir) or {}
+    run_id = open_run(uri, cfg.mlflow.experiment, cfg.run.name, record.get("mlflow_run_id"),
                       tags={"vitpipe.task": cfg.task, "vitpipe.model": cfg.model.name,
                             "vitpipe.tune.role": "search"})
-    _write_record(exp_dir, {**record, "parent_run_id": run_id, "tracking_uri": uri})
+    storage.write_run_record(exp_dir, {**record, "mlflow_run_id": run_id, "tracking_uri": uri,
+                                       "run_name": cfg.run.name})
     search = cfg.search
     params = {f"search.{k}": v for k, v in flatten(search.model_dump(mode="json", exclude={"space"})).items()}
     params.update({f"search.space.{k}": d.describe() for k, d in search.space.items()})
@@ -95,15 +92,6 @@ def _open_parent(cfg: TuneConfig, uri: str, exp_dir: str) -> str:
     client = MlflowClient(uri)
     retry(lambda: client.log_text(run_id, dump_config(cfg), "config/tune.yaml"), attempts=3, what="log config")
     return run_id
-
-
-def _read_record(exp_dir: str) -> dict[str, Any]:
-    text = storage.read_text(storage.join(exp_dir, RECORD))
-    return json.loads(text) if text else {}
-
-
-def _write_record(exp_dir: str, record: dict[str, Any]) -> None:
-    storage.write_text(storage.join(exp_dir, RECORD), json.dumps(record, indent=1, sort_keys=True))
 
 
 def _tuner(cfg: TuneConfig, trainable, exp_dir: str, storage_path: str, metric: str, mode: str):
@@ -170,8 +158,9 @@ def run_tune(cfg: TuneConfig) -> dict[str, Any]:
         _close_children(uri, parent, trials)
     registered = None
     if best is not None and cfg.registry.enabled and uri and cfg.task in DEFAULT_NAMES:  # MAE: nothing to serve
-        registered = _read_record(exp_dir).get("registered_version") or _register_best(cfg, uri, parent, best)
-        _write_record(exp_dir, {**_read_record(exp_dir), "registered_version": registered})
+        record = storage.read_run_record(exp_dir) or {}
+        registered = record.get("registered_version") or _register_best(cfg, uri, parent, best)
+        storage.write_run_record(exp_dir, {**record, "registered_version": registered})
     summary = {
         "search": cfg.run.name, "task": cfg.task, "metric": metric, "mode": mode,
         "scheduler": type(_scheduler(cfg, metric, mode)).__name__, "parent_run_id": parent,
