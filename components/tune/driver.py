@@ -242,7 +242,8 @@ def _log_outcome(uri: str, parent: str, summary: dict[str, Any]) -> None:
         retry(lambda: client.log_metric(parent, key, value), attempts=3, what="log search metric")
     tags = {"vitpipe.tune.scheduler": summary["scheduler"]}
     if best is not None:
-        tags.update({"vitpipe.tune.best_trial": best["trial_id"], "vitpipe.tune.best_run_id": best["mlflow_run_id"] or ""})
+        tags.update({"vitpipe.tune.best_trial": best["trial_id"],
+                     "vitpipe.tune.best_run_id": best["mlflow_run_id"] or ""})
     if summary["registered_version"]:
         tags["vitpipe.tune.registered_version"] = str(summary["registered_version"])
     for key, value in tags.items():

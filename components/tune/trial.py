@@ -16,7 +16,6 @@ evaluation (``eval_*``), the checkpoint's path and its MLflow run id.
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any, Callable
 
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -24,8 +23,6 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from components.core.checkpoint import META_FILE
 from components.training import storage
 from components.training.reporting import worst_score
-
-log = logging.getLogger(__name__)
 
 DONE_KEY = "vitpipe_done"  # 1.0 in the last result of a trial that trained to its end
 CHECKPOINT_KEY = "vitpipe_checkpoint"

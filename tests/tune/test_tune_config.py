@@ -43,7 +43,8 @@ def test_shipped_configs_load_with_the_tasks_objective():
     ("search.space.optim.lr={choice: []}", "choice needs at least one value"),
     ("search.space.optim.lr={choice: [0.1], uniform: [0.1, 0.2]}", "give exactly one of"),
     ("search.metric=val_map", "'val_map' is not reported by classification training"),
-    ("search.scheduler.max_t=5", "max_t (5) is below max_steps (12)"),
+    ("search.scheduler={grace_period: 1, max_t: 5}", "max_t (5) is below max_steps (12)"),
+    ("search.scheduler.max_t=5", "grace_period (12) exceeds max_t (5)"),
 ])
 def test_bad_search_is_one_config_error(override, message):
     with pytest.raises(ConfigError) as err:

@@ -3,7 +3,7 @@ server: its driver SIGKILLed after the first trial finished, then run again (con
 
 - MLflow: one parent run for the search, one child run per trial nested under it
   (``mlflow.parentRunId``) with the sampled values as params and per-step metrics;
-- ASHA is the scheduler; each trial ends FINISHED or (stopped at a rung) KILLED;
+- ASHA is the scheduler (its one rung is at the trials' last step: both finish);
 - the best finished trial's checkpoint is registered with the sampled values as version tags,
   and no alias is set;
 - resume: the rerun restores the experiment (same parent run, no third trial), and the trial
@@ -35,7 +35,8 @@ def test_search_nests_trials_under_one_run_and_registers_the_best(resumed_search
     assert summary["scheduler"] == "AsyncHyperBandScheduler"
     assert (summary["metric"], summary["mode"]) == ("val_top1", "max")
     assert len(summary["trials"]) == 2
-    assert {t["status"] for t in summary["trials"]} <= {"FINISHED", "KILLED"}
+    # tune_ci.yaml's only rung is at the trials' final report: both train to their end
+    assert [t["status"] for t in summary["trials"]] == ["FINISHED", "FINISHED"]
 
     client = MlflowClient(s["uri"])
     parents, children = _runs(client)
