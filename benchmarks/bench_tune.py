@@ -6,12 +6,13 @@ against a real ``mlflow server`` on loopback and a local Ray (one trial at a tim
 dataset (synthesized once into ``--cache``), and writes the trials (sampled configs, status,
 val loss, final COCO mAP / mAP50, steps), the best trial and the wall time as JSON.
 
-``--compare-fifo`` runs the same trials (same sampler seed, so the same configs) a second
-time with ASHA off, in the same process, and reports the wall-time ratio ASHA / no early
-stopping and both best trials: what early stopping saved, and whether it kept the winner.
+``--compare-fifo`` runs the same trials (same sampler seed, so the same configs) with ASHA
+off too, in the same process, and reports the wall-time ratio ASHA / no early stopping (of
+the medians over ``--rounds``; the rounds alternate which search runs first) and whether
+both picked the same best trial: what early stopping saved, and whether it kept the winner.
 
     python benchmarks/bench_tune.py --out /tmp/tune_smoke.json        # small: minutes on 2 cores
-    python benchmarks/bench_tune.py --full --compare-fifo             # the config's size
+    python benchmarks/bench_tune.py --full --compare-fifo --rounds 2  # the config's size
         # → benchmarks/results/tune_yolos.json (4,000 images, 8 trials of 1,000 steps)
 """
 
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the config's size (4,000 images, 8 × 1,000 steps)")
     parser.add_argument("--compare-fifo", action="store_true", help="also run the same trials without ASHA")
+    parser.add_argument("--rounds", type=int, default=1, help="searches per variant (order alternates)")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "vitpipe-bench-tune"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "tune_yolos.json"))
     args = parser.parse_args(argv)
@@ -93,19 +96,27 @@ def main(argv: list[str] | None = None) -> int:
     # Spare logical CPUs: a trial ASHA stops can leave its workers' placement group reserved
     # until the search ends (docs/tune.md, "Known gaps"); the next trials must still fit.
     ray.init(_node_ip_address="127.0.0.1", num_cpus=(os.cpu_count() or 1) + 4, configure_logging=False)
+    variants = {"asha": [], "fifo": ["search.scheduler.enabled=false", "registry.enabled=false"]}
+    # Rounds alternate the order (asha, fifo), (fifo, asha), ...: neither always runs first.
+    order = [["asha", "fifo"] if r % 2 == 0 else ["fifo", "asha"] for r in range(args.rounds)] \
+        if args.compare_fifo else [["asha"]] * args.rounds
+    runs: dict[str, list[dict]] = {"asha": [], "fifo": []}
     try:
-        asha, asha_s = _search(common + ["run.name=bench-asha"])
+        for r, names in enumerate(order):
+            for name in names:
+                summary, wall = _search(common + variants[name] + [f"run.name=bench-{name}-r{r}"])
+                runs[name].append(_brief(summary, wall))
         out = {"benchmark": "tune_yolos", "config": str(CONFIG.relative_to(ROOT)),
-               "size": "full" if args.full else "small", **size,
+               "size": "full" if args.full else "small", **size, "rounds": args.rounds, "order": order,
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                            "python": platform.python_version()},
-               "asha": _brief(asha, asha_s)}
+               "asha": runs["asha"]}
         if args.compare_fifo:
-            fifo, fifo_s = _search(common + ["run.name=bench-fifo", "search.scheduler.enabled=false",
-                                             "registry.enabled=false"])
-            out["fifo"] = _brief(fifo, fifo_s)
-            out["asha_vs_fifo_wall"] = round(asha_s / fifo_s, 3)
-            out["same_best_config"] = (asha["best"] or {}).get("config") == (fifo["best"] or {}).get("config")
+            out["fifo"] = runs["fifo"]
+            wall = {k: statistics.median(b["wall_s"] for b in v) for k, v in runs.items()}
+            out["asha_vs_fifo_wall"] = round(wall["asha"] / wall["fifo"], 3)
+            out["same_best_config"] = all((a["best"] or {}).get("config") == (f["best"] or {}).get("config")
+                                          for a, f in zip(runs["asha"], runs["fifo"]))
         out["machine"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     finally:
         ray.shutdown()
@@ -113,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1, default=str) + "\n")
     print(json.dumps({k: out[k] for k in out if k in ("asha_vs_fifo_wall", "same_best_config")}
-                     | {"asha_wall_s": out["asha"]["wall_s"], "out": args.out}))
+                     | {"asha_wall_s": [b["wall_s"] for b in out["asha"]], "out": args.out}))
     return 0
 
 
