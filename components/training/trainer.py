@@ -100,8 +100,14 @@ def _log_dataset(uri: str, run_id: str, *, source: str, name: str, digest: str, 
     retry(send, attempts=3, what="log dataset input")
 
 
-def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[str, Any]:
-    """Train, evaluate and register as ``cfg`` says; returns the run's summary dict."""
+def run_training(cfg: TrainConfig, *, config_text: str | None = None, callbacks: list | None = None,
+                 mlflow_tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train, evaluate and register as ``cfg`` says; returns the run's summary dict.
+
+    ``callbacks``: more Ray Train ``UserCallback``s for the ``TorchTrainer`` (a Tune trial
+    passes the one that forwards reports to Tune); ``mlflow_tags``: more tags for a new MLflow
+    run (``mlflow.parentRunId`` nests it under a search's run).
+    """
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
@@ -145,7 +151,8 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[st
     run_id = None
     if uri:
         run_id = open_run(uri, cfg.mlflow.experiment, cfg.run.name, record.get("mlflow_run_id"),
-                          tags={"vitpipe.task": cfg.task, "vitpipe.model": cfg.model.name})
+                          tags={"vitpipe.task": cfg.task, "vitpipe.model": cfg.model.name,
+                                **(mlflow_tags or {})})
         storage.write_run_record(run_dir, {**record, "mlflow_run_id": run_id, "tracking_uri": uri,
                                            "run_name": cfg.run.name})
         log_params_safely(uri, run_id, {**flatten(cfg), "data.num_train_rows": num_rows,
@@ -199,7 +206,7 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None) -> dict[st
                 checkpoint_score_order=cfg.checkpoint.mode,
             ),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-            callbacks=[ProgressCallback(plan_steps["total_steps"], cfg.run.name)],
+            callbacks=[ProgressCallback(plan_steps["total_steps"], cfg.run.name), *(callbacks or [])],
         ),
     )
     try:

@@ -1,0 +1,1 @@
+"""Hyperparameter search with Ray Tune over the training pipeline (one TorchTrainer per trial)."""
