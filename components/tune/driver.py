@@ -37,7 +37,7 @@ class TuneError(RuntimeError):
 def trial_cpus(cfg: TuneConfig) -> float:
     """CPUs one trial holds: its training workers, its data tasks and its own process."""
     s = cfg.scaling
-    return s.num_workers * s.resources_per_worker.get("CPU", s.cpus_per_worker) + cfg.search.data_cpus \
+    return s.max_workers * s.resources_per_worker.get("CPU", s.cpus_per_worker) + cfg.search.data_cpus \
         + cfg.search.driver_cpus
 
 
@@ -45,7 +45,7 @@ def default_concurrency(cfg: TuneConfig, cluster: dict[str, float]) -> int:
     """How many trials the cluster's CPUs (and GPUs, for GPU training) run side by side."""
     fits = int(cluster.get("CPU", 0) // trial_cpus(cfg))
     if cfg.scaling.use_gpu:
-        gpus = cfg.scaling.num_workers * cfg.scaling.resources_per_worker.get("GPU", 1)
+        gpus = cfg.scaling.max_workers * cfg.scaling.resources_per_worker.get("GPU", 1)
         fits = min(fits, int(cluster.get("GPU", 0) // gpus))
     return max(1, fits)
 
