@@ -136,8 +136,16 @@ def tiny_synth(tmp_path_factory) -> Path:
                       SynthConfig(seed=3, num_train=24, num_val=8, image_size=64))
 
 
-# The real BCCD photographs (Pascal VOC, MIT license; read-only: copies go to tmp).
-BCCD = Path(os.environ.get("VITPIPE_BCCD", "/work/shared/data/bccd"))
+# The real BCCD photographs (Pascal VOC, MIT license; read-only: copies go to tmp): the
+# project's shared data folder beside the checkout (``VITPIPE_BCCD`` points elsewhere).
+def _bccd_root() -> Path:
+    if os.environ.get("VITPIPE_BCCD"):
+        return Path(os.environ["VITPIPE_BCCD"])
+    beside = Path(__file__).resolve().parents[3] / "shared" / "data" / "bccd"
+    return beside if beside.is_dir() else Path("/work/shared/data/bccd")
+
+
+BCCD = _bccd_root()
 BCCD_VOC = BCCD / "BCCD"
 
 
