@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from components.serving.faults import maybe_hang
 from components.serving.runtime import InferItem, LoadedModel, load_version
 from components.serving.settings import ModelServerSettings
 
@@ -146,6 +147,7 @@ class ModelServer:
         self._batches += 1
         self._batched_requests += len(items)
         try:
+            await maybe_hang()  # chaos tests only (see components.serving.faults)
             return await asyncio.to_thread(
                 loaded.run, items, top_k=settings.top_k,
                 score_threshold=settings.score_threshold,
