@@ -92,29 +92,39 @@ class Callers:
                       resp.text[:300])
 
 
-def running_replicas(app: str, deployment: str) -> int:
-    """RUNNING replicas of ``app``/``deployment`` now (Serve's status API)."""
+def replica_states(app: str, deployment: str) -> dict[str, int]:
+    """Replicas of ``app``/``deployment`` per state now (Serve's status API)."""
     from ray import serve
 
     status = serve.status().applications.get(app)
     if status is None or deployment not in status.deployments:
-        return 0
-    return int(status.deployments[deployment].replica_states.get("RUNNING", 0))
+        return {}
+    states = status.deployments[deployment].replica_states.items()
+    return {str(getattr(k, "value", k)): int(v) for k, v in states if v}
+
+
+def running_replicas(app: str, deployment: str) -> int:
+    """RUNNING replicas of ``app``/``deployment`` now."""
+    return replica_states(app, deployment).get("RUNNING", 0)
 
 
 class ReplicaSampler:
-    """``samples``: ``(t monotonic, RUNNING replicas)`` every ``interval_s`` until ``stop()``."""
+    """``samples``: ``(t monotonic, RUNNING replicas)`` every ``interval_s`` until ``stop()``;
+    ``starting``: ``(t, replicas STARTING)`` at the same times (asked for, not serving yet)."""
 
     def __init__(self, app: str, deployment: str, interval_s: float = 0.5) -> None:
         self.app, self.deployment, self.interval_s = app, deployment, interval_s
         self.samples: list[tuple[float, int]] = []
+        self.starting: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="replica-sampler")
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.monotonic(), running_replicas(self.app, self.deployment)))
+            now, states = time.monotonic(), replica_states(self.app, self.deployment)
+            self.samples.append((now, states.get("RUNNING", 0)))
+            self.starting.append((now, states.get("STARTING", 0)))
             self._stop.wait(self.interval_s)
 
     def stop(self) -> list[tuple[float, int]]:

@@ -144,7 +144,7 @@ def _preprocess_batch(images: np.ndarray, image_size: int, patch_size: int):
         "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 64,
         "upscale_delay_s": 10, "downscale_delay_s": 120,
     },
-    ray_actor_options={"num_cpus": 1},
+    ray_actor_options={"num_cpus": 0.5},
     user_config=IngressSettings().model_dump(),
     health_check_period_s=10,
     health_check_timeout_s=30,
@@ -476,8 +476,9 @@ class Ingress:
 # A model replica (or a colocated one): queue enough for full batches, scale on batch-sized load.
 MODEL_MAX_ONGOING = 64
 MODEL_AUTOSCALING = {
-    "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16,
-    "upscale_delay_s": 10, "downscale_delay_s": 120,
+    "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2,
+    "metrics_interval_s": 2, "look_back_period_s": 10,
+    "upscale_delay_s": 5, "downscale_delay_s": 30,
 }
 
 # A hung model replica: its check_health fails once a batch has run past stall_timeout_s (or
@@ -489,7 +490,7 @@ ModelDeployment = serve.deployment(
     name="classifier",
     max_ongoing_requests=MODEL_MAX_ONGOING,
     autoscaling_config=MODEL_AUTOSCALING,
-    ray_actor_options={"num_cpus": 1},
+    ray_actor_options={"num_cpus": 0.5},
     graceful_shutdown_timeout_s=30,
     **MODEL_HEALTH_CHECK,
 )
@@ -508,8 +509,10 @@ class AppArgs(StrictModel):
         default_factory=dict,
         description=f"env vars of the ingress replicas (e.g. {TOKEN_ENV}; in Kubernetes set "
                     "it from a Secret on the pods instead)")
-    model_num_cpus: float = 1.0
-    ingress_num_cpus: float = 1.0
+    model_num_cpus: float = Field(
+        0.5, gt=0, description="per model replica; a fraction lets the app and an added "
+                               "replica fit a 2-core node (Ray does not cap the threads)")
+    ingress_num_cpus: float = Field(0.5, gt=0)
     num_gpus: float = 0.0
     replicas: int | None = Field(None, description="fixed replicas instead of autoscaling")
     colocate: bool = Field(

@@ -59,6 +59,21 @@ def load_config(path: Path = SERVE_CONFIG) -> dict[str, Any]:
     return yaml.safe_load(Path(path).read_text())
 
 
+def one_model_config(config: dict[str, Any], deployment: str) -> dict[str, Any]:
+    """``config`` (a split-layout serve.yaml dict) serving one model deployment only:
+    ``import_path`` names ``build_app`` with the other model's URI null, and the other
+    model's deployment entry is dropped (``deployment``: ``classifier`` or ``detector``)."""
+    others = {"classifier": "detector", "detector": "classifier"}
+    if deployment not in others:
+        raise ValueError(f"deployment must be classifier|detector, got {deployment!r}")
+    config = copy.deepcopy(config)
+    (app,) = [a for a in config["applications"] if a["name"] == APP_NAME]
+    app["import_path"] = IMPORT_PATH.replace(":app", ":build_app")
+    app["args"] = {**(app.get("args") or {}), f"{others[deployment]}_uri": None}
+    app["deployments"] = [d for d in app["deployments"] if d["name"] != others[deployment]]
+    return config
+
+
 def deploy_schema(config: dict[str, Any], *, model_uris: dict[str, str] | None = None,
                   model_settings: dict[str, Any] | None = None,
                   ingress_settings: dict[str, Any] | None = None,

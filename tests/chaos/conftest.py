@@ -62,16 +62,12 @@ class ChaosApp:
         version); a change of ``request_timeout_s`` retunes the ingress live."""
         from ray.serve.context import _get_global_client
 
-        from components.serving.config_file import deploy_schema, load_config
+        from components.serving.config_file import deploy_schema, load_config, one_model_config
         from components.serving.faults import HANG_FILE_ENV
         from components.serving.settings import TOKEN_ENV
 
-        config = load_config()
-        (app,) = config["applications"]
-        app["import_path"] = "components.serving.app:build_app"
-        app["args"] = {"detector_uri": None}
-        app["deployments"] = [d for d in app["deployments"] if d["name"] != "detector"]
-        for dep in app["deployments"]:
+        config = one_model_config(load_config(), MODEL)
+        for dep in config["applications"][0]["deployments"]:
             if dep["name"] == MODEL:
                 dep.update(HEALTH)
         schema = deploy_schema(

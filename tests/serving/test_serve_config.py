@@ -126,3 +126,16 @@ def test_deploy_schema_states_replicas_one_way_per_deployment():
                       autoscaling={"detector": scaling})
     with pytest.raises(ValueError, match="no deployment named"):
         deploy_schema(load_config(), autoscaling={"nope": scaling})
+
+
+def test_one_model_config_serves_that_model_only():
+    from components.serving.config_file import one_model_config
+
+    config = one_model_config(load_config(), "classifier")
+    (app,) = ServeDeploySchema.model_validate(config).applications
+    assert app.import_path == "components.serving.app:build_app"
+    assert app.args == {"detector_uri": None}
+    assert [d.name for d in app.deployments] == ["classifier", "ingress"]
+    assert len(load_config()["applications"][0]["deployments"]) == 3  # input untouched
+    with pytest.raises(ValueError):
+        one_model_config(load_config(), "ingress")
