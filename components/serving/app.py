@@ -473,7 +473,8 @@ class Ingress:
 
 
 # --- the application -------------------------------------------------------------------------
-# A model replica (or a colocated one): queue enough for full batches, scale on batch-sized load.
+# A model replica (or a colocated one): queue enough for full batches; scale out as soon as
+# requests wait (measured with bench_autoscale.py: docs/serving.md, "Autoscaling").
 MODEL_MAX_ONGOING = 64
 MODEL_AUTOSCALING = {
     "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2,
