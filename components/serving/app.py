@@ -46,7 +46,8 @@ from components.serving.decode import (
     MULTIPART, check_content_type, decode_image_bytes, image_bytes_from_form, read_body,
 )
 from components.serving.errors import (
-    RequestError, bad_request, not_found, too_large, unauthorized, unavailable,
+    RequestError, bad_request, describe_failure, is_replica_loss, not_found, unauthorized,
+    unavailable,
 )
 from components.serving.model_server import ModelServer
 from components.serving.settings import (
@@ -69,8 +70,7 @@ api = FastAPI(
 
 @api.exception_handler(RequestError)
 async def _request_error(_: Request, err: RequestError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
-    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
 @api.exception_handler(RequestValidationError)
@@ -90,6 +90,17 @@ async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
 # Helpers sit above the deployment: Serve serialises the class when it is decorated.
 async def _await(response):
     return await response
+
+
+async def _gather_or_cancel(calls):
+    """``asyncio.gather`` that cancels the other calls when one fails (no orphaned model work)."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
 
 
 def _model_ref(result: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +144,7 @@ def _preprocess_batch(images: np.ndarray, image_size: int, patch_size: int):
         "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 64,
         "upscale_delay_s": 10, "downscale_delay_s": 120,
     },
-    ray_actor_options={"num_cpus": 1},
+    ray_actor_options={"num_cpus": 0.5},
     user_config=IngressSettings().model_dump(),
     health_check_period_s=10,
     health_check_timeout_s=30,
@@ -198,25 +209,48 @@ class Ingress:
         return handle
 
     async def _call(self, task: str, method: str, *args, timeout_s: float | None = None):
+        """``method(*args)`` on ``task``'s model within the request's timeout.
+
+        A call whose model replica died, vanished or refused it is sent once more (the
+        router has dropped that replica; inference is idempotent), within what is left of
+        the timeout. Whatever still fails is a 503 with ``Retry-After``, logged as one line.
+        """
         target = self._handle(task)
         timeout = timeout_s or self._settings.request_timeout_s
-        response = None  # a model deployment's call, cancelled explicitly
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        attempts = 1 if isinstance(target, ModelServer) else 2  # colocated: no other replica
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._attempt(target, method, args, deadline - loop.time())
+            except asyncio.TimeoutError:
+                reason = f"did not answer within {timeout:g}s"
+            except (RequestError, asyncio.CancelledError):
+                raise
+            except Exception as err:  # a backend failure: a 503, never a 500
+                lost = is_replica_loss(err)
+                if lost and attempt < attempts and deadline > loop.time():
+                    log.warning("%s.%s: replica lost (%s); retrying on another replica",
+                                TASKS[task], method, describe_failure(err))
+                    continue
+                reason = f"{'replica lost' if lost else 'failed'} ({describe_failure(err)})"
+            log.warning("%s.%s answered 503: %s", TASKS[task], method, reason)
+            raise unavailable(f"the {task} model is unavailable: {reason}",
+                              self._settings.retry_after_s)
+
+    @staticmethod
+    async def _attempt(target, method: str, args: tuple, timeout: float):
+        """One model call; cancelled with the request (client gone) or at ``timeout``."""
         if isinstance(target, ModelServer):  # colocated: a plain call (cancelled with us)
             pending = getattr(target, method)(*args)
             if not inspect.isawaitable(pending):
                 return pending
-        else:
-            response = getattr(target, method).remote(*args)
-            pending = _await(response)
+            return await asyncio.wait_for(pending, max(timeout, 0.0))
+        response = getattr(target, method).remote(*args)
         try:
-            return await asyncio.wait_for(pending, timeout)
-        except asyncio.TimeoutError:
-            if response is not None:
-                response.cancel()
-            raise unavailable(f"the {task} model did not answer within {timeout:.0f}s") from None
-        except asyncio.CancelledError:  # the client went away: drop its queued model call
-            if response is not None:
-                response.cancel()
+            return await asyncio.wait_for(_await(response), max(timeout, 0.0))
+        except (asyncio.TimeoutError, asyncio.CancelledError):  # drop its queued model call
+            response.cancel()
             raise
 
     async def _geometry(self, task: str) -> dict[str, Any]:
@@ -346,8 +380,8 @@ class Ingress:
             for task in self._handles:
                 self._info[task] = await self._call(
                     task, "describe", timeout_s=self._settings.health_timeout_s)
-        except RequestError:
-            return JSONResponse({"ready": False}, status_code=503)
+        except RequestError as err:
+            return JSONResponse({"ready": False}, status_code=503, headers=err.headers)
         return JSONResponse({"ready": True})
 
     async def _v2_model(self, request: Request, name: str, version: str | None = None,
@@ -420,7 +454,7 @@ class Ingress:
         else:
             hw = (image_size, image_size)
             prepared = [(np.ascontiguousarray(p), hw) for p in parsed.array]
-        results = await asyncio.gather(*[
+        results = await _gather_or_cancel([
             self._call(task, "infer", patches, image_size, patch_size, orig_hw)
             for patches, orig_hw in prepared
         ])
@@ -439,22 +473,27 @@ class Ingress:
 
 
 # --- the application -------------------------------------------------------------------------
-# A model replica (or a colocated one): queue enough for full batches, scale on batch-sized load.
+# A model replica (or a colocated one): queue enough for full batches; scale out as soon as
+# requests wait (measured with bench_autoscale.py: docs/serving.md, "Autoscaling").
 MODEL_MAX_ONGOING = 64
 MODEL_AUTOSCALING = {
-    "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16,
-    "upscale_delay_s": 10, "downscale_delay_s": 120,
+    "min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2,
+    "metrics_interval_s": 2, "look_back_period_s": 10,
+    "upscale_delay_s": 5, "downscale_delay_s": 30,
 }
+
+# A hung model replica: its check_health fails once a batch has run past stall_timeout_s (or
+# the probe itself times out); three failures in a row and Serve replaces it.
+MODEL_HEALTH_CHECK = {"health_check_period_s": 5, "health_check_timeout_s": 10}
 
 ModelDeployment = serve.deployment(
     ModelServer,
     name="classifier",
     max_ongoing_requests=MODEL_MAX_ONGOING,
     autoscaling_config=MODEL_AUTOSCALING,
-    ray_actor_options={"num_cpus": 1},
-    health_check_period_s=10,
-    health_check_timeout_s=30,
+    ray_actor_options={"num_cpus": 0.5},
     graceful_shutdown_timeout_s=30,
+    **MODEL_HEALTH_CHECK,
 )
 
 
@@ -471,8 +510,10 @@ class AppArgs(StrictModel):
         default_factory=dict,
         description=f"env vars of the ingress replicas (e.g. {TOKEN_ENV}; in Kubernetes set "
                     "it from a Secret on the pods instead)")
-    model_num_cpus: float = 1.0
-    ingress_num_cpus: float = 1.0
+    model_num_cpus: float = Field(
+        0.5, gt=0, description="per model replica; a fraction lets the app and an added "
+                               "replica fit a 2-core node (Ray does not cap the threads)")
+    ingress_num_cpus: float = Field(0.5, gt=0)
     num_gpus: float = 0.0
     replicas: int | None = Field(None, description="fixed replicas instead of autoscaling")
     colocate: bool = Field(
@@ -538,6 +579,7 @@ def _colocated_app(args: AppArgs, models: dict[str, ModelServerSettings],
             **({"runtime_env": {"env_vars": dict(args.ingress_env)}} if args.ingress_env else {}),
         },
         **(scaling or {"autoscaling_config": MODEL_AUTOSCALING}),
+        **MODEL_HEALTH_CHECK,
     )
     return server.bind(local_tasks=tuple(models), tracking_uri=args.tracking_uri)
 

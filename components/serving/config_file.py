@@ -17,6 +17,7 @@ import copy
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +59,27 @@ def load_config(path: Path = SERVE_CONFIG) -> dict[str, Any]:
     return yaml.safe_load(Path(path).read_text())
 
 
+def one_model_config(config: dict[str, Any], deployment: str) -> dict[str, Any]:
+    """``config`` (a split-layout serve.yaml dict) serving one model deployment only:
+    ``import_path`` names ``build_app`` with the other model's URI null, and the other
+    model's deployment entry is dropped (``deployment``: ``classifier`` or ``detector``)."""
+    others = {"classifier": "detector", "detector": "classifier"}
+    if deployment not in others:
+        raise ValueError(f"deployment must be classifier|detector, got {deployment!r}")
+    config = copy.deepcopy(config)
+    (app,) = [a for a in config["applications"] if a["name"] == APP_NAME]
+    app["import_path"] = IMPORT_PATH.replace(":app", ":build_app")
+    app["args"] = {**(app.get("args") or {}), f"{others[deployment]}_uri": None}
+    app["deployments"] = [d for d in app["deployments"] if d["name"] != others[deployment]]
+    return config
+
+
 def deploy_schema(config: dict[str, Any], *, model_uris: dict[str, str] | None = None,
                   model_settings: dict[str, Any] | None = None,
                   ingress_settings: dict[str, Any] | None = None,
                   env_vars: dict[str, str] | None = None, num_cpus: float | None = None,
-                  num_replicas: int | None = None):
+                  num_replicas: int | Mapping[str, int] | None = None,
+                  autoscaling: Mapping[str, dict[str, Any]] | None = None):
     """``config`` (a serve.yaml dict) edited for one environment, as a ``ServeDeploySchema``.
 
     ``model_uris`` maps deployment name (``classifier``/``detector``) to a URI. (To serve
@@ -70,14 +87,27 @@ def deploy_schema(config: dict[str, Any], *, model_uris: dict[str, str] | None =
     ``args: {detector_uri: null}``: the deployment graph comes from code, not from this
     list.) ``env_vars`` go into the application's ``runtime_env`` (e.g.
     ``MLFLOW_TRACKING_URI``, ``VITPIPE_SERVE_TOKEN``).
+
+    Replicas are stated explicitly, one way per deployment: ``num_replicas`` (an int for
+    every deployment, or deployment name → count) pins the count and writes
+    ``autoscaling_config: null`` (a key merely left out would leave the code's autoscaling
+    in force); ``autoscaling`` (deployment name → ``autoscaling_config``) sets autoscaling
+    and drops ``num_replicas``. A deployment named by both is a ``ValueError``.
     """
     from ray.serve.schema import ServeDeploySchema
 
     config = copy.deepcopy(config)
     (app,) = [a for a in config["applications"] if a["name"] == APP_NAME]
-    unknown = set(model_uris or {}) - {d["name"] for d in app["deployments"]}
+    names = {d["name"] for d in app["deployments"]}
+    pinned = ({name: num_replicas for name in names} if isinstance(num_replicas, int)
+              else dict(num_replicas or {}))
+    scaled = dict(autoscaling or {})
+    unknown = (set(model_uris or {}) | set(pinned) | set(scaled)) - names
     if unknown:
         raise ValueError(f"no deployment named {sorted(unknown)} in the config")
+    both = sorted(set(pinned) & set(scaled))
+    if both:
+        raise ValueError(f"{both}: give num_replicas or autoscaling, not both")
     for dep in app["deployments"]:
         if "model_uri" in dep.get("user_config", {}):
             if model_uris and dep["name"] in model_uris:
@@ -87,9 +117,12 @@ def deploy_schema(config: dict[str, Any], *, model_uris: dict[str, str] | None =
             dep["user_config"].update(ingress_settings or {})
         if num_cpus is not None:
             dep.setdefault("ray_actor_options", {})["num_cpus"] = num_cpus
-        if num_replicas is not None:
-            dep.pop("autoscaling_config", None)
-            dep["num_replicas"] = num_replicas
+        if dep["name"] in pinned:
+            dep["num_replicas"] = pinned[dep["name"]]
+            dep["autoscaling_config"] = None
+        elif dep["name"] in scaled:
+            dep.pop("num_replicas", None)
+            dep["autoscaling_config"] = dict(scaled[dep["name"]])
     if env_vars:
         app.setdefault("runtime_env", {}).setdefault("env_vars", {}).update(env_vars)
     return ServeDeploySchema.model_validate(config)
@@ -116,9 +149,11 @@ def validate_config(config: dict[str, Any]) -> list[str]:
                     else ColocatedSettings if "models" in user_config else IngressSettings)
             kind.model_validate(user_config)
             scaling = dep.autoscaling_config if isinstance(dep.autoscaling_config, dict) else {}
+            replicas = (f"{scaling.get('min_replicas', '?')}..{scaling.get('max_replicas', '?')}"
+                        if scaling or not isinstance(dep.num_replicas, int)
+                        else f"{dep.num_replicas} (fixed)")
             lines.append(
-                f"{app.name}/{dep.name}: {kind.__name__} ok, replicas "
-                f"{scaling.get('min_replicas', '?')}..{scaling.get('max_replicas', '?')}, "
+                f"{app.name}/{dep.name}: {kind.__name__} ok, replicas {replicas}, "
                 f"max_ongoing_requests {dep.max_ongoing_requests}"
             )
     if not lines:

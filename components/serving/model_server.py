@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from components.serving.faults import hang_if_asked
 from components.serving.runtime import InferItem, LoadedModel, load_version
 from components.serving.settings import ModelServerSettings
 
@@ -39,6 +40,7 @@ class ModelServer:
         self._settings: ModelServerSettings | None = None
         self._loaded: LoadedModel | None = None
         self._batch_started: float | None = None
+        self._forwards: dict[int, float] = {}  # worker thread → when its forward pass began
         self._last_poll_error: str | None = None
         self._swaps = 0
         self._batches = 0  # dynamic batches run, and the requests they held
@@ -149,14 +151,24 @@ class ModelServer:
         self._batches += 1
         self._batched_requests += len(items)
         try:
-            return await asyncio.to_thread(
-                loaded.run, items, top_k=settings.top_k,
-                score_threshold=settings.score_threshold,
-                max_detections=settings.max_detections,
-            )
+            return await asyncio.to_thread(self._forward, loaded, settings, items)
         finally:
             self._batch_started = None
             self._model_free.set()
+
+    def _forward(self, loaded: LoadedModel, settings: ModelServerSettings,
+                 items: list[InferItem]) -> list[dict[str, Any]]:
+        """The forward pass, on a worker thread. It stays listed in ``_forwards`` until it
+        returns, even after its requests were cancelled: ``check_health`` sees a stuck one."""
+        thread = threading.get_ident()
+        self._forwards[thread] = time.monotonic()
+        try:
+            hang_if_asked()  # chaos tests only (see components.serving.faults)
+            return loaded.run(items, top_k=settings.top_k,
+                              score_threshold=settings.score_threshold,
+                              max_detections=settings.max_detections)
+        finally:
+            self._forwards.pop(thread, None)
 
     async def explain(self, patches: np.ndarray, image_size: int, patch_size: int,
                       orig_hw: tuple[int, int]) -> dict[str, Any]:
@@ -198,8 +210,9 @@ class ModelServer:
 
     def check_health(self) -> None:
         """Serve's periodic probe: a batch stuck past ``stall_timeout_s`` restarts the replica."""
-        started, settings = self._batch_started, self._settings
-        if started is not None and settings and time.monotonic() - started > settings.stall_timeout_s:
+        settings = self._settings
+        started = min([*self._forwards.values(), self._batch_started or time.monotonic()])
+        if settings and time.monotonic() - started > settings.stall_timeout_s:
             raise RuntimeError(f"a batch has run for more than {settings.stall_timeout_s}s")
         if self._poller is not None and not self._poller.is_alive() and not self._stop.is_set():
             raise RuntimeError("the model update thread died")

@@ -54,7 +54,10 @@ class ModelServerSettings(StrictModel):
         None, description=f"local model cache (default ${CACHE_ENV} or ~/.cache/vitpipe/models)"
     )
     stall_timeout_s: float = Field(
-        120.0, gt=0.0, description="a batch running longer marks the replica unhealthy"
+        30.0, gt=0.0,
+        description="a batch running longer fails the replica's health check (three failed "
+                    "checks in a row and Serve replaces it); the ingress' request_timeout_s "
+                    "has answered its requests with 503 by then",
     )
 
 
@@ -65,7 +68,11 @@ class IngressSettings(StrictModel):
     max_pixels: int = Field(
         40_000_000, ge=1, description="images with more pixels get 413 (checked before decoding)"
     )
-    request_timeout_s: float = Field(30.0, gt=0.0, description="model call limit → 503")
+    request_timeout_s: float = Field(
+        30.0, gt=0.0,
+        description="limit of one request's model calls, a retry included → 503 past it")
+    retry_after_s: int = Field(
+        1, ge=0, le=3600, description="Retry-After header (seconds) of a 503 answer")
     health_timeout_s: float = Field(10.0, gt=0.0, description="/healthz inference limit")
     decode_threads: int = Field(4, ge=1, le=64, description="thread pool for image decoding")
     require_token: bool = Field(

@@ -95,3 +95,47 @@ def test_app_builder_arguments():
         build_app({"classifier_uri": None, "detector_uri": "none"})
     with pytest.raises(ValueError):
         build_app({"replica": 2})  # unknown key
+
+
+def test_deploy_schema_states_replicas_one_way_per_deployment():
+    """A pinned count must null the code's autoscaling in the config (a key left out keeps
+    it, and the controller then starts ``min_replicas``); autoscaling drops the count."""
+    pinned = deploy_schema(load_config(), num_replicas={"classifier": 2})
+    deps = {d.name: d for d in pinned.applications[0].deployments}
+    assert deps["classifier"].num_replicas == 2 and deps["classifier"].autoscaling_config is None
+    assert "autoscaling_config" in deps["classifier"].model_fields_set  # explicit null
+    assert deps["detector"].autoscaling_config["min_replicas"] >= 1  # the others untouched
+    everywhere = deploy_schema(load_config(), num_replicas=3)
+    assert all(d.num_replicas == 3 and d.autoscaling_config is None
+               for d in everywhere.applications[0].deployments)
+
+    scaling = {"min_replicas": 1, "max_replicas": 5, "target_ongoing_requests": 3}
+    scaled = deploy_schema(load_config(), autoscaling={"classifier": scaling},
+                           num_replicas={"ingress": 1})
+    deps = {d.name: d for d in scaled.applications[0].deployments}
+    assert deps["classifier"].autoscaling_config == scaling
+    assert "num_replicas" not in deps["classifier"].model_fields_set
+    assert deps["ingress"].num_replicas == 1 and deps["ingress"].autoscaling_config is None
+    assert any("classifier: ModelServerSettings ok, replicas 1..5" in line
+               for line in validate_config(scaled.model_dump(exclude_unset=True)))
+
+    with pytest.raises(ValueError, match="not both"):
+        deploy_schema(load_config(), num_replicas=2, autoscaling={"classifier": scaling})
+    with pytest.raises(ValueError, match="not both"):
+        deploy_schema(load_config(), num_replicas={"detector": 1},
+                      autoscaling={"detector": scaling})
+    with pytest.raises(ValueError, match="no deployment named"):
+        deploy_schema(load_config(), autoscaling={"nope": scaling})
+
+
+def test_one_model_config_serves_that_model_only():
+    from components.serving.config_file import one_model_config
+
+    config = one_model_config(load_config(), "classifier")
+    (app,) = ServeDeploySchema.model_validate(config).applications
+    assert app.import_path == "components.serving.app:build_app"
+    assert app.args == {"detector_uri": None}
+    assert [d.name for d in app.deployments] == ["classifier", "ingress"]
+    assert len(load_config()["applications"][0]["deployments"]) == 3  # input untouched
+    with pytest.raises(ValueError):
+        one_model_config(load_config(), "ingress")
