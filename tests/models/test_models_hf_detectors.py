@@ -117,7 +117,8 @@ def test_sigmoid_postprocessing_equals_the_library():
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 30, 4, generator=g) * 3
-    boxes = torch.cat([torch.rand(2, 30, 2, generator=g) * 0.4 + 0.3, torch.rand(2, 30, 2, generator=g) * 0.2 + 0.1], -1)
+    centers, sizes_wh = torch.rand(2, 30, 2, generator=g) * 0.4 + 0.3, torch.rand(2, 30, 2, generator=g) * 0.2 + 0.1
+    boxes = torch.cat([centers, sizes_wh], -1)  # inside the image: nothing to clamp
     sizes = torch.tensor([[480, 640], [300, 200]])
     ours = detections({"pred_logits": logits, "pred_boxes": boxes}, sizes, score_threshold=0.3, top_k=30,
                       class_scores="sigmoid")

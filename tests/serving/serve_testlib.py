@@ -51,7 +51,8 @@ def encode(image: np.ndarray, fmt: str = "PNG", **kwargs) -> bytes:
     return buf.getvalue()
 
 
-def deploy(registered, cache_dir, model_uri_override: str | None = None, **model_settings) -> None:
+def deploy(registered, cache_dir, model_uri_override: str | None = None, detector_uri: str | None = None,
+           **model_settings) -> None:
     """Deploy ``pipelines/configs/serve.yaml`` (edited for this test run) as ``serve deploy``
     would: through the controller's config path, so ``user_config`` edits retune live.
 
@@ -65,7 +66,7 @@ def deploy(registered, cache_dir, model_uri_override: str | None = None, **model
     schema = deploy_schema(
         load_config(),
         model_uris={"classifier": model_uri_override or f"models:/{CLASSIFIER}@champion",
-                    "detector": f"models:/{DETECTOR}@champion"},
+                    "detector": detector_uri or f"models:/{DETECTOR}@champion"},
         model_settings={"poll_interval_s": 0.5, "cache_dir": str(cache_dir), "max_batch_size": 8,
                         "batch_wait_timeout_s": 0.01, "score_threshold": 0.0, **model_settings},
         ingress_settings={"max_body_bytes": 300_000, "max_pixels": 1_000_000},
