@@ -62,8 +62,8 @@ def summarize(name: str, **overrides) -> ModelSummary:
     return ModelSummary(
         name=name, task=spec.task, params=count_params(model),
         gflops=None if flops is None else round(flops / 1e9, 3),
-        gmacs=None if flops is None else round(flops / 2e9, 3), img_size=list(to_2tuple(model.img_size)), patch_size=model.patch_size,
-        description=spec.description,
+        gmacs=None if flops is None else round(flops / 2e9, 3), img_size=list(to_2tuple(model.img_size)),
+        patch_size=model.patch_size, description=spec.description,
     )
 
 
