@@ -152,9 +152,18 @@ def _toy_batch():
             "box_mask": mask}
 
 
+@pytest.fixture()
+def one_thread():
+    """Small models train faster on one thread (and two threads stall on a shared, busy box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(DEMOS))
-def test_overfit_one_batch(family):
+def test_overfit_one_batch(family, one_thread):
     """The library's losses through our training step: on one batch of two images the loss
     falls by a large factor and the top detections recover every box with its class."""
     from torchvision.ops import box_iou
