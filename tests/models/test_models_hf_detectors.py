@@ -51,6 +51,15 @@ def test_parameter_count_matches_paper(name):
     assert within_2pct or within_rounding, f"{name}: {millions:.2f}M, paper {paper}M"
 
 
+@pytest.fixture()
+def one_thread():
+    """Small models train faster on one thread (and two threads stall on a shared, busy box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _tiny(name: str, num_classes: int = 3):
     """``name``'s architecture at 64 px (LW-DETR: 128 px) with 10 queries: the input and
     the query count shrink, the backbone, encoder and decoder are the registered ones."""
@@ -65,7 +74,7 @@ def _tiny(name: str, num_classes: int = 3):
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=() if n.endswith("_demo") else pytest.mark.slow)
                                   for n in HF_NAMES])
-def test_forward_backward_every_hf_detector(name):
+def test_forward_backward_every_hf_detector(name, one_thread):
     torch.manual_seed(0)
     model = _tiny(name)
     assert model.task == "detection" and model_computes_loss(model)
@@ -150,15 +159,6 @@ def _toy_batch():
     patches, grid = images_to_patches(images, 16)
     return {"patches": patches, "grid": torch.tensor([list(grid)] * 2), "boxes": boxes, "classes": classes,
             "box_mask": mask}
-
-
-@pytest.fixture()
-def one_thread():
-    """Small models train faster on one thread (and two threads stall on a shared, busy box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.slow
