@@ -34,7 +34,7 @@ def _explain(args: argparse.Namespace) -> int:
     from components.models.attention import (
         attention_maps, overlay, patch_map, rollout, save_png, token_layout,
     )
-    from components.models.postprocess import detections, model_nms_iou
+    from components.models.postprocess import detection_settings, detections
 
     state, meta = load_checkpoint(args.checkpoint)
     image_path = Path(args.image)
@@ -69,7 +69,7 @@ def _explain(args: argparse.Namespace) -> int:
             files.append(save_png(overlay(image, patch_map(layer[0].mean(0)[cls], layout)), out / f"layer_{i:02d}.png"))
     else:
         orig = torch.tensor([image.shape[:2]])
-        (det,) = detections(outputs, orig, top_k=args.top, nms_iou=model_nms_iou(model))
+        (det,) = detections(outputs, orig, top_k=args.top, **detection_settings(model))
         queries = det["queries"]  # after the model's NMS, if it has one
         report["detections"] = []
         files = []

@@ -1,7 +1,8 @@
 """``vitpipe models list [--task T] [--json]``: every registered model with its size and cost.
 
 Prints name, task, parameters and GFLOPs (2 × MACs, one image at the model's default
-resolution), counted on the meta device (no weights are allocated). ``--json`` prints one
+resolution), counted on the meta device (no weights are allocated); "n/a" (JSON ``null``)
+for models whose forward pass cannot run there (the transformers detectors). ``--json`` prints one
 JSON list of objects with keys ``name``, ``task``, ``params``, ``gflops`` (plus ``gmacs``,
 ``img_size``, ``patch_size``, ``description``).
 """
@@ -31,5 +32,6 @@ def _list(args: argparse.Namespace) -> int:
     print(f"{'name':<24} {'task':<15} {'params':>12} {'GFLOPs':>10}  {'input':<10} description")
     for r in rows:
         size = "x".join(str(v) for v in r.img_size)
-        print(f"{r.name:<24} {r.task:<15} {r.params / 1e6:>11.2f}M {r.gflops:>10.3f}  {size:<10} {r.description}")
+        gflops = "n/a" if r.gflops is None else f"{r.gflops:.3f}"
+        print(f"{r.name:<24} {r.task:<15} {r.params / 1e6:>11.2f}M {gflops:>10}  {size:<10} {r.description}")
     return 0

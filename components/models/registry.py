@@ -12,7 +12,8 @@ from typing import Any, Callable
 
 from torch import nn
 
-_FAMILY_MODULES = ("components.models.classifiers", "components.models.yolos", "components.models.detr")
+_FAMILY_MODULES = ("components.models.classifiers", "components.models.yolos", "components.models.detr",
+                  "components.models.hf_detectors")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 No weights are allocated: the model is built under ``torch.device("meta")`` and a meta input
 of the default resolution runs through it under ``FlopCounterMode``, so even ViT-H costs
 milliseconds. FLOPs are counted as 2 × multiply-accumulates (papers' "GFLOPs" for ViTs are
-usually MACs; ``gmacs`` gives that number).
+usually MACs; ``gmacs`` gives that number). Models whose forward pass needs real values
+(the transformers detectors read tensor values with ``.item()``) cannot run on the meta
+device: their ``gflops`` / ``gmacs`` are ``None``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ class ModelSummary:
     name: str
     task: str
     params: int
-    gflops: float
-    gmacs: float
+    gflops: float | None
+    gmacs: float | None
     img_size: list[int]
     patch_size: int
     description: str
@@ -53,11 +55,15 @@ def summarize(name: str, **overrides) -> ModelSummary:
     spec = get_spec(name)
     with torch.device("meta"):
         model = build_model(name, **overrides).eval()
-        flops = forward_flops(model, model.img_size)
+        try:
+            flops = forward_flops(model, model.img_size)
+        except RuntimeError:  # data-dependent code: no FLOP count without real weights
+            flops = None
     return ModelSummary(
-        name=name, task=spec.task, params=count_params(model), gflops=round(flops / 1e9, 3),
-        gmacs=round(flops / 2e9, 3), img_size=list(to_2tuple(model.img_size)), patch_size=model.patch_size,
-        description=spec.description,
+        name=name, task=spec.task, params=count_params(model),
+        gflops=None if flops is None else round(flops / 1e9, 3),
+        gmacs=None if flops is None else round(flops / 2e9, 3), img_size=list(to_2tuple(model.img_size)),
+        patch_size=model.patch_size, description=spec.description,
     )
 
 

@@ -128,11 +128,11 @@ class LoadedModel:
         if self.task == "classification":
             probabilities = torch.softmax(outputs, dim=-1).numpy()
             return [{**common, "probabilities": row} for row in probabilities]
-        from components.models.postprocess import detections, model_nms_iou
+        from components.models.postprocess import detection_settings, detections
 
         orig = torch.tensor([item.orig_hw for item in items], dtype=torch.int64)
         found = detections(outputs, orig, score_threshold=score_threshold, top_k=max_detections,
-                           nms_iou=model_nms_iou(self.model))
+                           **detection_settings(self.model))
         return [
             {**common, "boxes": d["boxes"].float().numpy(), "scores": d["scores"].float().numpy(),
              "labels": d["labels"].numpy()}

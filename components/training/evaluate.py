@@ -217,7 +217,7 @@ def predict_detections(
 ) -> DetectionPredictions:
     """Run a detector over ``batches``; predictions in original-image pixels and COCO ids."""
     from components.data.boxes import xyxy_to_coco
-    from components.models.postprocess import detections, model_nms_iou
+    from components.models.postprocess import detection_settings, detections
 
     device = torch.device(device)
     cat_ids = contiguous_to_coco_ids(load_coco(coco_gt))
@@ -225,7 +225,7 @@ def predict_detections(
     image_ids: list[int] = []
     samples: list[dict[str, Any]] = []
     patch_size = _patch_size(model)
-    nms_iou = model_nms_iou(model)
+    settings = detection_settings(model)
     with _eval_mode(model):
         for batch in batches:
             patches = batch["patches"].to(device, non_blocking=True)
@@ -235,7 +235,7 @@ def predict_detections(
                 k: v.float().cpu() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")
             }
             orig = batch["orig_size"].detach().cpu()
-            per_image = detections(outputs, orig, score_threshold=score_threshold, top_k=top_k, nms_iou=nms_iou)
+            per_image = detections(outputs, orig, score_threshold=score_threshold, top_k=top_k, **settings)
             ids = [int(i) for i in batch["image_id"].detach().cpu()]
             image_ids.extend(ids)
             for image_id, det in zip(ids, per_image):

@@ -34,7 +34,9 @@ from components.training.optim import build_optimizer, build_scheduler
 from components.training.preemption import Preempted, preemption_notice, stop_requested, stop_requests_armed
 from components.training.reporting import CheckpointReporter, restore_from
 from components.training.state import Progress
-from components.training.step import StepRunner, batch_grid, classification_loss, detection_loss
+from components.training.step import (
+    StepRunner, batch_grid, classification_loss, detection_loss, model_computes_loss, model_loss,
+)
 from components.training.tracking import MetricLogger
 
 log = logging.getLogger(__name__)
@@ -95,11 +97,21 @@ def build_task_model(cfg: TrainConfig, *, num_classes: int, image_size: int,
     return model
 
 
-def make_loss(cfg: TrainConfig, num_classes: int):
+def make_loss(cfg: TrainConfig, num_classes: int, model: torch.nn.Module | None = None):
+    """The run's loss. Detection: our set criterion (``cfg.criterion``), unless the detector
+    computes its own losses (``model.computes_loss``), which ``cfg.criterion`` does not reach."""
     if cfg.task == "classification":
         return classification_loss(cfg.optim.label_smoothing)
     if cfg.task == "mae":
         return mae_loss()
+    if model is not None and model_computes_loss(model):
+        default = type(cfg.criterion)()
+        changed = sorted(k for k in type(cfg.criterion).model_fields
+                         if getattr(cfg.criterion, k) != getattr(default, k))
+        if changed:
+            log.warning("%s trains with its own losses; criterion settings %s do not apply",
+                        cfg.model.name, changed)
+        return model_loss()
     from components.models.criterion import build_criterion
 
     return detection_loss(build_criterion(num_classes, **cfg.criterion.model_dump()))
@@ -204,7 +216,7 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
     scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(amp, device) else None
     optimizer = build_optimizer(base, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, plan["total_steps"])
-    loss_fn = make_loss(cfg, len(plan["class_names"]))
+    loss_fn = make_loss(cfg, len(plan["class_names"]), base)
     # The global batch is fixed (batch_size × grad_accum_steps × max workers): a rank of a
     # smaller (elastic) worker group accumulates more micro-batches per optimizer step.
     accum = micro_batches_per_step(cfg.scaling, cfg.optim.grad_accum_steps, world)

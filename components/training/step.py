@@ -49,6 +49,28 @@ def detection_loss(criterion: nn.Module) -> LossFn:
     return loss_fn
 
 
+def model_computes_loss(model: nn.Module) -> bool:
+    """Whether a detector trains with its own losses (``model.computes_loss``: the
+    transformers detectors) rather than our set criterion; through a DDP ``.module``."""
+    return bool(getattr(getattr(model, "module", model), "computes_loss", False))
+
+
+def model_loss() -> LossFn:
+    """The detector's own losses: ``model(patches, grid, targets=...)`` returns ``"loss"``
+    (the library's weighted total, the one term that is optimised: ``loss_total``) and
+    ``"loss_dict"`` (its named terms, returned detached for logging only)."""
+    from components.models.criterion import batch_targets
+
+    def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        outputs = model(batch["patches"], batch_grid(batch), targets=batch_targets(batch))
+        terms = {(k if k.startswith("loss_") else f"loss_{k}"): v.detach().float()
+                 for k, v in outputs["loss_dict"].items() if isinstance(v, torch.Tensor) and v.numel() == 1}
+        return {**terms, "loss_total": outputs["loss"].float()}
+
+    loss_fn.weight_dict = {"loss_total": 1.0}
+    return loss_fn
+
+
 def _to_float(outputs):
     if isinstance(outputs, torch.Tensor):
         return outputs.float()
