@@ -42,17 +42,23 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+def set_dotted(raw: dict[str, Any], parts: list[str], value: Any, *, what: str) -> None:
+    """Set ``raw[parts[0]][parts[1]]...`` to ``value`` (in place), creating sections on the
+    way; ``what`` names the setting in the error when a part is not a section."""
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{what}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set each dotted override in the nested dict ``raw`` (in place) and return it."""
     for text in overrides:
         parts, value = parse_override(text)
-        node = raw
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: {part!r} is not a section")
-            node = child
-        node[parts[-1]] = value
+        set_dotted(raw, parts, value, what=f"override {text!r}")
     return raw
 
 

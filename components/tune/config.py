@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from components.core.config import ConfigError, StrictModel, load_config
+from components.core.config import ConfigError, StrictModel, load_config, set_dotted
 from components.training.config import TrainConfig, check_model, resolve_data_config
 
 DOMAIN_KINDS = ("choice", "uniform", "loguniform", "randint")
@@ -184,14 +184,7 @@ class TuneConfig(TrainConfig):
 # ----------------------------------------------------------------------------- trials
 def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
     """Set the dotted ``key`` in the nested dict ``raw`` (in place)."""
-    parts = key.split(".")
-    node = raw
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"search.space.{key}: {part!r} is not a section")
-        node = child
-    node[parts[-1]] = value
+    set_dotted(raw, key.split("."), value, what=f"search.space.{key}")
 
 
 def trial_config(base: TrainConfig, sampled: dict[str, Any], *, run_name: str, storage_path: str,
