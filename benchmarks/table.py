@@ -256,9 +256,25 @@ def nms_table(d: dict) -> list[str]:
     return rows
 
 
-def generic_table(d: dict) -> list[str]:
+def predict_table(d: dict) -> list[str]:
+    rows = [f"**Batch inference** (`bench_predict.py`; {d['model']} at {d['image_size']} px, {d['precision']}, "
+            f"batch {d['batch_size']}, best of {d['rounds']} rounds; {_machine(d['machine'])}). End to end "
+            "includes starting the model actors; steady is the rate after the first batch.",
+            "", "| images | pipeline | images/s | steady images/s | × loop (end to end / steady) | peak PSS MiB |",
+            "|---|---|---|---|---|---|"]
+    for name, r in d["results"].items():
+        rows.append(f"| {name} ({r['images']}) | single-process loop | {r['loop_images_per_s']} | | 1.0 | "
+                    f"{r['loop_peak_pss_mib']} |")
+        for c in r["ray"]:
+            rows.append(f"| {name} | Ray Data: {c['config']} | {c['images_per_s']} | {c['steady_images_per_s']} "
+                        f"| {c['ratio_end_to_end']} / {c['ratio_steady']} | {r['ray_peak_pss_mib']} |")
+    rows += ["", f"Goal: ≥ {d['goal_ratio']}× the loop."]
+    return rows
+
+
+def generic_table(d: dict, title: str | None = None) -> list[str]:
     """Any result file: its scalar fields as one line, each list of rows as a table."""
-    title = d.get("what") or d.get("benchmark", "results")
+    title = title or d.get("what") or d.get("benchmark", "results")
     rows = [f"**{title}** ({_machine(d.get('machine', {})) or d.get('device', '')})", ""]
     for section, value in d.items():
         if section in ("machine", "what", "benchmark"):
@@ -280,11 +296,13 @@ def overloaded(d: dict) -> str | None:
     """Why a speed result must not be published, or None."""
     m = d.get("machine", {}) if isinstance(d.get("machine"), dict) else {}
     cpus = m.get("cpus") or m.get("host_cpus") or m.get("cores")
-    for key in ("loadavg_at_start", "loadavg_at_end", "load_avg_at_start", "load_avg_1m_at_end",
-                "load_average_1m_at_start", "load_average_1m_at_end"):
+    # Load at the start is other work; load at the end also counts the benchmark's own
+    # processes (Ray workers, replicas), so it is held to a looser bound.
+    for key, bound in (("loadavg_at_start", 1.5), ("load_avg_at_start", 1.5), ("load_average_1m_at_start", 1.5),
+                       ("loadavg_at_end", 4), ("load_avg_1m_at_end", 4), ("load_average_1m_at_end", 4)):
         value = m.get(key)
         load = value[0] if isinstance(value, list) else value
-        if cpus and isinstance(load, (int, float)) and load > 1.5 * cpus:
+        if cpus and isinstance(load, (int, float)) and load > bound * cpus:
             return f"1-minute load average {load:.1f} on {cpus} cores"
     peak = d.get("gemm_peak_tflops")
     if isinstance(peak, dict) and isinstance(peak.get("fp32"), (int, float)) and cpus:
@@ -331,7 +349,9 @@ PAGE = [
         ("data_blocks", "bench_blocks.py --root .demo/synth", blocks_table, "speed"),
         ("decode", "bench_decode.py", generic_table, "speed"),
     ]),
-    ("Training speed", "Our training step against timm eager, through Ray Train, on CPU and GPU.", [
+    ("Training speed", "Which precision is faster on this CPU (the rule `precision: auto` follows), our "
+     "training step against timm eager, through Ray Train, on CPU and GPU.", [
+        ("precision", "bench_precision.py", generic_table, "speed"),
         ("models", "bench_models.py", models_table, "speed"),
         ("train", "bench_train.py", train_table, "speed"),
         ("train_gpu", "bench_train_gpu.py", train_gpu_table, "speed"),
@@ -353,8 +373,10 @@ PAGE = [
         ("tune_yolos", "bench_tune.py", generic_table, "table"),
     ]),
     ("Inference", "Offline batch inference, exported models and the model registry.", [
-        ("predict", "bench_predict.py", generic_table, "speed"),
-        ("export", "bench_export.py", generic_table, "speed"),
+        ("predict", "bench_predict.py", predict_table, "speed"),
+        ("export", "bench_export.py",
+         lambda d: generic_table(d, "ONNX export: PyTorch eager vs onnxruntime, batch-1 latency and batch-32 "
+                                    "throughput ratios (`bench_export.py`)"), "speed"),
         ("registry", "bench_registry.py", registry_table, "speed"),
     ]),
     ("Serving", "Ray Serve over HTTP against the same model in-process, and autoscaling under a ramp.", [
