@@ -272,6 +272,23 @@ def predict_table(d: dict) -> list[str]:
     return rows
 
 
+def autoscale_table(d: dict) -> list[str]:
+    s = d["summary"]
+    a, ratio = s["autoscaled"], s["high_phase_autoscaled_over_baseline"]
+    rows = [f"**Autoscaling under a load ramp** (`bench_autoscale.py`; {d['model']['name']} at "
+            f"{d['model']['input']}, {d['settings']['ramp']}, burst {d['settings']['high_s']} s; "
+            f"{_machine(d['machine'])})", "",
+            "| failed requests | max model replicas | first replica asked for / running (s into the burst) "
+            "| back to min after the load dropped (s) | burst: autoscaled / pinned throughput, p50, p99 |",
+            "|---|---|---|---|---|",
+            f"| {s['failed_requests']} | {a['max_replicas_seen']} | {a['first_replica_started_after_s']} / "
+            f"{a['first_replica_added_after_s']} | {a['back_to_min_after_s']} | {ratio['throughput']}×, "
+            f"{ratio['p50_latency']}×, {ratio['p99_latency']}× |"]
+    if (RESULTS / "autoscale.png").is_file():
+        rows += ["", "![model replicas and latency over the ramp](../benchmarks/results/autoscale.png)"]
+    return rows
+
+
 def generic_table(d: dict, title: str | None = None) -> list[str]:
     """Any result file: its scalar fields as one line, each list of rows as a table."""
     title = title or d.get("what") or d.get("benchmark", "results")
@@ -384,7 +401,7 @@ PAGE = [
         ("serve_vit_tiny_patch16_224_64px", "bench_serve.py --model vit_tiny_patch16_224 --img-size 64",
          serve_table, "speed"),
         ("serve_vit_tiny_patch16_224", "bench_serve.py --model vit_tiny_patch16_224", serve_table, "speed"),
-        ("autoscale", "bench_autoscale.py", generic_table, "speed"),
+        ("autoscale", "bench_autoscale.py", autoscale_table, "speed"),
     ]),
 ]
 
