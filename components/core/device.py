@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 # made on a ~2% difference would flip between runs of a noisy machine.
 BF16_MIN_SPEEDUP = 1.1
 
+# Speedups this process has read or measured, by (cache file, model key): a serving replica
+# asks again at every registry poll, and must neither reread the file nor measure again.
+_SPEEDUPS: dict[tuple[str, str], float] = {}
+
 
 def pick_device(prefer_gpu: bool = True) -> torch.device:
     if prefer_gpu and torch.cuda.is_available():
@@ -50,6 +54,7 @@ def cpu_has_fast_bf16() -> bool:
     return any(flag in flags for flag in ("amx_bf16", "avx512_bf16"))
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_name() -> str:
     """The CPU model from ``/proc/cpuinfo`` (``platform.processor()`` where there is none)."""
     try:
@@ -133,13 +138,16 @@ def cpu_bf16_is_faster(model: nn.Module, *, train: bool = True, batch: int = 4) 
     architecture, mode and CPU (:func:`measure_bf16_speedup`, a second or so) and kept in
     ``~/.cache/vitpipe/cpu-precision-<cpu>.json`` (``VITPIPE_CACHE`` moves it) for every later
     process, unless the machine was too loaded to trust it (load average over twice the
-    cores). AMX CPUs answer yes; AVX512-BF16 without AMX answers no for narrow models, where
+    cores). Within a process the answer is kept in memory: asking again costs nothing. AMX CPUs answer yes; AVX512-BF16 without AMX answers no for narrow models, where
     the casts outweigh the GEMMs.
     """
     if not cpu_has_fast_bf16():
         return False
     key = _model_key(model, batch, train)
     path = _cache_file()
+    known = _SPEEDUPS.get((str(path), key))
+    if known is not None:
+        return known >= BF16_MIN_SPEEDUP
     try:
         cached = json.loads(path.read_text())
         if not isinstance(cached, dict):
@@ -148,8 +156,10 @@ def cpu_bf16_is_faster(model: nn.Module, *, train: bool = True, batch: int = 4) 
         cached = {}
     entry = cached.get(key)
     if isinstance(entry, dict) and isinstance(entry.get("speedup"), (int, float)):
+        _SPEEDUPS[(str(path), key)] = entry["speedup"]
         return entry["speedup"] >= BF16_MIN_SPEEDUP
     speedup = measure_bf16_speedup(model, batch=batch, train=train)
+    _SPEEDUPS[(str(path), key)] = speedup
     cpus = os.cpu_count() or 1
     if os.getloadavg()[0] > 2 * cpus:  # too busy to trust for later runs: answer, don't keep
         log.info("bf16 vs fp32 for %s: %.2fx measured under load, not cached", key, speedup)
