@@ -119,6 +119,7 @@ def ray_train(model_name: str, img: int, batch: int, steps: int, warmup: int, *,
                                 "label": rows["label"][i]} for i in range(workers * 2)])
     cfg = TrainConfig.model_validate({
         "model": {"name": model_name, "head": "mlp"}, "batch_size": batch, "epochs": 1,
+        "data": {"root": "-", "image_size": img},
         "scaling": {"num_workers": workers, "torch_threads": threads, "cpus_per_worker": threads},
         "optim": {"lr": 1e-3, "warmup_steps": 2}, "run": {"name": "bench"},
         "checkpoint": {"every_n_steps": 0}, "mlflow": {"enabled": False}, "eval": {"batch_size": 2},

@@ -2,8 +2,7 @@
 
 Validated by pydantic before Ray starts a single worker, so an unknown key or a wrong type
 is one clear :class:`components.core.config.ConfigError`. The data section is the data
-layer's own ``DataConfig`` (kept as a plain mapping here and validated by
-:func:`resolve_data_config` when that module is importable, so this module stays light).
+layer's own :class:`components.data.config.DataConfig`, validated with the rest.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from components.core.config import ConfigError, StrictModel
+from components.data.config import DataConfig
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
@@ -222,7 +222,7 @@ class TrainConfig(StrictModel):
     # mae: self-supervised masked-autoencoder pretraining of a ViT encoder (labels unused).
     task: Literal["classification", "detection", "mae"] = "classification"
     model: ModelSection = Field(default_factory=ModelSection)
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: DataConfig  # required: where the data is and what the model sees
     scaling: ScalingSection = Field(default_factory=ScalingSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     batch_size: int = Field(16, ge=1)  # per worker, per micro-step
@@ -268,22 +268,6 @@ class TrainConfig(StrictModel):
         return self
 
 
-def resolve_data_config(cfg: TrainConfig):
-    """Validate ``cfg.data`` as the data layer's ``DataConfig`` (raises ``ConfigError``)."""
-    from pydantic import ValidationError
-
-    from components.data.config import DataConfig
-
-    try:
-        return DataConfig.model_validate(cfg.data)
-    except ValidationError as err:
-        lines = ["invalid data section:"]
-        for e in err.errors():
-            where = ".".join(str(p) for p in e["loc"])
-            lines.append(f"  data{'.' + where if where else ''}: {e['msg']}")
-        raise ConfigError("\n".join(lines)) from None
-
-
 def check_model(cfg: TrainConfig) -> None:
     """The model name is registered and fits the task (MAE: a ViT-family encoder)."""
     from components.models import get_spec
@@ -307,7 +291,6 @@ def load_train_config(path, overrides: list[str] = (), *,
     from components.core.config import load_config
 
     cfg = load_config(TrainConfig, path, overrides)
-    resolve_data_config(cfg)
     if check is not None:
         check(cfg)
     check_model(cfg)  # here, not in a worker: an unknown name would fail every restart

@@ -27,7 +27,7 @@ import torch
 
 from components.core.config import ConfigError, dump_config, flatten
 from components.training import storage
-from components.training.config import TrainConfig, check_model, resolve_data_config
+from components.training.config import TrainConfig, check_model
 from components.training.loop import loader_task, steps_plan, train_loop_per_worker
 from components.training.tracking import (
     TrackingError, check_tracking_server, log_params_safely, open_run, retry, system_info,
@@ -114,7 +114,7 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None, callbacks:
 
     from components.data.dataset import build_dataset
 
-    data_cfg = resolve_data_config(cfg)
+    data_cfg = cfg.data
     check_model(cfg)
     started = time.monotonic()
     ensure_ray(cfg)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from components.core.config import ConfigError, StrictModel, load_config, set_dotted
-from components.training.config import TrainConfig, check_model, resolve_data_config
+from components.training.config import TrainConfig, check_model
 
 DOMAIN_KINDS = ("choice", "uniform", "loguniform", "randint")
 # Set per trial (or by the search itself): never part of a search space.
@@ -226,8 +226,6 @@ def validate_space(cfg: TuneConfig) -> None:
             where = f"search.space.{key} = {value!r} ({domain.describe()})"
             try:
                 trial = trial_config(base, {key: value}, run_name="validate", storage_path="validate")
-                if key.startswith("data."):
-                    resolve_data_config(trial)
                 if key.startswith("model."):
                     check_model(trial)
                     _check_builds(trial)
@@ -241,10 +239,9 @@ def _check_builds(cfg: TrainConfig) -> None:
 
     from components.training.loop import build_task_model
 
-    data = resolve_data_config(cfg)
     try:
         with torch.device("meta"):
-            build_task_model(cfg, num_classes=2, image_size=data.image_size)
+            build_task_model(cfg, num_classes=2, image_size=cfg.data.image_size)
     except (TypeError, ValueError, KeyError, AssertionError) as err:
         raise ConfigError(f"model {cfg.model.name!r} does not build: {err}") from None
 
@@ -253,7 +250,6 @@ def load_tune_config(path, overrides: list[str] = ()) -> TuneConfig:
     """Read, override and validate a tune config: the base training config (data section and
     model name included) and the search space against it."""
     cfg = load_config(TuneConfig, path, overrides)
-    resolve_data_config(cfg)
     check_model(cfg)
     validate_space(cfg)
     return cfg

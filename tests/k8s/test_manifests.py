@@ -216,5 +216,5 @@ def test_rayjob_entrypoint_runs_a_real_pipeline_with_a_valid_config(overlay):
     overrides = [re.sub(r"\$(\w+)", lambda m: env["data"][m.group(1)], w) for w in words[5:]]
     cfg = load_train_config(config, overrides)
     assert cfg.run.storage_path == env["data"]["VITPIPE_STORAGE_PATH"]
-    assert cfg.data["root"] == env["data"]["VITPIPE_DATA_ROOT"]
+    assert cfg.data.root == env["data"]["VITPIPE_DATA_ROOT"]
     assert cfg.scaling.use_gpu is (name == "gpu-prod")

@@ -83,7 +83,7 @@ def test_the_global_batch_is_the_same_at_every_size():
 
 
 def test_resume_position_keeps_the_step_when_the_size_changes():
-    cfg = TrainConfig(scaling={"num_workers": [1, 4]}, optim={"grad_accum_steps": 3})
+    cfg = TrainConfig(scaling={"num_workers": [1, 4]}, optim={"grad_accum_steps": 3}, data={"root": "unused"})
     # 5 steps into the epoch with 4 workers (3 micro-batches each per step) ...
     at = Progress(global_step=17, epoch=1, batch_in_epoch=15, world_size=4)
     # ... is 5 steps of 12 micro-batches with one worker, 5 of 6 with two, unchanged with four.
