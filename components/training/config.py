@@ -135,13 +135,6 @@ class RunSection(StrictModel):
     # Train V2 holds one unconsumed report per worker and its controller takes it once per
     # poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s): reporting more often blocks the loop.
     progress_every_s: float = Field(3.0, ge=0)
-    # Fault injection for tests: the rank-0 worker kills its own process (SIGKILL) once,
-    # when it reaches this global step. Off (None) unless a test sets it.
-    fail_at_step: int | None = None
-    # Test/ops hook (off): each rank writes ``<storage>/<name>/heartbeat/rank<r>.json``
-    # ({pid, step, started_at_step, stop_requested}) at every log boundary, so a test can
-    # find the training worker's process and the step it has reached.
-    heartbeat: bool = False
 
     @field_validator("name")
     @classmethod

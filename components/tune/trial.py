@@ -52,8 +52,8 @@ class ReportToTune(TuneReportCallback):
         value = first.get(self.metric)
         if value is None or float(value) in (worst_score("max"), worst_score("min")):
             return
-        plan = (run_context.train_loop_config or {}).get("plan") or {}
-        if first.get("step", 0) >= plan.get("total_steps", float("inf")):
+        plan = run_context.train_loop_config["plan"]  # components.training.plan.WorkerPlan
+        if first.get("step", 0) >= plan.steps.total_steps:
             return
         numeric = {k: float(v) for k, v in first.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -12,7 +12,7 @@ import pytest
 from components.core.config import ConfigError
 from components.data.config import DataConfig
 from components.training.config import TrainConfig, load_train_config
-from components.training.loop import steps_plan
+from components.training.plan import StepPlan, steps_plan
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "pipelines" / "configs"
@@ -82,9 +82,9 @@ def test_run_name_must_be_a_plain_name():
 def test_steps_plan():
     plan = steps_plan(100, num_workers=2, batch_size=8, grad_accum_steps=2, epochs=3, max_steps=None)
     # 50 rows per worker → 6 micro-batches → 3 optimizer steps per epoch
-    assert plan == {"steps_per_epoch": 3, "total_steps": 9, "epochs": 3}
+    assert plan == StepPlan(steps_per_epoch=3, total_steps=9, epochs=3)
     capped = steps_plan(100, num_workers=2, batch_size=8, grad_accum_steps=2, epochs=3, max_steps=4)
-    assert capped["total_steps"] == 4 and capped["epochs"] == 2
+    assert capped.total_steps == 4 and capped.epochs == 2
     with pytest.raises(ValueError, match="less than one optimizer step"):
         steps_plan(10, num_workers=2, batch_size=8, grad_accum_steps=1, epochs=1, max_steps=None)
 

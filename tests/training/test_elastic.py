@@ -40,6 +40,7 @@ from components.core.config import ConfigError
 from components.core.rayjobs import HEAD_PORTS, head_start_args
 from components.tracking.server import free_port
 from components.training.config import ScalingSection, TrainConfig, load_train_config, micro_batches_per_step
+from components.training.faults import FAULTS_ENV
 from components.training.loop import resume_position
 from components.training.state import Progress
 from tests.training.conftest import CONFIGS, read_heartbeat
@@ -211,7 +212,7 @@ def test_a_run_grows_to_a_joining_node_and_shrinks_when_it_leaves(mlflow_server,
             f"scaling.resources_per_worker={{CPU: 0, {SLOT}: 1}}",
             "batch_size=2", "epochs=100", "max_steps=24", "eval.every_n_epochs=1000",
             "checkpoint.every_n_steps=1", "run.log_every_n_steps=1", "run.max_failures=4",
-            "run.heartbeat=true", "run.progress_every_s=0",
+            "run.progress_every_s=0",
             "mlflow.enabled=true", f"mlflow.tracking_uri={mlflow_server.uri}",
             "mlflow.experiment=training-elastic",
         ]
@@ -219,7 +220,8 @@ def test_a_run_grows_to_a_joining_node_and_shrinks_when_it_leaves(mlflow_server,
         # the workers every 0.5 s; give up on a worker group that cannot start in 30 s (a
         # node that just left can still look available).
         driver_env = {**env, "RAY_ADDRESS": cluster.gcs, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-                      "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30", "RAY_DEDUP_LOGS": "0"}
+                      "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30", "RAY_DEDUP_LOGS": "0",
+                      FAULTS_ENV: json.dumps({"heartbeat": True})}  # each rank: pid, step, size
         driver_log = tmp_path / "driver.log"
         driver = subprocess.Popen(
             [sys.executable, "-m", "pipelines.pretrain", "--config", str(CONFIGS / "pretrain_ci.yaml"),
