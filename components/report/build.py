@@ -94,7 +94,7 @@ def measure_costs(cfg: ReportConfig) -> list[dict[str, Any]]:
     for entry in cfg.cost_models:
         log.info("measuring %s (%s) in a fresh process", entry.title, entry.name)
         result = measure_in_subprocess(
-            entry.name, img_size=entry.img_size, precision=cfg.precision, warmup_runs=cfg.warmup_runs,
+            entry.name, img_size=entry.img_size, precision=cfg.cost_precision, warmup_runs=cfg.warmup_runs,
             latency_runs=cfg.latency_runs, batch_large=entry.batch_large,
             throughput_batches=cfg.throughput_batches, threads=cfg.threads, timeout_s=cfg.cost_timeout_s)
         rows.append({"label": entry.title, "key": entry.name, "measured": asdict(result)})

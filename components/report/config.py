@@ -131,7 +131,7 @@ class ReportConfig(StrictModel):
     warmup_runs: int = Field(2, ge=1)  # untimed forward passes before the batch-1 timings
     latency_runs: int = Field(5, ge=1)  # timed batch-1 runs (the median is reported)
     throughput_batches: int = Field(1, ge=1)  # timed large batches, after one untimed
-    precision: Literal["fp32+bf16", "fp32", "bf16"] = "fp32+bf16"  # fp32+bf16: bf16 only where native
+    cost_precision: Literal["fp32+bf16", "fp32", "bf16"] = "fp32+bf16"  # fp32+bf16: bf16 only where native
     # torch intra-op threads for every measurement (None: torch's default, one per core).
     threads: int | None = Field(None, ge=1)
     cost_timeout_s: float = Field(600.0, gt=0)  # per model process
@@ -151,6 +151,7 @@ class ReportConfig(StrictModel):
     time_budget_s: float = Field(75.0, gt=0)  # per model, optimizer-step seconds
     target_top1: float = Field(0.9, ge=0, le=1)
     target_map50: float = Field(0.5, ge=0, le=1)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # training (autocast_dtype's rule)
     seed: int = 0
 
     @classmethod
