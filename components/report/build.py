@@ -146,7 +146,10 @@ def train_families(cfg: ReportConfig, out_dir: Path) -> list[dict[str, Any]]:
         log.info("training %s (%s) to %s", family.title, family.tiny, target)
         result = train_to_target(spec, data[family.task], target=target, max_epochs=cfg.max_epochs,
                                  time_budget_s=cfg.time_budget_s, precision=cfg.precision, seed=cfg.seed)
+        task_data = data[family.task]
         rows.append({"label": family.title, "key": family.key, "conv_bias": family.conv_bias,
+                     "num_train": task_data.num_train, "image_size": task_data.image_size,
+                     "num_val": sum(int(b["patches"].shape[0]) for b in task_data.val_batches),
                      "chance": round(1 / data[family.task].num_classes, 4) if family.task == "classification" else None,
                      "result": asdict(result)})
     return rows

@@ -62,11 +62,17 @@ def training_table(results: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def training_budget(results: dict) -> str:
-    """The training comparison's budget, from the config it ran with."""
+def training_budget(results: dict, task: str | None = None) -> str:
+    """The training comparison's budget (of ``task``'s rows, default the first row's task):
+    the data it read and the limits it ran under."""
     c = results["config"]
-    return (f"{c['synth_num_train']} synthetic training images ({c['synth_num_val']} val) at "
-            f"{c['classification_image_size']} px, batch {c['batch_size']}, {c['augment_passes']} augmented "
+    rows = [r for r in results.get("training") or [] if task is None or r["result"]["task"] == task]
+    first = rows[0] if rows else {}
+    data = "synthetic" if c.get("data_root") is None else "given"
+    return (f"{first.get('num_train', c['synth_num_train'])} {data} training images "
+            f"({first.get('num_val', c['synth_num_val'])} val) at "
+            f"{first.get('image_size', c['classification_image_size'])} px, batch {c['batch_size']}, "
+            f"{c['augment_passes']} augmented "
             f"passes replayed, at most {c['max_epochs']} epochs or {c['time_budget_s']:.0f} s of optimizer "
             "steps per model, whichever ends first")
 
@@ -142,7 +148,7 @@ def _training_findings(results: dict) -> list[str]:
             continue
         ranked = sorted(rows, key=lambda r: r["result"]["best_metric"], reverse=True)
         text = ", ".join(f"{r['label']} {r['result']['best_metric']:.3f}" for r in ranked)
-        line = f"Training ({task}, small variants, {training_budget(results)}): best {metric} {text}"
+        line = f"Training ({task}, small variants, {training_budget(results, task)}): best {metric} {text}"
         chance = rows[0].get("chance")
         if chance is not None:
             line += f" (chance {chance:.3f})"
