@@ -185,6 +185,9 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None, callbacks:
         "fault_marker": storage.join(run_dir, "fault_injected") if cfg.run.fail_at_step else None,
         "heartbeat_dir": storage.join(run_dir, "heartbeat") if cfg.run.heartbeat else None,
         "loader_task": loader_task(cfg, data_cfg.format),
+        # letterboxed multi-scale training: targets drawn per batch on the worker
+        "multiscale": data_cfg.multiscale, "patch_size": data_cfg.patch_size,
+        "data_seed": data_cfg.seed,
     }
     from components.training.progress import ProgressCallback
 
