@@ -25,6 +25,7 @@ augmentation wherever the row is processed; ``seed=None`` → fresh randomness e
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -223,3 +224,22 @@ class ImageTransform:
         else:
             out = self.augment(image=image)
         return np.ascontiguousarray(out["image"]), coco_to_batch(boxes, s, s), labels
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_letterbox(image_size: int, patch_size: int) -> ImageTransform:
+    return ImageTransform(task="detection", training=False, image_size=image_size,
+                          letterbox=True, patch_size=patch_size)
+
+
+def letterbox_preprocess(image_rgb: np.ndarray, *, image_size: int, patch_size: int
+                         ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """The letterboxed eval transform (the val dataset's, for serving and prediction): RGB
+    uint8 ``[H, W, 3]`` → ``(patches [N, P*P*3] uint8, (gh, gw), (valid_h, valid_w))`` with
+    ``N = (C/P)²``, ``C = canvas_side(image_size, P)``. Predicted boxes, normalised to the
+    valid region, map back to the ``H × W`` image by a plain scale."""
+    from components.data.patchify import patchify
+
+    canvas, _, _, valid = _eval_letterbox(image_size, patch_size).letterboxed(image_rgb)
+    patches, grid = patchify(canvas, patch_size)
+    return patches, grid, valid
