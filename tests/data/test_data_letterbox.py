@@ -225,3 +225,31 @@ def test_training_letterbox_keeps_boxes_on_their_objects(bccd_val):
     boxes = rows["boxes"][rows["box_mask"]]
     assert len(boxes) and (boxes >= 0).all() and (boxes <= 1).all()
     assert BCCD_VOC.is_dir()
+
+
+def test_letterbox_options_are_checked_up_front():
+    from components.data.config import DataConfig
+
+    ok = DataConfig(format="voc", root="x", image_size=320, letterbox=True, multiscale=[200, 333])
+    assert ok.multiscale == [200, 333]
+    with pytest.raises(ValueError, match="data.letterbox is for detection formats"):
+        DataConfig(format="imagefolder", root="x", letterbox=True)
+    with pytest.raises(ValueError, match="data.multiscale needs data.letterbox"):
+        DataConfig(format="voc", root="x", multiscale=[96])
+    with pytest.raises(ValueError, match="sizes >= patch_size 16"):
+        DataConfig(format="voc", root="x", letterbox=True, multiscale=[8, 96])
+
+
+def test_multiscale_draws_are_seeded_per_batch(nonsquare_coco):
+    from components.data.coco import read_coco
+    from components.data.loader import collate_numpy, multiscale_batches
+
+    source = read_coco(str(nonsquare_coco / "instances.json"), str(nonsquare_coco / "images"))
+    batch = collate_numpy(rows_of(source, image_size=96), "detection")
+
+    def sides(seed):
+        return [int(b["grid"][0, 0]) * PATCH for b in
+                multiscale_batches([batch] * 6, [48, 64, 96], seed=seed, patch_size=PATCH)]
+
+    assert sides(1) == sides(1) and set(sides(1)) <= {48, 64, 96}
+    assert len(set(sides(1) + sides(2) + sides(3))) > 1
