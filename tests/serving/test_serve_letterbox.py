@@ -82,3 +82,22 @@ def test_models_not_trained_letterboxed_are_served_as_before():
     assert not loaded.letterbox and loaded.valid_hw([item]) is None
     (got,) = loaded.run([item], top_k=5, score_threshold=0.0, max_detections=3)
     assert len(got["boxes"]) == 3
+
+
+def test_pyfunc_letterboxes_for_a_letterboxed_detector():
+    """The MLflow pyfunc's arrays path: images letterboxed and masked like serving's."""
+    from components.data.transforms import letterbox_preprocess
+    from components.tracking.packaging import predict_arrays
+
+    torch.manual_seed(0)
+    model = build_model("detr_demo", num_classes=2, img_size=64).eval()
+    meta = CheckpointMeta(model_name="detr_demo", task="detection", model_config={},
+                          class_names=["a", "b"], image_size=64, patch_size=PATCH,
+                          extra={"letterbox": True})
+    images = np.random.default_rng(0).integers(0, 256, (2, 30, 50, 3), dtype=np.uint8)
+    got = predict_arrays(model, meta, images)
+    patches, grid, valid = letterbox_preprocess(images[1], image_size=64, patch_size=PATCH)
+    assert valid == (38, 64)
+    with torch.no_grad():
+        want = model(torch.from_numpy(patches)[None], grid, valid_hw=torch.tensor([valid]))
+    np.testing.assert_allclose(got["pred_boxes"][1], want["pred_boxes"][0].numpy(), atol=1e-5)
