@@ -253,3 +253,22 @@ def test_multiscale_draws_are_seeded_per_batch(nonsquare_coco):
 
     assert sides(1) == sides(1) and set(sides(1)) <= {48, 64, 96}
     assert len(set(sides(1) + sides(2) + sides(3))) > 1
+
+
+@pytest.mark.slow
+def test_detr_trains_letterboxed_multiscale_on_bccd_end_to_end(ray_cluster, bccd_small, tmp_path):
+    """Ray Train on BCCD photos letterboxed (aspect kept) with multi-scale batches; the
+    evaluator runs on the letterboxed val split with the padding mask."""
+    from components.training.config import load_train_config
+    from components.training.trainer import run_training
+
+    configs = Path(__file__).resolve().parents[2] / "pipelines" / "configs"
+    cfg = load_train_config(configs / "detect_ci.yaml", [
+        "model.name=detr_demo", "data.format=voc", f"data.root={bccd_small}",
+        "data.image_size=96", "data.letterbox=true", "data.multiscale=[64,80,96]",
+        "data.max_boxes=40", f"run.storage_path={tmp_path}", "run.name=detect-lb",
+        "batch_size=3", "epochs=2", "scaling.torch_threads=1"])
+    summary = run_training(cfg)
+    assert summary["steps"] == 4
+    metrics = summary["metrics"]
+    assert 0.0 <= metrics["map"] <= metrics["map50"] <= 1.0
