@@ -18,6 +18,7 @@ library call) the controller prints one line per report, which Ray forwards to t
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import threading
 import time
@@ -224,7 +225,8 @@ class LiveProgress:
             if self.mode == "tty":
                 if self._open and self._open != tick.run_name:
                     self._write("\n")  # another run: its own line
-                self._write(f"\r{tick.line()}\x1b[K")
+                width = shutil.get_terminal_size().columns - 1  # a wrapped line is not redrawn in place
+                self._write(f"\r{tick.line()[:width]}\x1b[K")
                 self._open = tick.run_name
                 return
             tenth = 10 * tick.step // tick.total if tick.total else 0

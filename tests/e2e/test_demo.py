@@ -128,6 +128,7 @@ def test_chain_stage_can_start_from_scratch(tmp_path):
     demo = load_config(DemoConfig, REPO / "pipelines" / "configs" / "demo.yaml")
     shipped = load_config(ChainConfig, REPO / demo.chain)
     assert not shipped.stages["detect"].init_from_pretrain and shipped.stages["finetune"].init_from_pretrain
+    validate(shipped, "t")
     # A bad stage config is found before anything trains: finetune with nothing to start from.
     bad = _chain_cfg(tmp_path, "stages.finetune.init_from_pretrain=false")
     with pytest.raises(ConfigError, match="finetune needs model.init_from"):
