@@ -53,12 +53,13 @@ class Tick:
 
     def line(self) -> str:
         pct = f" ({100 * self.step // self.total}%)" if self.total else ""
-        parts = [f"[{self.run_name}] step {self.step}/{self.total}{pct}", f"epoch {self.epoch}"]
+        parts = [f"[{self.run_name}] step {self.step}/{self.total}{pct}"]
         if self.img_per_s:
             parts.append(f"{self.img_per_s:.1f} img/s")
         if self.eta_s is not None:
             parts.append(f"ETA {format_eta(self.eta_s)}")
         parts += [f"{key} {value:.4f}" for key, value in self.metrics.items()]
+        parts.append(f"epoch {self.epoch}")  # last: what a narrow terminal cuts off
         return "  ".join(parts)
 
 

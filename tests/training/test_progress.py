@@ -49,8 +49,8 @@ def test_tick_line_shows_percent_rate_eta_and_the_latest_metrics():
     tick = state.tick(_report(100, at=20.0, train_loss=1.25))
     assert tick.step == 100 and tick.total == 200 and tick.eta_s == 20.0
     assert tick.metrics == {"train_loss": 1.25, "val_top1": 0.75}  # val_top1 kept from its report
-    assert tick.line() == ("[demo-pretrain] step 100/200 (50%)  epoch 0  320.0 img/s  ETA 0:20  "
-                           "train_loss 1.2500  val_top1 0.7500")
+    assert tick.line() == ("[demo-pretrain] step 100/200 (50%)  320.0 img/s  ETA 0:20  "
+                           "train_loss 1.2500  val_top1 0.7500  epoch 0")
 
 
 def _ticks(total: int, seconds_per_step: float) -> list[Tick]:
@@ -83,7 +83,7 @@ def test_tty_mode_redraws_one_line_per_run_in_place():
     live.say("[chain] r: done")
     text = out.getvalue()
     assert text.count("\r") == 3 and text.count("\n") == 2  # the run's line ended, then the message
-    assert text.endswith("step 3/3 (100%)  epoch 0  64.0 img/s  ETA 0:00\x1b[K\n[chain] r: done\n")
+    assert text.endswith("step 3/3 (100%)  64.0 img/s  ETA 0:00  epoch 0\x1b[K\n[chain] r: done\n")
 
 
 def test_mode_from_the_environment(monkeypatch):
