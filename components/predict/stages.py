@@ -23,12 +23,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from components.data.fs import Location
-from components.predict.model_ref import ModelRef
+
+if TYPE_CHECKING:  # a decode task imports this module: it needs neither torch nor the model
+    from components.predict.model_ref import ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -115,24 +117,38 @@ class PredictorSpec:
     data_fingerprint: str
 
 
+def load_model(directory, device):
+    """A checkpoint directory → (its model in eval mode on ``device``, its meta): the
+    architecture rebuilt from ``vitpipe.json``, the safetensors weights loaded strictly.
+
+    A model actor starts with only torch and the model code imported (not MLflow: the
+    registry's download ran on the driver, or is read from the node's cache).
+    """
+    from components.core.checkpoint import CheckpointError, load_checkpoint
+    from components.models import build_model
+
+    state_dict, meta = load_checkpoint(directory)
+    try:
+        model = build_model(meta.model_name, **meta.model_config)
+        model.load_state_dict(state_dict, strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{directory}: cannot load {meta.model_name!r}: "
+                              f"{str(err).strip().splitlines()[-1]}") from None
+    return model.to(device).eval(), meta
+
+
 class Predictor:
     """A Ray Data callable class: one model replica, batched forward passes (``__call__``)."""
 
     def __init__(self, spec: PredictorSpec):
-        import warnings
-
         import torch
 
         from components.core.device import autocast_dtype, pick_device
         from components.predict.outputs import OUTPUTS
 
-        with warnings.catch_warnings():  # MLflow's advice on its own pyfunc wrapper class
-            warnings.simplefilter("ignore", UserWarning)
-            from components.tracking.packaging import model_from_checkpoint
-
         torch.set_num_threads(spec.threads)
         self.device = pick_device(prefer_gpu=spec.use_gpu)
-        self.model, self.meta = model_from_checkpoint(spec.model.local_dir(), device=self.device)
+        self.model, self.meta = load_model(spec.model.local_dir(), self.device)
         # auto: bf16 where this replica's forward pass is measured faster in it (cached)
         self.dtype = autocast_dtype(self.device, spec.precision, self.model, train=False)
         self.grid = (self.meta.image_size // self.meta.patch_size,) * 2
