@@ -314,7 +314,7 @@ def generic_table(d: dict, title: str | None = None) -> list[str]:
 
 def readiness_table(d: dict) -> list[str]:
     """The production-readiness report's findings and tables (the full page: docs/report.md)."""
-    from components.report.render import _md_table, cost_table, findings, training_table, training_budget
+    from components.report.render import md_table, cost_table, findings, training_table, training_budget
 
     m = d["machine"]
     peak = d.get("gemm_peak_tflops", {})
@@ -324,10 +324,10 @@ def readiness_table(d: dict) -> list[str]:
             f"TFLOP/s; {d.get('wall_s', d.get('elapsed_s'))} s). Full report: [report.md](report.md).", ""]
     rows += [f"- {line}" for line in findings(d)] + [""]
     if d["cost"]:
-        rows += [_md_table(*cost_table(d)), ""]
+        rows += [md_table(*cost_table(d)), ""]
     if d["training"]:
         rows += [f"Training comparison of small variants ({training_budget(d)}):", "",
-                 _md_table(*training_table(d)), ""]
+                 md_table(*training_table(d)), ""]
     return rows
 
 

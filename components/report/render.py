@@ -39,7 +39,8 @@ def cost_table(results: dict) -> tuple[list[str], list[list[str]]]:
             mark = " (auto)" if prec == m["auto_pick"] and len(m["by_precision"]) > 1 else ""
             rows.append([
                 row["label"], m["model"], m["task"], "x".join(str(v) for v in m["img_size"]),
-                _fmt(m["params"] / 1e6), _fmt(m["gmacs"], 2 if m["gmacs"] >= 1 else 4), prec + mark, _fmt(p["latency_ms_b1"], 1),
+                _fmt(m["params"] / 1e6), _fmt(m["gmacs"], 2 if m["gmacs"] >= 1 else 4), prec + mark,
+                _fmt(p["latency_ms_b1"], 1),
                 f"{_fmt(p['throughput'])} @ {m['batch_large']}",
                 f"{_fmt(p['peak_rss_mib_b1'], 0)} / {_fmt(p['peak_rss_mib_large'], 0)}",
             ])
@@ -248,7 +249,7 @@ def plot_training(results: dict, path: Path) -> Path | None:
 
 
 # ----------------------------------------------------------------------------- documents
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
+def md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -307,12 +308,12 @@ def markdown(results: dict, plots: dict[str, Path | None], image_dir: str = "") 
              "", *_machine_lines(results), "", "## Findings", ""]
     parts += [f"- {line}" for line in findings(results)] + [""]
     if results["cost"]:
-        parts += [f"## {_cost_heading(results)}", "", _md_table(*cost_table(results)), ""]
+        parts += [f"## {_cost_heading(results)}", "", md_table(*cost_table(results)), ""]
         if plots.get("cost"):
             parts += [f"![inference cost]({image_dir}{plots['cost'].name})", ""]
     if results["training"]:
         parts += ["## Training comparison of small variants", "", f"Budget: {training_budget(results)}.", "",
-                  _md_table(*training_table(results)), ""]
+                  md_table(*training_table(results)), ""]
         if plots.get("training"):
             parts += [f"![training curves]({image_dir}{plots['training'].name})", ""]
     parts += ["## Method", ""] + [f"- {line}" for line in method(results)] + [""]
@@ -341,7 +342,8 @@ def html_page(results: dict, plots: dict[str, Path | None]) -> str:
                         + _img(plots.get("cost"), "cost"))
     if results["training"]:
         sections.append("<h2>Training comparison of small variants</h2>"
-                        + f"<p>Budget: {html.escape(training_budget(results))}.</p>" + _html_table(*training_table(results))
+                        + f"<p>Budget: {html.escape(training_budget(results))}.</p>"
+                        + _html_table(*training_table(results))
                         + _img(plots.get("training"), "training"))
     method_items = "".join(f"<li>{html.escape(line)}</li>" for line in method(results))
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
