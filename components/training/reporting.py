@@ -106,7 +106,8 @@ class CheckpointReporter:
             patch_size=int(model.patch_size), mean=tuple(model.mean), std=tuple(model.std),
             data_fingerprint=plan.fingerprint, step=progress.global_step,
             metrics=metrics, extra={"run_name": cfg.run.name, "mlflow_run_id": plan.mlflow_run_id,
-                                    "epoch": progress.epoch, **self._mae_extra},
+                                    "epoch": progress.epoch, "letterbox": bool(cfg.data.letterbox),
+                                    **self._mae_extra},
         )
 
     def report(self, metrics: dict[str, float], *, with_checkpoint: bool, kind: str = "mid") -> None:

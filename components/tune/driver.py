@@ -66,7 +66,7 @@ def _absolute_paths(raw: dict[str, Any]) -> dict[str, Any]:
             if isinstance(split, dict) and isinstance(split.get(key), str):
                 split[key] = storage.normalize(split[key])
     init = raw["model"].get("init_from")
-    if init and not init.startswith("models:/"):
+    if init and not init.startswith(("models:/", "timm:", "hf:")):  # names stay names
         raw["model"]["init_from"] = storage.normalize(init)
     return raw
 
