@@ -249,7 +249,8 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
         last = max(progress.global_step,
                    last_logged_step(plan["tracking_uri"], plan["mlflow_run_id"], "train_loss"))
         logger = MetricLogger(plan["tracking_uri"], plan["mlflow_run_id"],
-                              max_retries=cfg.mlflow.max_retries, last_step=last)
+                              max_retries=cfg.mlflow.max_retries, last_step=last,
+                              buffer_steps=cfg.mlflow.buffer_steps, drain_timeout_s=cfg.mlflow.drain_timeout_s)
 
     reporter = CheckpointReporter(cfg=cfg, plan=plan, model=base, optimizer=optimizer, scheduler=scheduler,
                                   scaler=scaler, rank=rank, progress=progress, logger=logger, best_val=best_val)
@@ -307,6 +308,7 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
                 heartbeat.beat(step)
                 if sums[2] > 0:
                     report({"stopped": 1.0}, with_checkpoint=True, kind="stop")
+                    logger.close(timeout_s=min(30.0, cfg.mlflow.drain_timeout_s))  # within the grace period
                     raise Preempted(f"rank {rank}: stop requested at step {step}; checkpoint written")
                 if not (every and step % every == 0) and sums[3] > 0:
                     report(metrics, with_checkpoint=False)
@@ -328,7 +330,7 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
             reporter.best_val = dict(val)
             logger.log(val, progress.global_step)
         report(val, with_checkpoint=True, kind=f"epoch{progress.epoch}")
-    logger.flush()
+    logger.close()  # what the sender still holds (the server away): up to mlflow.drain_timeout_s
 
 
 class _Heartbeat:
