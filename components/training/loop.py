@@ -32,7 +32,7 @@ from components.core.device import autocast_dtype, needs_grad_scaler
 from components.training.config import TrainConfig, micro_batches_per_step
 from components.training.optim import build_optimizer, build_scheduler
 from components.training.preemption import Preempted, preemption_notice, stop_requested, stop_requests_armed
-from components.training.reporting import CheckpointReporter, restore_from
+from components.training.reporting import CheckpointReporter, restore_from, resumable_checkpoint
 from components.training.state import Progress
 from components.training.step import (
     StepRunner, batch_grid, classification_loss, detection_loss, model_computes_loss, model_loss,
@@ -226,7 +226,7 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
 
     progress = Progress()
     best_val: dict[str, float] = {}
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = resumable_checkpoint(ray.train.get_checkpoint())
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             progress, best_val = restore_from(ckpt_dir, task=cfg.task, model=base, optimizer=optimizer,
