@@ -26,13 +26,27 @@ from components.training.reporting import resumable_checkpoint
 
 pytestmark = pytest.mark.slow
 
+CONFIGS = Path(__file__).resolve().parents[2] / "pipelines" / "configs"
+FAULT_S = 4.0
+
+
+def _rst(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()  # linger 0: the peer sees a connection reset
+    except OSError:
+        pass
+
 
 class ResettingProxy:
-    """Loopback TCP proxy to ``target``; resets (RST) the first ``reset_first`` connections."""
+    """Loopback TCP proxy to ``target``; resets (RST) the first ``reset_first`` connections,
+    and during a :meth:`fail_for` window every open and every new connection."""
 
-    def __init__(self, target_port: int, reset_first: int) -> None:
+    def __init__(self, target_port: int, reset_first: int = 0) -> None:
         self.target_port, self.reset_first = target_port, reset_first
         self.accepted = self.reset = 0
+        self.fail_until = 0.0
+        self.open: set[socket.socket] = set()
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.sock.settimeout(0.5)
         self.port = self.sock.getsockname()[1]
@@ -47,12 +61,12 @@ class ResettingProxy:
             except OSError:
                 continue
             self.accepted += 1
-            if self.reset < self.reset_first:
+            if self.reset < self.reset_first or time.monotonic() < self.fail_until:
                 self.reset += 1
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                client.close()  # linger 0: the peer sees a connection reset
+                _rst(client)
                 continue
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self.open.add(client)
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
@@ -69,6 +83,14 @@ class ResettingProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def fail_for(self, seconds: float) -> None:
+        """A network fault: reset every open connection, refuse new ones for ``seconds``."""
+        self.fail_until = time.monotonic() + seconds
+        for sock in list(self.open):
+            self.open.discard(sock)
+            self.reset += 1
+            _rst(sock)
 
     def close(self) -> None:
         self._stop.set()
@@ -151,3 +173,53 @@ def test_resume_never_uses_a_checkpoint_cut_off_midway(s3_server, tmp_path):
     assert picked.path == f"{run}/checkpoint_step0000008_mid"
     whole = Checkpoint(f"{run}/checkpoint_step0000008_mid", filesystem=fs)
     assert resumable_checkpoint(whole) is whole
+
+
+def test_training_run_finishes_through_storage_faults(ray_cluster, s3_server, synth_dataset, monkeypatch):
+    """A real run with ``s3://`` storage through the proxy: once the first checkpoint is in
+    the bucket, every connection is reset and new ones refused for FAULT_S; with
+    ``run.max_failures=0`` a failed upload would fail the run, so finishing means the
+    uploads were retried through the fault."""
+    import boto3
+
+    from components.training.config import load_train_config
+    from components.training.trainer import run_training
+
+    _bucket(s3_server, "ckpt-run")
+    proxy = ResettingProxy(int(s3_server.rsplit(":", 1)[1]))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{proxy.port}")
+    s3 = boto3.client("s3", endpoint_url=s3_server)  # the watcher looks past the proxy
+    fault: dict = {}
+
+    def inject() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            keys = [o["Key"] for o in s3.list_objects_v2(Bucket="ckpt-run").get("Contents", [])]
+            if any(storage.MANIFEST in k for k in keys):
+                fault["at"] = time.monotonic()
+                proxy.fail_for(FAULT_S)
+                return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=inject, daemon=True)
+    watcher.start()
+    try:
+        cfg = load_train_config(CONFIGS / "pretrain_ci.yaml", [
+            f"data.root={synth_dataset}", "run.storage_path=s3://ckpt-run/runs", "run.name=s3-faults",
+            "epochs=3", "checkpoint.every_n_steps=3", "run.max_failures=0", "data.augment.enabled=false",
+            "run.log_every_n_steps=3"])
+        started = time.monotonic()
+        summary = run_training(cfg)
+        seconds = time.monotonic() - started
+    finally:
+        watcher.join(timeout=5)
+        proxy.close()
+    assert "at" in fault and proxy.reset > 0, "the fault never hit the run"
+    fs, run = pafs.S3FileSystem(endpoint_override=s3_server), "ckpt-run/runs/s3-faults"
+    ckpts = [e.path for e in fs.get_file_info(pafs.FileSelector(run, allow_not_found=True))
+             if storage.checkpoint_step(e.base_name) >= 0]
+    assert ckpts and all(storage.checkpoint_complete(fs, c)[0] for c in ckpts), ckpts
+    assert summary["checkpoint"].startswith("s3://ckpt-run/runs/s3-faults/checkpoint_step")
+    print(f"storage-faults run: {summary['steps']} steps in {seconds:.1f} s, {proxy.reset} connections reset "
+          f"over a {FAULT_S:.0f} s fault, {len(ckpts)} checkpoints kept, all complete")
