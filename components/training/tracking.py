@@ -176,7 +176,10 @@ class MetricLogger:
     def close(self, timeout_s: float | None = None) -> bool:
         """Queue what is left, wait up to ``timeout_s`` (``drain_timeout_s``) for the sender
         to send it all; returns whether everything was sent."""
+        self._closed = False  # closing again (the server came back) sends what is left
         self.flush()
+        if self._queue:
+            self._start()
         timeout_s = self.drain_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         with self._cond:
