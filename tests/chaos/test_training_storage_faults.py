@@ -206,8 +206,11 @@ def test_training_run_finishes_through_storage_faults(ray_cluster, s3_server, sy
     watcher.start()
     try:
         cfg = load_train_config(CONFIGS / "pretrain_ci.yaml", [
-            f"data.root={synth_dataset}", "run.storage_path=s3://ckpt-run/runs", "run.name=s3-faults",
-            "epochs=3", "checkpoint.every_n_steps=3", "run.max_failures=0", "data.augment.enabled=false",
+            f"data.root={synth_dataset}",
+            # credentials in the URI: the session's Ray processes started before the S3
+            # server's environment was set, and the filesystem carries them to the workers
+            "run.storage_path=s3://test:test@ckpt-run/runs", "run.name=s3-faults",
+            "epochs=2", "checkpoint.every_n_steps=5", "run.max_failures=0", "data.augment.enabled=false",
             "run.log_every_n_steps=3"])
         started = time.monotonic()
         summary = run_training(cfg)
