@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 CONFIGS = Path(__file__).resolve().parents[2] / "pipelines" / "configs"
 # 15 s here; CHAOS_MLFLOW_OUTAGE_S=60 measures a minute's outage by hand (a longer run).
 OUTAGE_S = float(os.environ.get("CHAOS_MLFLOW_OUTAGE_S", "15"))
-EPOCHS = 14 if OUTAGE_S <= 15 else int(14 * OUTAGE_S / 15)
+EPOCHS = 14 if OUTAGE_S <= 15 else int(14 * OUTAGE_S / 30)
 EXPERIMENT = "chaos-mlflow-outage"
 
 
