@@ -245,7 +245,8 @@ class MetricLogger:
                     if self._closed:
                         return
                     t0 = time.monotonic()
-                    self._cond.wait(delay)  # close() may end the wait early
+                    while not self._closed and time.monotonic() - t0 < delay:  # close() ends it early
+                        self._cond.wait(delay - (time.monotonic() - t0))
                     self.retry_seconds += time.monotonic() - t0
                 delay = min(cap, delay * 2)
 
