@@ -38,9 +38,9 @@ PRETRAIN_CONFIG = ROOT / "pipelines" / "configs" / "pretrain.yaml"
 
 def pretrain_data(root: str):
     """The demo pretraining stage's data section (its crops, size and augmentation) on ``root``."""
-    from components.training.config import load_train_config, resolve_data_config
+    from components.training.config import load_train_config
 
-    return resolve_data_config(load_train_config(PRETRAIN_CONFIG, [f"data.root={root}"]))
+    return load_train_config(PRETRAIN_CONFIG, [f"data.root={root}"]).data
 
 
 def measure(data_cfg, rows_per_block: int | None, *, batch_size: int) -> dict:

@@ -103,7 +103,9 @@ def ray_train(model_name: str, img: int, batch: int, steps: int, warmup: int, *,
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from components.training.faults import Faults
     from components.training.loop import train_loop_per_worker
+    from components.training.plan import StepPlan, WorkerPlan
 
     total = steps + warmup
     n_rows = batch * workers * total
@@ -119,16 +121,19 @@ def ray_train(model_name: str, img: int, batch: int, steps: int, warmup: int, *,
                                 "label": rows["label"][i]} for i in range(workers * 2)])
     cfg = TrainConfig.model_validate({
         "model": {"name": model_name, "head": "mlp"}, "batch_size": batch, "epochs": 1,
+        "data": {"root": "-", "image_size": img},
         "scaling": {"num_workers": workers, "torch_threads": threads, "cpus_per_worker": threads},
         "optim": {"lr": 1e-3, "warmup_steps": 2}, "run": {"name": "bench"},
         "checkpoint": {"every_n_steps": 0}, "mlflow": {"enabled": False}, "eval": {"batch_size": 2},
     })
-    plan = {"steps_per_epoch": total, "total_steps": total, "epochs": 1,
-            "class_names": [str(i) for i in range(NUM_CLASSES)], "image_size": img, "has_val": True}
+    plan = WorkerPlan(config=cfg, steps=StepPlan(steps_per_epoch=total, total_steps=total, epochs=1),
+                      class_names=tuple(str(i) for i in range(NUM_CLASSES)), image_size=img,
+                      fingerprint="", batch_task="classification", has_val=True, tracking_uri=None,
+                      mlflow_run_id=None, init_state_ref=None, init_meta=None, faults=Faults())
     name = f"bench-{model_name}-{workers}w-{int(time.time())}"
     log = Path(storage) / f"{name}.jsonl"
     trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config={"train": cfg.model_dump(mode="json"), "plan": plan},
+        train_loop_per_worker, train_loop_config={"plan": plan},
         datasets={"train": ds, "val": val},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": threads}),
         run_config=RunConfig(name=name, storage_path=storage, callbacks=[_collector(str(log))],

@@ -10,7 +10,7 @@ import sys
 
 from components.core.config import ConfigError
 from components.training.config import TrainConfig
-from pipelines._common import main
+from pipelines._common import TrainResult, main, train
 
 
 def check(cfg: TrainConfig) -> None:
@@ -18,5 +18,11 @@ def check(cfg: TrainConfig) -> None:
         raise ConfigError("detect trains detectors: task must be 'detection'")
 
 
+def detect(cfg: TrainConfig, *, config_text: str | None = None, callbacks: list | None = None) -> TrainResult:
+    """The detect stage: checks ``cfg`` is one, then trains, evaluates and registers."""
+    check(cfg)
+    return train("detect", cfg, config_text=config_text, callbacks=callbacks)
+
+
 if __name__ == "__main__":
-    sys.exit(main("detect", check=check))
+    sys.exit(main("detect", detect, check=check))

@@ -11,7 +11,7 @@ import sys
 
 from components.core.config import ConfigError
 from components.training.config import TrainConfig
-from pipelines._common import main
+from pipelines._common import TrainResult, main, train
 
 
 def check(cfg: TrainConfig) -> None:
@@ -21,5 +21,11 @@ def check(cfg: TrainConfig) -> None:
         raise ConfigError("finetune needs model.init_from (a checkpoint directory or models:/ URI)")
 
 
+def finetune(cfg: TrainConfig, *, config_text: str | None = None, callbacks: list | None = None) -> TrainResult:
+    """The finetune stage: checks ``cfg`` is one, then trains, evaluates and registers."""
+    check(cfg)
+    return train("finetune", cfg, config_text=config_text, callbacks=callbacks)
+
+
 if __name__ == "__main__":
-    sys.exit(main("finetune", check=check))
+    sys.exit(main("finetune", finetune, check=check))

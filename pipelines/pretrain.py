@@ -12,7 +12,7 @@ import sys
 
 from components.core.config import ConfigError
 from components.training.config import TrainConfig
-from pipelines._common import main
+from pipelines._common import TrainResult, main, train
 
 
 def check(cfg: TrainConfig) -> None:
@@ -20,5 +20,11 @@ def check(cfg: TrainConfig) -> None:
         raise ConfigError("pretrain trains classifiers or MAE encoders: task must be 'classification' or 'mae'")
 
 
+def pretrain(cfg: TrainConfig, *, config_text: str | None = None, callbacks: list | None = None) -> TrainResult:
+    """The pretrain stage: checks ``cfg`` is one, then trains, evaluates and registers."""
+    check(cfg)
+    return train("pretrain", cfg, config_text=config_text, callbacks=callbacks)
+
+
 if __name__ == "__main__":
-    sys.exit(main("pretrain", check=check))
+    sys.exit(main("pretrain", pretrain, check=check))

@@ -188,10 +188,13 @@ def measure(
 
     device = pick_device(prefer_gpu=cfg.device != "cpu")
     model, meta = model_from_checkpoint(checkpoint_dir, device=device)
+    # a detector trained letterboxed is measured on letterboxed images (its own eval transform)
+    letterbox = meta.task == "detection" and bool(meta.extra.get("letterbox"))
     data_cfg = cfg.data.model_copy(
-        update={"image_size": meta.image_size, "patch_size": meta.patch_size}
+        update={"image_size": meta.image_size, "patch_size": meta.patch_size,
+                "letterbox": letterbox, "multiscale": None}
     )
-    key = (meta.image_size, meta.patch_size)
+    key = (meta.image_size, meta.patch_size, letterbox)
     cache = data_cache if data_cache is not None else {}
     if key not in cache:
         cache[key] = _eval_batches(data_cfg, cfg.split, cfg.task, cfg.batch_size)

@@ -2,8 +2,7 @@
 
 Validated by pydantic before Ray starts a single worker, so an unknown key or a wrong type
 is one clear :class:`components.core.config.ConfigError`. The data section is the data
-layer's own ``DataConfig`` (kept as a plain mapping here and validated by
-:func:`resolve_data_config` when that module is importable, so this module stays light).
+layer's own :class:`components.data.config.DataConfig`, validated with the rest.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from components.core.config import ConfigError, StrictModel
+from components.data.config import DataConfig
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
@@ -26,7 +26,8 @@ class ModelSection(StrictModel):
     name: str = "vit_demo"
     head: Literal["mlp", "linear"] = "mlp"
     overrides: dict[str, Any] = Field(default_factory=dict)
-    # Fine-tuning / detection init: a checkpoint directory (local path) or a models:/ URI.
+    # Fine-tuning / detection init: a checkpoint directory (local path), a models:/ URI, or
+    # weights by name from the hub cache: timm:<model>[.<tag>], hf:<org>/<name>[@<revision>].
     init_from: str | None = None
 
 
@@ -135,13 +136,6 @@ class RunSection(StrictModel):
     # Train V2 holds one unconsumed report per worker and its controller takes it once per
     # poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s): reporting more often blocks the loop.
     progress_every_s: float = Field(3.0, ge=0)
-    # Fault injection for tests: the rank-0 worker kills its own process (SIGKILL) once,
-    # when it reaches this global step. Off (None) unless a test sets it.
-    fail_at_step: int | None = None
-    # Test/ops hook (off): each rank writes ``<storage>/<name>/heartbeat/rank<r>.json``
-    # ({pid, step, started_at_step, stop_requested}) at every log boundary, so a test can
-    # find the training worker's process and the step it has reached.
-    heartbeat: bool = False
 
     @field_validator("name")
     @classmethod
@@ -226,7 +220,7 @@ class TrainConfig(StrictModel):
     # mae: self-supervised masked-autoencoder pretraining of a ViT encoder (labels unused).
     task: Literal["classification", "detection", "mae"] = "classification"
     model: ModelSection = Field(default_factory=ModelSection)
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: DataConfig  # required: where the data is and what the model sees
     scaling: ScalingSection = Field(default_factory=ScalingSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     batch_size: int = Field(16, ge=1)  # per worker, per micro-step
@@ -272,22 +266,6 @@ class TrainConfig(StrictModel):
         return self
 
 
-def resolve_data_config(cfg: TrainConfig):
-    """Validate ``cfg.data`` as the data layer's ``DataConfig`` (raises ``ConfigError``)."""
-    from pydantic import ValidationError
-
-    from components.data.config import DataConfig
-
-    try:
-        return DataConfig.model_validate(cfg.data)
-    except ValidationError as err:
-        lines = ["invalid data section:"]
-        for e in err.errors():
-            where = ".".join(str(p) for p in e["loc"])
-            lines.append(f"  data{'.' + where if where else ''}: {e['msg']}")
-        raise ConfigError("\n".join(lines)) from None
-
-
 def check_model(cfg: TrainConfig) -> None:
     """The model name is registered and fits the task (MAE: a ViT-family encoder)."""
     from components.models import get_spec
@@ -311,7 +289,6 @@ def load_train_config(path, overrides: list[str] = (), *,
     from components.core.config import load_config
 
     cfg = load_config(TrainConfig, path, overrides)
-    resolve_data_config(cfg)
     if check is not None:
         check(cfg)
     check_model(cfg)  # here, not in a worker: an unknown name would fail every restart

@@ -19,9 +19,6 @@ next log boundary, then raise ``Preempted``.
 from __future__ import annotations
 
 import logging
-import math
-import os
-import signal
 import time
 from typing import Any
 
@@ -30,7 +27,9 @@ import torch.distributed as dist
 
 from components.core.device import autocast_dtype, needs_grad_scaler
 from components.training.config import TrainConfig, micro_batches_per_step
+from components.training.faults import FaultHooks
 from components.training.optim import build_optimizer, build_scheduler
+from components.training.plan import WorkerPlan
 from components.training.preemption import Preempted, preemption_notice, stop_requested, stop_requests_armed
 from components.training.reporting import CheckpointReporter, restore_from, resumable_checkpoint
 from components.training.state import Progress
@@ -186,14 +185,14 @@ def _all_reduce_sum(values: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- the loop
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train's ``train_loop_per_worker``. ``loop_config``: ``train`` (TrainConfig as a
-    dict) and ``plan`` (decided by the driver: class names, step counts, MLflow run id...)."""
-    cfg = TrainConfig.model_validate(loop_config["train"])
+    """Ray Train's ``train_loop_per_worker``. ``loop_config["plan"]``: the driver's
+    :class:`components.training.plan.WorkerPlan` (config, step counts, class names, MLflow run...)."""
+    plan: WorkerPlan = loop_config["plan"]
     with stop_requests_armed():
-        _train(cfg, loop_config["plan"])
+        _train(plan.config, plan)
 
 
-def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
+def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
     import ray.train
     import ray.train.torch
 
@@ -206,17 +205,17 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
         torch.set_num_threads(cfg.scaling.torch_threads)
     torch.manual_seed(cfg.run.seed + rank)
 
-    init_state = ray.get(plan["init_state_ref"]) if plan.get("init_state_ref") is not None else None
-    model = build_task_model(cfg, num_classes=len(plan["class_names"]), image_size=plan["image_size"],
-                             init_state=init_state, init_meta=plan.get("init_meta"))
+    init_state = ray.get(plan.init_state_ref) if plan.init_state_ref is not None else None
+    model = build_task_model(cfg, num_classes=len(plan.class_names), image_size=plan.image_size,
+                             init_state=init_state, init_meta=plan.init_meta)
     del init_state
     base = model
     model = ray.train.torch.prepare_model(model)
     amp = autocast_dtype(device, cfg.precision, base, train=True)
     scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(amp, device) else None
     optimizer = build_optimizer(base, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, plan["total_steps"])
-    loss_fn = make_loss(cfg, len(plan["class_names"]), base)
+    scheduler = build_scheduler(optimizer, cfg.optim, plan.steps.total_steps)
+    loss_fn = make_loss(cfg, len(plan.class_names), base)
     # The global batch is fixed (batch_size × grad_accum_steps × max workers): a rank of a
     # smaller (elastic) worker group accumulates more micro-batches per optimizer step.
     accum = micro_batches_per_step(cfg.scaling, cfg.optim.grad_accum_steps, world)
@@ -240,15 +239,15 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
     progress.world_size = world
 
     logger = MetricLogger(None, None)
-    if rank == 0 and plan.get("tracking_uri") and plan.get("mlflow_run_id"):
+    if rank == 0 and plan.tracked:
         # Steps at or below the last one MLflow already holds are never logged again: the
         # controller may restore a checkpoint older than the last one this rank flushed for
         # (a worker killed right after reporting), and those steps are then retrained.
         from components.training.tracking import last_logged_step
 
         last = max(progress.global_step,
-                   last_logged_step(plan["tracking_uri"], plan["mlflow_run_id"], "train_loss"))
-        logger = MetricLogger(plan["tracking_uri"], plan["mlflow_run_id"],
+                   last_logged_step(plan.tracking_uri, plan.mlflow_run_id, "train_loss"))
+        logger = MetricLogger(plan.tracking_uri, plan.mlflow_run_id,
                               max_retries=cfg.mlflow.max_retries, last_step=last,
                               buffer_steps=cfg.mlflow.buffer_steps, drain_timeout_s=cfg.mlflow.drain_timeout_s)
 
@@ -257,23 +256,26 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
     report = reporter.report
 
     train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val") if plan.get("has_val") else None
-    steps_per_epoch, total_steps = plan["steps_per_epoch"], plan["total_steps"]
+    val_shard = ray.train.get_dataset_shard("val") if plan.has_val else None
+    steps_per_epoch, total_steps = plan.steps.steps_per_epoch, plan.steps.total_steps
     micro_per_epoch = steps_per_epoch * accum
     global_batch = cfg.batch_size * accum * world  # the same at every world size
     every = cfg.checkpoint.every_n_steps
-    fault_marker = plan.get("fault_marker")
-    batch_task = plan.get("loader_task", cfg.task)
-    heartbeat = _Heartbeat(plan.get("heartbeat_dir"), rank, progress.global_step, world)
+    batch_task = plan.batch_task
+    hooks = FaultHooks(plan.faults, rank=rank, started_at_step=progress.global_step, world_size=world)
     last_progress = time.monotonic()
 
-    while progress.global_step < total_steps and progress.epoch < plan["epochs"]:
+    while progress.global_step < total_steps and progress.epoch < plan.steps.epochs:
         skip = progress.batch_in_epoch
         last_ckpt_step = progress.global_step
         window_loss, window_n = 0.0, 0
         t_window = time.perf_counter()
+        seed = cfg.data.seed
+        scales = {"multiscale": cfg.data.multiscale, "patch_size": cfg.data.patch_size,
+                  "multiscale_seed": None if seed is None else [seed, progress.epoch, rank]}
         for micro, batch in enumerate(iter_batches(train_shard, batch_size=cfg.batch_size,
-                                                   task=batch_task, drop_last=True, device=device)):
+                                                   task=batch_task, drop_last=True, device=device,
+                                                   **scales)):
             # Resumed mid-epoch: batches this rank consumed before the checkpoint are skipped;
             # a trailing remainder shorter than one optimizer step is not trained on.
             if micro < skip or micro >= micro_per_epoch or progress.global_step >= total_steps:
@@ -287,7 +289,7 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
             window_loss += float(out["loss"])
             window_n += 1
             step = progress.global_step
-            _maybe_inject_fault(cfg, rank, step, fault_marker)
+            hooks.at_step(step)
             if step % cfg.run.log_every_n_steps == 0 or step == total_steps:
                 elapsed = time.perf_counter() - t_window
                 # One collective per log window: the loss sums, and two flags every rank must
@@ -305,7 +307,7 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
                         metrics[f"train_{key}"] = float(value)
                 logger.log(metrics, step)
                 window_loss, window_n, t_window = 0.0, 0, time.perf_counter()
-                heartbeat.beat(step)
+                hooks.beat(step)
                 if sums[2] > 0:
                     report({"stopped": 1.0}, with_checkpoint=True, kind="stop")
                     logger.close(timeout_s=min(30.0, cfg.mlflow.drain_timeout_s))  # within the grace period
@@ -333,45 +335,6 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
     logger.close()  # what the sender still holds (the server away): up to mlflow.drain_timeout_s
 
 
-class _Heartbeat:
-    """Test/ops hook (``run.heartbeat``, off): this rank's pid and step in the run's storage."""
-
-    def __init__(self, directory: str | None, rank: int, started_at_step: int, world_size: int = 1):
-        self.path = None
-        self.world_size = world_size
-        if directory:
-            from components.training import storage
-
-            self.path = storage.join(directory, f"rank{rank}.json")
-        self.started_at_step = started_at_step
-
-    def beat(self, step: int) -> None:
-        if self.path is None:
-            return
-        import json
-
-        from components.training import storage
-
-        storage.write_text(self.path, json.dumps({
-            "pid": os.getpid(), "step": step, "started_at_step": self.started_at_step,
-            "world_size": self.world_size,
-            "stop_requested": stop_requested(), "time": time.time()}))
-
-
-def _maybe_inject_fault(cfg: TrainConfig, rank: int, step: int, marker: str | None) -> None:
-    """Test hook (off unless ``run.fail_at_step`` is set): rank 0 SIGKILLs its own process
-    once, at ``step``, leaving a marker in the run's storage so the restarted worker goes on."""
-    if cfg.run.fail_at_step is None or rank != 0 or step != cfg.run.fail_at_step or not marker:
-        return
-    from components.training import storage
-
-    if storage.read_text(marker) is not None:
-        return
-    storage.write_text(marker, f"killed at step {step}\n")
-    log.warning("fault injection: killing this worker (pid %d) at step %d", os.getpid(), step)
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 def resume_position(progress: Progress, cfg: TrainConfig, world_size: int) -> int:
     """Micro-batches each of ``world_size`` ranks skips in ``progress.epoch`` to resume there.
 
@@ -385,25 +348,3 @@ def resume_position(progress: Progress, cfg: TrainConfig, world_size: int) -> in
     accum = cfg.optim.grad_accum_steps
     steps_in_epoch = progress.batch_in_epoch // micro_batches_per_step(cfg.scaling, accum, written_by)
     return steps_in_epoch * micro_batches_per_step(cfg.scaling, accum, world_size)
-
-
-def steps_plan(num_rows: int, *, num_workers: int, batch_size: int, grad_accum_steps: int,
-               epochs: int, max_steps: int | None) -> dict[str, int]:
-    """Optimizer steps per epoch and in total for ``num_rows`` training rows.
-
-    Each worker gets ``num_rows // num_workers`` rows (Ray's equal split), makes
-    ``rows // batch_size`` full micro-batches, i.e. ``that // grad_accum_steps`` steps.
-    """
-    rows = num_rows // num_workers
-    steps_per_epoch = (rows // batch_size) // grad_accum_steps
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"{num_rows} training rows over {num_workers} workers give less than one optimizer "
-            f"step per epoch at batch_size {batch_size} × grad_accum_steps {grad_accum_steps}; "
-            "lower batch_size or grad_accum_steps"
-        )
-    total = steps_per_epoch * epochs
-    if max_steps is not None:
-        total = min(total, max_steps)
-    return {"steps_per_epoch": steps_per_epoch, "total_steps": total,
-            "epochs": math.ceil(total / steps_per_epoch)}

@@ -21,13 +21,13 @@ import logging
 import os
 import tempfile
 import time
-from typing import Any
 
 import torch
 
 from components.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from components.training import storage
 from components.training.config import TrainConfig
+from components.training.plan import WorkerPlan
 from components.training.state import Progress, load_rng, load_train_state, save_rng, save_train_state
 from components.training.tracking import MetricLogger
 
@@ -108,7 +108,7 @@ class CheckpointReporter:
     score (the loop updates it after each validation).
     """
 
-    def __init__(self, *, cfg: TrainConfig, plan: dict[str, Any], model: torch.nn.Module, optimizer,
+    def __init__(self, *, cfg: TrainConfig, plan: WorkerPlan, model: torch.nn.Module, optimizer,
                  scheduler, scaler, rank: int, progress: Progress, logger: MetricLogger,
                  best_val: dict[str, float] | None = None) -> None:
         self.cfg, self.plan, self.model = cfg, plan, model
@@ -124,11 +124,12 @@ class CheckpointReporter:
         return CheckpointMeta(
             model_name=cfg.model.name, task="classification" if cfg.task == "mae" else cfg.task,
             model_config=dict(model.build_config),
-            class_names=[] if cfg.task == "mae" else list(plan["class_names"]), image_size=plan["image_size"],
+            class_names=[] if cfg.task == "mae" else list(plan.class_names), image_size=plan.image_size,
             patch_size=int(model.patch_size), mean=tuple(model.mean), std=tuple(model.std),
-            data_fingerprint=plan.get("fingerprint", ""), step=progress.global_step,
-            metrics=metrics, extra={"run_name": cfg.run.name, "mlflow_run_id": plan.get("mlflow_run_id"),
-                                    "epoch": progress.epoch, **self._mae_extra},
+            data_fingerprint=plan.fingerprint, step=progress.global_step,
+            metrics=metrics, extra={"run_name": cfg.run.name, "mlflow_run_id": plan.mlflow_run_id,
+                                    "epoch": progress.epoch, "letterbox": bool(cfg.data.letterbox),
+                                    **self._mae_extra},
         )
 
     def report(self, metrics: dict[str, float], *, with_checkpoint: bool, kind: str = "mid") -> None:

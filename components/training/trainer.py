@@ -1,15 +1,17 @@
-"""The driver side of a training run: one function, :func:`run_training`, for every task.
+"""The driver side of a training run: :func:`run_training`, for every task, in three steps.
 
-Order matters and is the point of this module:
-
-1. validate the config (data section included) — before Ray starts anything;
-2. connect to Ray, check ``storage_path`` is writable and visible from every node;
-3. check the MLflow server answers, then open the run's ONE MLflow run (a new one, or the
-   one the run record beside the checkpoints names: resubmitting ``run.name`` resumes);
-4. build the datasets, plan the steps, start ``TorchTrainer`` (Ray Train restores the last
-   checkpoint of the same run name by itself; ``FailureConfig`` replaces dead workers);
-5. evaluate the best checkpoint with ``components.training.evaluate`` on the val split, log
-   the report and plots, register the checkpoint, end the MLflow run, return a summary.
+1. :func:`prepare` — before any worker starts: check the (already validated) config against
+   the model registry; join Ray; check ``storage_path`` is writable and visible from every
+   node; check the MLflow server answers; build the datasets, plan the steps, resolve the
+   pretrained weights and the test hooks into one frozen
+   :class:`components.training.plan.WorkerPlan`; open the run's ONE MLflow run (a new one,
+   or the one the run record beside the checkpoints names: resubmitting ``run.name``
+   resumes) and log the resolved config with it;
+2. :func:`fit` — the ``TorchTrainer`` (Ray Train restores the last checkpoint of the same
+   run name by itself; ``FailureConfig`` replaces dead workers);
+3. :func:`finalize` — evaluate the best checkpoint with ``components.training.evaluate`` on
+   the val split, log the report and plots, hand the checkpoint to the registry, end the
+   MLflow run, return a summary.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +30,18 @@ import torch
 
 from components.core.config import ConfigError, dump_config, flatten
 from components.training import storage
-from components.training.config import TrainConfig, check_model, resolve_data_config
-from components.training.loop import loader_task, steps_plan, train_loop_per_worker
+from components.training.config import TrainConfig, check_model
+from components.training.faults import faults_from_env
+from components.training.loop import loader_task, train_loop_per_worker
+from components.training.plan import StepPlan, WorkerPlan, steps_plan
 from components.training.tracking import (
     TrackingError, check_tracking_server, log_params_safely, open_run, retry, system_info,
 )
 
 log = logging.getLogger(__name__)
+
+RESOLVED_CONFIG = "config/resolved.yaml"  # the run's config, overrides applied, defaults filled in
+SOURCE_CONFIG = "config/source.yaml"  # the config file as given (``config_text``), when there is one
 
 
 class TrainingError(RuntimeError):
@@ -63,11 +71,19 @@ def ensure_ray(cfg: TrainConfig | None = None) -> None:
 
 
 def resolve_init(init_from: str, tracking_uri: str | None) -> tuple[dict[str, torch.Tensor], dict]:
-    """A pretrained checkpoint (local directory or ``models:/NAME@ALIAS``) → (state, meta dict)."""
+    """Pretrained weights → (state, meta dict): a local checkpoint directory, a registered
+    ``models:/NAME@ALIAS``, or weights by name, ``timm:<model>[.<tag>]`` /
+    ``hf:<org>/<name>[@<revision>]`` (``components.models.hub``, the hub cache)."""
     from dataclasses import asdict
 
     from components.core.checkpoint import load_checkpoint
+    from components.models.hub import HubWeightsError, is_hub_ref, load_hub_weights
 
+    if is_hub_ref(init_from):
+        try:
+            return load_hub_weights(init_from)
+        except HubWeightsError as err:
+            raise ConfigError(f"model.init_from={init_from}: {err}") from None
     if init_from.startswith("models:/"):
         from components.tracking.registry import fetch_checkpoint, resolve_uri
 
@@ -78,6 +94,34 @@ def resolve_init(init_from: str, tracking_uri: str | None) -> tuple[dict[str, to
         path = Path(os.path.expanduser(init_from))
     state, meta = load_checkpoint(path)
     return state, asdict(meta)
+
+
+def check_init_weights(cfg: TrainConfig, state: dict[str, torch.Tensor], meta: dict, *,
+                       num_classes: int, image_size: int) -> None:
+    """On the driver, before any worker starts: build the model the workers will build and
+    raise ONE ``ConfigError`` naming every key or shape of ``state`` that would not load
+    (classification: every key must match, the pretrained head included; detection:
+    detector-only layers may start fresh, a classifier's head is dropped)."""
+    from components.models import build_model
+    from components.models.hub import weight_mismatches
+
+    overrides = dict(cfg.model.overrides)
+    if cfg.task == "classification":
+        pretrained = dict(meta.get("model_config") or {})
+        pretrained.pop("img_size", None)
+        classes = pretrained.pop("num_classes", num_classes)
+        model = build_model(cfg.model.name, num_classes=classes, img_size=image_size,
+                            head=cfg.model.head, **{**pretrained, **overrides})
+        problems = weight_mismatches(model, state, allow_missing=False)
+    else:
+        model = build_model(cfg.model.name, num_classes=num_classes, img_size=image_size,
+                            **overrides)
+        problems = weight_mismatches(model, state, allow_missing=True, ignore_prefixes=("head.",))
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise ConfigError(f"model.init_from={cfg.model.init_from} does not fit {cfg.model.name} "
+                          f"({len(problems)} problems):\n  {shown}{more}")
 
 
 def _log_dataset(uri: str, run_id: str, *, source: str, name: str, digest: str, context: str) -> None:
@@ -100,29 +144,55 @@ def _log_dataset(uri: str, run_id: str, *, source: str, name: str, digest: str, 
     retry(send, attempts=3, what="log dataset input")
 
 
+@dataclass(frozen=True)
+class PreparedRun:
+    """What :func:`prepare` decided and opened; :func:`fit` and :func:`finalize` need no more."""
+
+    plan: WorkerPlan  # what every worker gets (the validated config included)
+    storage_path: str  # normalised run storage (local path or URI)
+    run_dir: str  # ``<storage_path>/<run.name>``: checkpoints, run record, fault marker
+    train: Any  # components.data.dataset.DataBundle of the "train" split
+    val: Any  # ... and of the "val" split (in-loop validation, final evaluation)
+    started: float  # time.monotonic() when prepare began
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.plan.config
+
+
 def run_training(cfg: TrainConfig, *, config_text: str | None = None, callbacks: list | None = None,
                  mlflow_tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """Train, evaluate and register as ``cfg`` says; returns the run's summary dict.
+    """Train, evaluate and register as ``cfg`` says; returns the run's summary dict
+    (:func:`prepare`, then :func:`fit`, then :func:`finalize`).
 
+    ``config_text``: the config file as the user wrote it, logged beside the resolved config;
     ``callbacks``: more Ray Train ``UserCallback``s for the ``TorchTrainer`` (a Tune trial
     passes the one that forwards reports to Tune); ``mlflow_tags``: more tags for a new MLflow
     run (``mlflow.parentRunId`` nests it under a search's run).
     """
-    import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
-    from ray.train.torch import TorchTrainer
+    run = prepare(cfg, config_text=config_text, mlflow_tags=mlflow_tags)
+    result = fit(run, callbacks=callbacks)
+    return finalize(run, result)
 
-    from components.data.dataset import build_dataset
 
-    data_cfg = resolve_data_config(cfg)
+def prepare(cfg: TrainConfig, *, config_text: str | None = None,
+            mlflow_tags: dict[str, str] | None = None) -> PreparedRun:
+    """Everything before the workers start: check the config against the model registry, join
+    Ray, check storage and the MLflow server, build the datasets, plan the steps, resolve the
+    pretrained weights and the test hooks, then open (or resume) the run's ONE MLflow run and
+    log its params, tags, dataset input and resolved config. Raises before any worker starts."""
     check_model(cfg)
     started = time.monotonic()
     ensure_ray(cfg)
+    import ray
     import ray.data
+
+    from components.data.dataset import build_dataset
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # progress: ours, per report
     storage_path = storage.check_storage(cfg.run.storage_path)
     run_dir = storage.join(storage_path, cfg.run.name)
+    faults = faults_from_env(run_dir)
 
     uri = cfg.mlflow.resolved_uri() if cfg.mlflow.enabled else None
     if cfg.mlflow.enabled and not uri:
@@ -135,101 +205,135 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None, callbacks:
         raise ConfigError(f"model.init_from={cfg.model.init_from} names a registered model: set "
                           "mlflow.tracking_uri or MLFLOW_TRACKING_URI to the registry's server")
 
-    train = build_dataset(data_cfg, "train", training=True)
-    val = build_dataset(data_cfg, "val", training=False)
-    class_names = list(train.class_names)
+    train = build_dataset(cfg.data, "train", training=True)
+    val = build_dataset(cfg.data, "val", training=False)
     num_rows = getattr(train, "num_rows", None) or train.dataset.count()
     try:
         # Planned at the largest size: an elastic run keeps this global batch at every size.
-        plan_steps = steps_plan(num_rows, num_workers=cfg.scaling.max_workers,
-                                batch_size=cfg.batch_size, grad_accum_steps=cfg.optim.grad_accum_steps,
-                                epochs=cfg.epochs, max_steps=cfg.max_steps)
+        steps = steps_plan(num_rows, num_workers=cfg.scaling.max_workers, batch_size=cfg.batch_size,
+                           grad_accum_steps=cfg.optim.grad_accum_steps, epochs=cfg.epochs,
+                           max_steps=cfg.max_steps)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-
-    record = storage.read_run_record(run_dir) or {}
-    run_id = None
-    if uri:
-        run_id = open_run(uri, cfg.mlflow.experiment, cfg.run.name, record.get("mlflow_run_id"),
-                          tags={"vitpipe.task": cfg.task, "vitpipe.model": cfg.model.name,
-                                **(mlflow_tags or {})})
-        storage.write_run_record(run_dir, {**record, "mlflow_run_id": run_id, "tracking_uri": uri,
-                                           "run_name": cfg.run.name})
-        log_params_safely(uri, run_id, {**flatten(cfg), "data.num_train_rows": num_rows,
-                                        "plan.total_steps": plan_steps["total_steps"],
-                                        "plan.steps_per_epoch": plan_steps["steps_per_epoch"],
-                                        "plan.global_batch": cfg.batch_size * cfg.optim.grad_accum_steps
-                                        * cfg.scaling.max_workers})
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(uri)
-        for key, value in {**system_info(), "vitpipe.data_fingerprint": train.fingerprint}.items():
-            retry(lambda: client.set_tag(run_id, key, value), attempts=3, what="set_tag")
-        _log_dataset(uri, run_id, source=str(data_cfg.root or data_cfg.split_paths("train").images),
-                     name="train", digest=train.fingerprint, context="training")
-        text = config_text or dump_config(cfg)
-        retry(lambda: client.log_text(run_id, text, "config/resolved.yaml"), attempts=3, what="log config")
-        if train.report is not None:
-            retry(lambda: client.log_dict(run_id, _as_dict(train.report), "data/train_skip_report.json"),
-                  attempts=3, what="log skip report")
 
     init_ref, init_meta = None, None
     if cfg.model.init_from:
         state, init_meta = resolve_init(cfg.model.init_from, registry_uri)
+        if init_meta.get("source") == cfg.model.init_from:  # weights by name: checked here
+            check_init_weights(cfg, state, init_meta, num_classes=len(train.class_names),
+                               image_size=cfg.data.image_size)
         init_ref = ray.put(state)
+        del state
 
-    plan = {
-        **plan_steps, "class_names": class_names, "image_size": data_cfg.image_size,
-        "fingerprint": train.fingerprint, "mlflow_run_id": run_id, "tracking_uri": uri,
-        "has_val": True, "init_state_ref": init_ref, "init_meta": init_meta,
-        "fault_marker": storage.join(run_dir, "fault_injected") if cfg.run.fail_at_step else None,
-        "heartbeat_dir": storage.join(run_dir, "heartbeat") if cfg.run.heartbeat else None,
-        "loader_task": loader_task(cfg, data_cfg.format),
-    }
+    run_id = _open_tracked_run(cfg, uri, run_dir, train=train, num_rows=num_rows, steps=steps,
+                               config_text=config_text, mlflow_tags=mlflow_tags) if uri else None
+    plan = WorkerPlan(
+        config=cfg, steps=steps, class_names=tuple(train.class_names), image_size=cfg.data.image_size,
+        fingerprint=train.fingerprint, batch_task=loader_task(cfg, cfg.data.format), has_val=True,
+        tracking_uri=uri, mlflow_run_id=run_id, init_state_ref=init_ref, init_meta=init_meta,
+        faults=faults,
+    )
+    return PreparedRun(plan=plan, storage_path=storage_path, run_dir=run_dir, train=train, val=val,
+                       started=started)
+
+
+def _open_tracked_run(cfg: TrainConfig, uri: str, run_dir: str, *, train, num_rows: int, steps: StepPlan,
+                      config_text: str | None, mlflow_tags: dict[str, str] | None) -> str:
+    """Open the run's MLflow run (the one the run record names, when resubmitted), record it
+    beside the checkpoints, log params, tags, the dataset input, the config and the skip report."""
+    record = storage.read_run_record(run_dir) or {}
+    run_id = open_run(uri, cfg.mlflow.experiment, cfg.run.name, record.get("mlflow_run_id"),
+                      tags={"vitpipe.task": cfg.task, "vitpipe.model": cfg.model.name, **(mlflow_tags or {})})
+    storage.write_run_record(run_dir, {**record, "mlflow_run_id": run_id, "tracking_uri": uri,
+                                       "run_name": cfg.run.name})
+    log_params_safely(uri, run_id, {**flatten(cfg), "data.num_train_rows": num_rows,
+                                    "plan.total_steps": steps.total_steps,
+                                    "plan.steps_per_epoch": steps.steps_per_epoch,
+                                    "plan.global_batch": cfg.batch_size * cfg.optim.grad_accum_steps
+                                    * cfg.scaling.max_workers})
+    client = _client(uri)
+    for key, value in {**system_info(), "vitpipe.data_fingerprint": train.fingerprint}.items():
+        retry(lambda: client.set_tag(run_id, key, value), attempts=3, what="set_tag")
+    _log_dataset(uri, run_id, source=str(cfg.data.root or cfg.data.split_paths("train").images),
+                 name="train", digest=train.fingerprint, context="training")
+    # The config this run trains with: the file, overrides applied, every default filled in.
+    resolved = dump_config(cfg)
+    retry(lambda: client.log_text(run_id, resolved, RESOLVED_CONFIG), attempts=3, what="log config")
+    if config_text is not None:
+        retry(lambda: client.log_text(run_id, config_text, SOURCE_CONFIG), attempts=3, what="log config file")
+    if train.report is not None:
+        retry(lambda: client.log_dict(run_id, _as_dict(train.report), "data/train_skip_report.json"),
+              attempts=3, what="log skip report")
+    return run_id
+
+
+def fit(run: PreparedRun, *, callbacks: list | None = None):
+    """Run the ``TorchTrainer`` of ``run.plan`` to its end; returns Ray Train's ``Result``.
+
+    Ray Train restores the last checkpoint of the same run name by itself and replaces dead
+    workers (``run.max_failures``). A run that still fails ends its MLflow run as FAILED and
+    raises :class:`TrainingError`."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
     from components.training.progress import ProgressCallback
 
+    cfg, plan = run.cfg, run.plan
     resources = dict(cfg.scaling.resources_per_worker)
     resources.setdefault("CPU", cfg.scaling.cpus_per_worker)
     if cfg.scaling.use_gpu:
         resources.setdefault("GPU", 1)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": cfg.model_dump(mode="json"), "plan": plan},
-        datasets={"train": train.dataset, "val": val.dataset},
-        dataset_config=DataConfig(execution_options=ingest_options(data_cfg.preserve_order)),
+        train_loop_config={"plan": plan},
+        datasets={"train": run.train.dataset, "val": run.val.dataset},
+        dataset_config=DataConfig(execution_options=ingest_options(cfg.data.preserve_order)),
         scaling_config=scaling_config(cfg, resources),
         run_config=RunConfig(
-            name=cfg.run.name, **_ray_storage(storage_path),
+            name=cfg.run.name, **_ray_storage(run.storage_path),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.checkpoint.keep_best_k,
                 checkpoint_score_attribute=cfg.checkpoint.metric,
                 checkpoint_score_order=cfg.checkpoint.mode,
             ),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-            callbacks=[ProgressCallback(plan_steps["total_steps"], cfg.run.name), *(callbacks or [])],
+            callbacks=[ProgressCallback(plan.steps.total_steps, cfg.run.name), *(callbacks or [])],
         ),
     )
     try:
         result = trainer.fit()
     except Exception as err:
-        if uri and run_id:
-            retry(lambda: _client(uri).set_terminated(run_id, status="FAILED"), attempts=3, what="end run")
+        _end_failed(plan)
         raise TrainingError(f"training run {cfg.run.name!r} failed: {err}") from err
     if result.error is not None:
-        if uri and run_id:
-            retry(lambda: _client(uri).set_terminated(run_id, status="FAILED"), attempts=3, what="end run")
+        _end_failed(plan)
         raise TrainingError(f"training run {cfg.run.name!r} failed: {result.error}")
+    return result
 
+
+def _end_failed(plan: WorkerPlan) -> None:
+    if plan.tracked:
+        retry(lambda: _client(plan.tracking_uri).set_terminated(plan.mlflow_run_id, status="FAILED"),
+              attempts=3, what="end run")
+
+
+def finalize(run: PreparedRun, result) -> dict[str, Any]:
+    """After training: evaluate the best checkpoint on the val split, log the report and its
+    plots, hand the checkpoint to the registry, end the MLflow run; returns the summary
+    (``run_name, task, model, mlflow_run_id, checkpoint, metrics, registered_version, steps,
+    seconds``)."""
+    cfg, plan = run.cfg, run.plan
+    uri, run_id = plan.tracking_uri, plan.mlflow_run_id
     best = _best_checkpoint(result, cfg)
     # The local copy lives only while it is evaluated and registered: the run's checkpoints
     # stay in `storage_path`, and a long-lived driver must not fill its /tmp, one copy a run.
     with tempfile.TemporaryDirectory(prefix=f"vitpipe-{cfg.run.name}-") as local:
         local_dir = Path(local) / "checkpoint"  # evaluate_checkpoint writes its plots beside it
         best.to_directory(str(local_dir))
-        report = evaluate_checkpoint(local_dir, val, cfg)
+        report = evaluate_checkpoint(local_dir, run.val, cfg)
         summary_metrics = {k: v for k, v in report.items() if isinstance(v, (int, float))}
         registered_version = None
-        if uri and run_id:
+        if plan.tracked:
             client = _client(uri)
             eval_metrics = {f"eval_{k}": float(v) for k, v in summary_metrics.items()}
             retry(lambda: client.log_batch(run_id, metrics=_metric_list(eval_metrics, report.get("step", 0))),
@@ -252,9 +356,9 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None, callbacks:
     report.pop("_plots", None)
     return {
         "run_name": cfg.run.name, "task": cfg.task, "model": cfg.model.name,
-        "mlflow_run_id": run_id, "checkpoint": storage.in_storage(storage_path, best.path),
+        "mlflow_run_id": run_id, "checkpoint": storage.in_storage(run.storage_path, best.path),
         "metrics": summary_metrics, "registered_version": registered_version,
-        "steps": plan_steps["total_steps"], "seconds": round(time.monotonic() - started, 1),
+        "steps": plan.steps.total_steps, "seconds": round(time.monotonic() - run.started, 1),
     }
 
 

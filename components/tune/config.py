@@ -12,12 +12,13 @@ training config rejects is one :class:`ConfigError`.
 from __future__ import annotations
 
 import math
+import random
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from components.core.config import ConfigError, StrictModel, load_config, set_dotted
-from components.training.config import TrainConfig, check_model, resolve_data_config
+from components.training.config import TrainConfig, check_model
 
 DOMAIN_KINDS = ("choice", "uniform", "loguniform", "randint")
 # Set per trial (or by the search itself): never part of a search space.
@@ -82,17 +83,16 @@ class Domain(StrictModel):
     def describe(self) -> str:
         return f"{self.kind}({', '.join(repr(v) for v in getattr(self, self.kind))})"
 
-    def to_tune(self):
-        """The Ray Tune sampler of this domain."""
-        from ray import tune
-
+    def sample(self, rng: random.Random) -> Any:
+        """One value drawn from this domain with ``rng``."""
         if self.kind == "choice":
-            return tune.choice(list(self.choice))
+            return rng.choice(list(self.choice))
         if self.kind == "uniform":
-            return tune.uniform(*self.uniform)
+            return rng.uniform(*self.uniform)
         if self.kind == "loguniform":
-            return tune.loguniform(*self.loguniform)
-        return tune.randint(self.randint[0], self.randint[1] + 1)  # Tune's upper bound is exclusive
+            low, high = self.loguniform
+            return math.exp(rng.uniform(math.log(low), math.log(high)))
+        return rng.randint(*self.randint)  # both ends included
 
 
 class AshaSection(StrictModel):
@@ -141,7 +141,7 @@ class SearchSection(StrictModel):
     max_concurrent_trials: int | None = Field(None, ge=1)  # None: what the cluster's CPUs/GPUs fit
     data_cpus: float = Field(1.0, ge=0)  # CPUs each trial leaves free for its Ray Data tasks
     driver_cpus: float = Field(0.1, gt=0)  # the trial's own process (builds datasets, runs fit)
-    seed: int | None = 0  # the sampler's random state (None: a different search every time)
+    seed: int | None = 0  # the sampler's seed (None: a different search every time)
     resume_errored: bool = False  # on resume, rerun trials that ended with an error
 
     @field_validator("space", mode="before")
@@ -226,8 +226,6 @@ def validate_space(cfg: TuneConfig) -> None:
             where = f"search.space.{key} = {value!r} ({domain.describe()})"
             try:
                 trial = trial_config(base, {key: value}, run_name="validate", storage_path="validate")
-                if key.startswith("data."):
-                    resolve_data_config(trial)
                 if key.startswith("model."):
                     check_model(trial)
                     _check_builds(trial)
@@ -241,10 +239,9 @@ def _check_builds(cfg: TrainConfig) -> None:
 
     from components.training.loop import build_task_model
 
-    data = resolve_data_config(cfg)
     try:
         with torch.device("meta"):
-            build_task_model(cfg, num_classes=2, image_size=data.image_size)
+            build_task_model(cfg, num_classes=2, image_size=cfg.data.image_size)
     except (TypeError, ValueError, KeyError, AssertionError) as err:
         raise ConfigError(f"model {cfg.model.name!r} does not build: {err}") from None
 
@@ -253,7 +250,6 @@ def load_tune_config(path, overrides: list[str] = ()) -> TuneConfig:
     """Read, override and validate a tune config: the base training config (data section and
     model name included) and the search space against it."""
     cfg = load_config(TuneConfig, path, overrides)
-    resolve_data_config(cfg)
     check_model(cfg)
     validate_space(cfg)
     return cfg

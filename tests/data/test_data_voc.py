@@ -295,8 +295,8 @@ def test_voc_is_a_detection_format_everywhere(tmp_path):
     cfg = DataConfig(format="voc", root=str(tmp_path))
     assert task_of(cfg) == "detection"
     assert cfg.split_paths("val").image_set == str(tmp_path / "ImageSets" / "Main" / "val.txt")
-    assert loader_task(TrainConfig(task="mae"), "voc") == "detection"  # MAE on VOC images
-    assert loader_task(TrainConfig(task="mae"), "imagefolder") == "classification"
+    assert loader_task(TrainConfig(task="mae", data=cfg), "voc") == "detection"  # MAE on VOC images
+    assert loader_task(TrainConfig(task="mae", data=cfg), "imagefolder") == "classification"
     with pytest.raises(ValueError, match="annotations is for format 'coco'"):
         DataConfig(format="voc", splits={"train": {"annotations": "a.json", "images": "x"}})
     with pytest.raises(ValueError, match="image_set is for format 'voc'"):

@@ -81,7 +81,8 @@ def test_forward_backward_every_hf_detector(name, one_thread):
     assert detection_settings(model)["class_scores"] == "sigmoid"
     gh, gw = model.grid_size
     patches = torch.randint(0, 256, (2, gh * gw, 768), dtype=torch.uint8)
-    loss_fn = make_loss(TrainConfig.model_validate({"task": "detection", "model": {"name": name}}), 3, model)
+    cfg = TrainConfig.model_validate({"data": {"root": "unused"}, "task": "detection", "model": {"name": name}})
+    loss_fn = make_loss(cfg, 3, model)
     model.train()
     losses = loss_fn(model, {**random_batch(), "patches": patches, "grid": torch.tensor([[gh, gw]] * 2)})
     assert set(loss_fn.weight_dict) == {"loss_total"} and torch.isfinite(losses["loss_total"])
@@ -109,8 +110,8 @@ def test_rebuild_from_build_config_and_reset_classes():
 
 
 def test_criterion_settings_do_not_reach_these_models(caplog):
-    cfg = TrainConfig.model_validate({"task": "detection", "model": {"name": "dfine_demo"},
-                                      "criterion": {"match_repeats": 3}})
+    cfg = TrainConfig.model_validate({"data": {"root": "unused"}, "task": "detection",
+                                      "model": {"name": "dfine_demo"}, "criterion": {"match_repeats": 3}})
     model = build_model("dfine_demo", num_classes=3)
     with caplog.at_level("WARNING"):
         loss_fn = make_loss(cfg, 3, model)
@@ -173,7 +174,8 @@ def test_overfit_one_batch(family, one_thread):
     torch.manual_seed(0)
     batch = _toy_batch()
     model = build_model(DEMOS[family], num_classes=3)
-    cfg = TrainConfig.model_validate({"task": "detection", "model": {"name": DEMOS[family]}})
+    cfg = TrainConfig.model_validate({"data": {"root": "unused"}, "task": "detection",
+                                      "model": {"name": DEMOS[family]}})
     optim = OptimSection(lr=5e-3, weight_decay=0.0, warmup_steps=3, schedule="constant", clip_grad_norm=0.5)
     optimizer = build_optimizer(model, optim)
     runner = StepRunner(model=model, optimizer=optimizer, scheduler=build_scheduler(optimizer, optim, 140),

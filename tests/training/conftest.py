@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +20,22 @@ def storage_dir(tmp_path) -> Path:
     path = tmp_path / "runs"
     path.mkdir()
     return path
+
+
+@contextlib.contextmanager
+def faults_env(**faults):
+    """``$VITPIPE_FAULTS`` set to ``faults`` (the run's test hooks) for the block."""
+    from components.training.faults import FAULTS_ENV
+
+    before = os.environ.get(FAULTS_ENV)
+    os.environ[FAULTS_ENV] = json.dumps(faults)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(FAULTS_ENV, None)
+        else:
+            os.environ[FAULTS_ENV] = before
 
 
 def read_heartbeat(path: Path) -> dict | None:
@@ -45,8 +62,8 @@ def _sigterm_worker_when(path: Path, min_step: int, sent: dict, timeout_s: float
 def mae_sigterm_run(ray_cluster, mlflow_server, synth_dataset, tmp_path_factory) -> dict:
     """ONE tiny MAE pretraining run (1 CPU worker, 45 steps, every step logged), preempted:
 
-    1. the run starts with ``run.heartbeat`` on (each rank writes pid + step to the run's
-       storage) and ``run.max_failures=0``; a watcher thread sends a real ``SIGTERM`` to the
+    1. the run starts with the heartbeat hook on (``$VITPIPE_FAULTS``: each rank writes pid
+       + step to the run's storage) and ``run.max_failures=0``; a watcher sends a real ``SIGTERM`` to the
        training worker's process once it reached step 2; ``run_training`` (main thread: Ray
        Train's ``fit`` needs it) fails with the worker's "stop requested" error;
     2. the same run name is submitted again and finishes.
@@ -61,7 +78,7 @@ def mae_sigterm_run(ray_cluster, mlflow_server, synth_dataset, tmp_path_factory)
     storage = tmp_path_factory.mktemp("mae-sigterm")
     name = "mae-sigterm"
     overrides = [f"data.root={synth_dataset}", f"run.storage_path={storage}", f"run.name={name}",
-                 "epochs=3", "run.heartbeat=true", "run.max_failures=0", "run.log_every_n_steps=1",
+                 "epochs=3", "run.max_failures=0", "run.log_every_n_steps=1",
                  "mlflow.enabled=true", f"mlflow.tracking_uri={mlflow_server.uri}",
                  "mlflow.experiment=training-mae", "registry.enabled=true"]
     run_dir = storage / name
@@ -70,7 +87,8 @@ def mae_sigterm_run(ray_cluster, mlflow_server, synth_dataset, tmp_path_factory)
     watcher = threading.Thread(target=_sigterm_worker_when, args=(heartbeat, 2, sent), daemon=True)
     watcher.start()
     try:
-        run_training(load_train_config(CONFIGS / "pretrain_mae_ci.yaml", overrides))
+        with faults_env(heartbeat=True):
+            run_training(load_train_config(CONFIGS / "pretrain_mae_ci.yaml", overrides))
         first_error = None
     except TrainingError as err:
         first_error = str(err)
@@ -83,7 +101,8 @@ def mae_sigterm_run(ray_cluster, mlflow_server, synth_dataset, tmp_path_factory)
               "train_state": json.loads((d / "train_state.json").read_text())}
              for d in sorted(run_dir.glob("checkpoint_step*_stop"))]
     heartbeat.unlink(missing_ok=True)
-    summary = run_training(load_train_config(CONFIGS / "pretrain_mae_ci.yaml", overrides))
+    with faults_env(heartbeat=True):
+        summary = run_training(load_train_config(CONFIGS / "pretrain_mae_ci.yaml", overrides))
     return {"sent": sent, "first_error": first_error, "last_beat_before_stop": last_beat_before_stop,
             "stops": stops, "summary": summary, "heartbeat_after_resume": read_heartbeat(heartbeat),
             "run_dir": run_dir, "run_name": name, "tracking_uri": mlflow_server.uri,

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from components.core.config import ConfigError
+from components.data.config import DataConfig
 from components.training.config import TrainConfig, load_train_config
-from components.training.loop import steps_plan
+from components.training.plan import StepPlan, steps_plan
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "pipelines" / "configs"
@@ -40,22 +41,50 @@ def test_bad_data_section_is_named():
         load_train_config(CONFIGS / "pretrain.yaml", ["data.image_size=70"])
 
 
+def test_data_section_is_typed_and_required(tmp_path):
+    cfg = load_train_config(CONFIGS / "pretrain_ci.yaml", ["data.augment.hflip=0.25"])
+    assert isinstance(cfg.data, DataConfig)  # validated once, with the rest of the config
+    assert cfg.data.augment.hflip == 0.25 and cfg.data.format == "imagefolder"
+    with pytest.raises(ConfigError, match=r"data\.augment\.hflipp"):
+        load_train_config(CONFIGS / "pretrain_ci.yaml", ["data.augment.hflipp=0.5"])
+    no_data = tmp_path / "no_data.yaml"
+    no_data.write_text("task: classification\nmodel: {name: vit_demo}\n")
+    with pytest.raises(ConfigError, match=r"  data: Field required"):
+        load_train_config(no_data)
+
+
+TRAINING_CONFIGS = ["pretrain", "pretrain_ci", "pretrain_mae", "pretrain_mae_ci", "finetune", "detect",
+                    "detect_ci", "detect_hf_ci", "tune_ci", "tune_yolos"]
+
+
+@pytest.mark.parametrize("name", TRAINING_CONFIGS)
+def test_shipped_data_sections_load_unchanged(name):
+    """Every training (and tune) YAML's data section loads key for key as the file has it."""
+    import yaml
+
+    from components.tune.config import load_tune_config
+
+    path = CONFIGS / f"{name}.yaml"
+    cfg = (load_tune_config if name.startswith("tune_") else load_train_config)(path)
+    assert cfg.data.model_dump(mode="json", exclude_unset=True) == yaml.safe_load(path.read_text())["data"]
+
+
 def test_detection_ranks_checkpoints_by_val_loss():
-    cfg = TrainConfig.model_validate({"task": "detection"})
+    cfg = TrainConfig.model_validate({"task": "detection", "data": {"root": "unused"}})
     assert (cfg.checkpoint.metric, cfg.checkpoint.mode) == ("val_loss", "min")
 
 
 def test_run_name_must_be_a_plain_name():
     with pytest.raises(Exception, match="run.name|name"):
-        TrainConfig.model_validate({"run": {"name": "../escape"}})
+        TrainConfig.model_validate({"run": {"name": "../escape"}, "data": {"root": "unused"}})
 
 
 def test_steps_plan():
     plan = steps_plan(100, num_workers=2, batch_size=8, grad_accum_steps=2, epochs=3, max_steps=None)
     # 50 rows per worker → 6 micro-batches → 3 optimizer steps per epoch
-    assert plan == {"steps_per_epoch": 3, "total_steps": 9, "epochs": 3}
+    assert plan == StepPlan(steps_per_epoch=3, total_steps=9, epochs=3)
     capped = steps_plan(100, num_workers=2, batch_size=8, grad_accum_steps=2, epochs=3, max_steps=4)
-    assert capped["total_steps"] == 4 and capped["epochs"] == 2
+    assert capped.total_steps == 4 and capped.epochs == 2
     with pytest.raises(ValueError, match="less than one optimizer step"):
         steps_plan(10, num_workers=2, batch_size=8, grad_accum_steps=1, epochs=1, max_steps=None)
 

@@ -40,6 +40,7 @@ from components.core.config import ConfigError
 from components.core.rayjobs import HEAD_PORTS, head_start_args
 from components.tracking.server import free_port
 from components.training.config import ScalingSection, TrainConfig, load_train_config, micro_batches_per_step
+from components.training.faults import FAULTS_ENV
 from components.training.loop import resume_position
 from components.training.state import Progress
 from tests.training.conftest import CONFIGS, read_heartbeat
@@ -83,7 +84,7 @@ def test_the_global_batch_is_the_same_at_every_size():
 
 
 def test_resume_position_keeps_the_step_when_the_size_changes():
-    cfg = TrainConfig(scaling={"num_workers": [1, 4]}, optim={"grad_accum_steps": 3})
+    cfg = TrainConfig(scaling={"num_workers": [1, 4]}, optim={"grad_accum_steps": 3}, data={"root": "unused"})
     # 5 steps into the epoch with 4 workers (3 micro-batches each per step) ...
     at = Progress(global_step=17, epoch=1, batch_in_epoch=15, world_size=4)
     # ... is 5 steps of 12 micro-batches with one worker, 5 of 6 with two, unchanged with four.
@@ -211,7 +212,7 @@ def test_a_run_grows_to_a_joining_node_and_shrinks_when_it_leaves(mlflow_server,
             f"scaling.resources_per_worker={{CPU: 0, {SLOT}: 1}}",
             "batch_size=2", "epochs=100", "max_steps=24", "eval.every_n_epochs=1000",
             "checkpoint.every_n_steps=1", "run.log_every_n_steps=1", "run.max_failures=4",
-            "run.heartbeat=true", "run.progress_every_s=0",
+            "run.progress_every_s=0",
             "mlflow.enabled=true", f"mlflow.tracking_uri={mlflow_server.uri}",
             "mlflow.experiment=training-elastic",
         ]
@@ -219,7 +220,9 @@ def test_a_run_grows_to_a_joining_node_and_shrinks_when_it_leaves(mlflow_server,
         # the workers every 0.5 s; give up on a worker group that cannot start in 30 s (a
         # node that just left can still look available).
         driver_env = {**env, "RAY_ADDRESS": cluster.gcs, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-                      "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30", "RAY_DEDUP_LOGS": "0"}
+                      "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30", "RAY_DEDUP_LOGS": "0",
+                      "VITPIPE_PROGRESS": "every",  # a progress line per report, not every 10 s
+                      FAULTS_ENV: json.dumps({"heartbeat": True})}  # each rank: pid, step, size
         driver_log = tmp_path / "driver.log"
         driver = subprocess.Popen(
             [sys.executable, "-m", "pipelines.pretrain", "--config", str(CONFIGS / "pretrain_ci.yaml"),

@@ -5,7 +5,7 @@ Real parts: the session's local Ray cluster, a real MLflow server, the synthetic
 run is the session's tiny MAE pretraining run (``mae_sigterm_run`` in conftest.py: the
 SIGTERM path is the same for every task, and the MAE checkpoint has the most to restore:
 encoder, decoder, optimizer, scheduler, RNG, data position). The worker's PID and step come
-from the run's heartbeat files (``run.heartbeat``, an off-by-default hook).
+from the run's heartbeat files (the heartbeat test hook of ``$VITPIPE_FAULTS``).
 
 With ``run.max_failures=0`` the preempted run stops (with ``max_failures>0`` Ray Train's
 ``FailureConfig`` restarts the workers from the same checkpoint); the resubmission starts at

@@ -26,7 +26,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from components.core.checkpoint import read_meta
-from components.training.config import load_train_config
+from components.core.config import load_config
+from components.training.config import TrainConfig, load_train_config
+from components.training.faults import FAULTS_ENV
 from components.training.trainer import run_training
 
 CONFIGS = Path(__file__).resolve().parents[2] / "pipelines" / "configs"
@@ -34,11 +36,12 @@ CONFIGS = Path(__file__).resolve().parents[2] / "pipelines" / "configs"
 
 @pytest.mark.slow
 def test_ddp_run_learns_survives_a_killed_worker_and_logs_each_step_once(
-        ray_cluster, mlflow_uri, synth_dataset, storage_dir):
+        ray_cluster, mlflow_uri, synth_dataset, storage_dir, monkeypatch):
+    monkeypatch.setenv(FAULTS_ENV, json.dumps({"fail_at_step": 9}))  # rank 0 SIGKILLs itself once
     overrides = [f"data.root={synth_dataset}", f"run.storage_path={storage_dir}"] + [f"{k}={v}" for k, v in {
         "scaling.num_workers": 2, "epochs": 10, "optim.lr": 2e-3, "optim.warmup_steps": 4,
         "model.name": "resnet_demo", "data.splits.val.images": synth_dataset / "imagefolder" / "train",
-           "data.augment.enabled": "false", "run.fail_at_step": 9, "checkpoint.every_n_steps": 4,
+           "data.augment.enabled": "false", "checkpoint.every_n_steps": 4,
            "run.log_every_n_steps": 1, "run.name": "ddp-fault", "run.max_failures": 2,
            "mlflow.experiment": "training-tests", "registry.enabled": "true",
            "registry.registered_name": "training-test-classifier"}.items()]
@@ -77,3 +80,7 @@ def test_ddp_run_learns_survives_a_killed_worker_and_logs_each_step_once(
     artifacts = {a.path for a in client.list_artifacts(run_id, "eval")}
     assert {"eval/report.json", "eval/confusion_matrix.png", "eval/sample_predictions.png"} <= artifacts
     assert summary["registered_version"] == "1"
+    # the config logged with the run is the one it trained with: the file, overrides applied
+    logged = client.download_artifacts(run_id, "config/resolved.yaml", str(storage_dir))
+    assert load_config(TrainConfig, logged) == cfg
+    assert "scaling:\n  num_workers: 2" in Path(logged).read_text()  # the file says 1
