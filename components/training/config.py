@@ -151,7 +151,11 @@ class MlflowSection(StrictModel):
     tracking_uri: str | None = None
     experiment: str = "vitpipe"
     enabled: bool = True
+    # Metrics are sent by a background thread: a failed send is retried with a delay doubling
+    # from 0.5 s up to 0.5 * 2**max_retries s, for as long as the server is away.
     max_retries: int = Field(5, ge=0)
+    buffer_steps: int = Field(10000, ge=1)  # logged steps held while the server is away
+    drain_timeout_s: float = Field(300.0, ge=0)  # the end of training waits this long to send the rest
 
     def resolved_uri(self) -> str | None:
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None

@@ -31,7 +31,7 @@ from components.training.faults import FaultHooks
 from components.training.optim import build_optimizer, build_scheduler
 from components.training.plan import WorkerPlan
 from components.training.preemption import Preempted, preemption_notice, stop_requested, stop_requests_armed
-from components.training.reporting import CheckpointReporter, restore_from
+from components.training.reporting import CheckpointReporter, restore_from, resumable_checkpoint
 from components.training.state import Progress
 from components.training.step import (
     StepRunner, batch_grid, classification_loss, detection_loss, model_computes_loss, model_loss,
@@ -225,7 +225,7 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
 
     progress = Progress()
     best_val: dict[str, float] = {}
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = resumable_checkpoint(ray.train.get_checkpoint())
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             progress, best_val = restore_from(ckpt_dir, task=cfg.task, model=base, optimizer=optimizer,
@@ -248,7 +248,8 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
         last = max(progress.global_step,
                    last_logged_step(plan.tracking_uri, plan.mlflow_run_id, "train_loss"))
         logger = MetricLogger(plan.tracking_uri, plan.mlflow_run_id,
-                              max_retries=cfg.mlflow.max_retries, last_step=last)
+                              max_retries=cfg.mlflow.max_retries, last_step=last,
+                              buffer_steps=cfg.mlflow.buffer_steps, drain_timeout_s=cfg.mlflow.drain_timeout_s)
 
     reporter = CheckpointReporter(cfg=cfg, plan=plan, model=base, optimizer=optimizer, scheduler=scheduler,
                                   scaler=scaler, rank=rank, progress=progress, logger=logger, best_val=best_val)
@@ -309,6 +310,7 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
                 hooks.beat(step)
                 if sums[2] > 0:
                     report({"stopped": 1.0}, with_checkpoint=True, kind="stop")
+                    logger.close(timeout_s=min(30.0, cfg.mlflow.drain_timeout_s))  # within the grace period
                     raise Preempted(f"rank {rank}: stop requested at step {step}; checkpoint written")
                 if not (every and step % every == 0) and sums[3] > 0:
                     report(metrics, with_checkpoint=False)
@@ -330,7 +332,7 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
             reporter.best_val = dict(val)
             logger.log(val, progress.global_step)
         report(val, with_checkpoint=True, kind=f"epoch{progress.epoch}")
-    logger.flush()
+    logger.close()  # what the sender still holds (the server away): up to mlflow.drain_timeout_s
 
 
 def resume_position(progress: Progress, cfg: TrainConfig, world_size: int) -> int:

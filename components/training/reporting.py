@@ -5,7 +5,9 @@ A checkpoint directory (merged by Ray Train from every rank's temporary director
 - rank 0: ``model.safetensors`` + ``vitpipe.json`` (the checkpoint contract: for ``task: mae``
   the ENCODER as a classifier with no classes, and ``mae_decoder.safetensors`` beside it),
   ``optimizer.safetensors`` + ``train_state.json`` (optimizer, scheduler, scaler, progress);
-- every rank: ``rng_rank<r>.{safetensors,json}``.
+- every rank: ``rng_rank<r>.{safetensors,json}``;
+- rank 0, last: ``vitpipe_manifest.json`` (``storage.write_manifest``): a run resumes only
+  from a checkpoint that holds every file it names (:func:`resumable_checkpoint`).
 
 Every rank calls :meth:`CheckpointReporter.report` at the same points (Ray Train's report is
 a collective). Rank 0's metric logger is flushed up to the reported step only after Ray
@@ -15,6 +17,7 @@ and MLflow never holds a step that a restart trains again.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -22,12 +25,14 @@ import time
 import torch
 
 from components.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from components.training import storage
 from components.training.config import TrainConfig
 from components.training.plan import WorkerPlan
 from components.training.state import Progress, load_rng, load_train_state, save_rng, save_train_state
 from components.training.tracking import MetricLogger
 
 MAE_DECODER_FILE = "mae_decoder.safetensors"
+log = logging.getLogger(__name__)
 
 
 def checkpoint_weights(model: torch.nn.Module, task: str) -> dict[str, torch.Tensor]:
@@ -72,6 +77,23 @@ def restore_from(checkpoint_dir: str, *, task: str, model: torch.nn.Module, opti
     progress = load_train_state(checkpoint_dir, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
     load_rng(checkpoint_dir, rank)
     return progress, {k: v for k, v in meta.metrics.items() if k.startswith("val_")}
+
+
+def resumable_checkpoint(checkpoint):
+    """The checkpoint to resume from: the one Ray Train hands back if it is complete, else
+    the latest complete one beside it (an upload cut off midway is never resumed from);
+    None to start from step 0."""
+    if checkpoint is None:
+        return None
+    fs, path = checkpoint.filesystem, checkpoint.path
+    complete, why = storage.checkpoint_complete(fs, path)
+    if complete:
+        return checkpoint
+    from ray.train import Checkpoint
+
+    fallback = storage.latest_complete_checkpoint(fs, path.rstrip("/").rsplit("/", 1)[0])
+    log.warning("checkpoint %s is incomplete (%s): resuming from %s", path, why, fallback or "step 0")
+    return Checkpoint(fallback, filesystem=fs) if fallback else None
 
 
 def worst_score(mode: str) -> float:
@@ -132,6 +154,7 @@ class CheckpointReporter:
                 save_extra_weights(tmp, self.model, self.cfg.task)
                 save_train_state(tmp, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
                                  progress=progress)
+                storage.write_manifest(tmp, world_size=ray.train.get_context().get_world_size())
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_step{progress.global_step:07d}_{kind}")
         if self.logger.enabled:

@@ -4,6 +4,13 @@
 layer) or a local/shared directory. On a cluster of more than one node a local path must be
 a volume every node sees: the driver writes a probe file and a task pinned to each other
 node must read it back, otherwise the run stops with a clear message before training.
+
+Checkpoints in object storage: Ray Train uploads them through the pyarrow filesystem that
+:func:`train_filesystem` builds, which retries a failed S3 request with backoff
+(``STORAGE_MAX_ATTEMPTS``). Each checkpoint carries a manifest (:data:`MANIFEST`: its files
+and their sizes); a checkpoint whose manifest is missing or names a file that is absent or
+short (an upload cut off midway) is never resumed from (:func:`checkpoint_complete`,
+:func:`latest_complete_checkpoint`).
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ class StorageError(ValueError):
 
 
 RUN_RECORD = "vitpipe_run.json"
+MANIFEST = "vitpipe_manifest.json"
+CHECKPOINT_PREFIX = "checkpoint_step"
+STORAGE_MAX_ATTEMPTS = 10  # per S3 request; the delay between attempts grows up to 20 s
 
 
 def is_uri(path: str) -> bool:
@@ -147,3 +157,74 @@ def _check_nodes_see(path: str, probe: str) -> None:
             "cannot see: on a multi-node cluster use object storage (s3://bucket/prefix, "
             "gs://...) or a volume mounted on every node (e.g. NFS/EFS at the same path)"
         )
+
+
+class RetryingS3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3 filesystem whose retry strategy survives being sent to Ray Train's
+    workers (pyarrow's own pickling rebuilds it with the default strategy, 3 attempts)."""
+
+    def __init__(self, *, max_attempts: int, **options: Any) -> None:
+        super().__init__(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts), **options)
+        self.max_attempts = max_attempts
+
+    def __reduce__(self):
+        return _retrying_s3, (super().__reduce__()[1][0], self.max_attempts)
+
+
+def _retrying_s3(options: dict[str, Any], max_attempts: int) -> RetryingS3FileSystem:
+    return RetryingS3FileSystem(max_attempts=max_attempts, **options)
+
+
+def train_filesystem(path: str, max_attempts: int = STORAGE_MAX_ATTEMPTS) -> tuple[pafs.FileSystem | None, str]:
+    """``(filesystem, path inside it)`` for Ray Train's ``RunConfig(storage_filesystem=...)``:
+    for ``s3://`` an S3 filesystem that retries failed requests (connection refused or
+    reset, 5xx, throttling) ``max_attempts`` times with backoff; otherwise ``(None, path)``
+    and Ray Train builds its own."""
+    if not path.startswith("s3://"):
+        return None, path
+    fs, inner = filesystem(path)  # endpoint, region, scheme: from the URI and the environment
+    return RetryingS3FileSystem(max_attempts=max_attempts, **fs.__reduce__()[1][0]), inner
+
+
+def write_manifest(directory: str | Path, *, world_size: int) -> None:
+    """Rank 0, last into its checkpoint directory: every file there with its size, and the
+    per-rank files the other ranks add (Ray Train merges the ranks' directories)."""
+    directory = Path(directory)
+    files = {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
+    ranks = [f"rng_rank{r}.{ext}" for r in range(1, world_size) for ext in ("safetensors", "json")]
+    (directory / MANIFEST).write_text(json.dumps({"files": files, "rank_files": ranks}, indent=1))
+
+
+def checkpoint_complete(fs: pafs.FileSystem, path: str) -> tuple[bool, str]:
+    """Whether the checkpoint at ``path`` (inside ``fs``) holds every file its manifest names,
+    at its size; returns ``(complete, why not)``."""
+    try:
+        infos = {i.base_name: i for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))}
+    except OSError as err:
+        return False, f"cannot list it: {err}"
+    if MANIFEST not in infos:
+        return False, f"no {MANIFEST} (an upload cut off before it finished)"
+    with fs.open_input_stream(f"{path.rstrip('/')}/{MANIFEST}") as src:
+        manifest = json.loads(src.read().decode())
+    for name, size in manifest["files"].items():
+        if name not in infos or infos[name].size != size:
+            return False, f"{name} missing or short"
+    missing = [n for n in manifest.get("rank_files", []) if n not in infos]
+    return (False, f"{missing[0]} missing") if missing else (True, "")
+
+
+def checkpoint_step(name: str) -> int:
+    """``checkpoint_step0000120_epoch3`` → 120 (-1 for other names)."""
+    digits = name[len(CHECKPOINT_PREFIX):].split("_", 1)[0]
+    return int(digits) if name.startswith(CHECKPOINT_PREFIX) and digits.isdigit() else -1
+
+
+def latest_complete_checkpoint(fs: pafs.FileSystem, run_path: str) -> str | None:
+    """The highest-step complete checkpoint under ``run_path`` (inside ``fs``), or None."""
+    try:
+        entries = fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
+    except OSError:
+        return None
+    dirs = sorted((e for e in entries if e.type == pafs.FileType.Directory and checkpoint_step(e.base_name) >= 0),
+                  key=lambda e: checkpoint_step(e.base_name), reverse=True)
+    return next((e.path for e in dirs if checkpoint_complete(fs, e.path)[0]), None)

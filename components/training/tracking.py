@@ -6,13 +6,17 @@
   the same MLflow run.
 - :class:`MetricLogger`: buffers metrics against the global step and sends them only when
   the checkpoint covering those steps is committed (``flush(up_to_step)``); steps at or
-  below the last flushed step are dropped, so a restart never logs a step twice. Transient
-  failures are retried with backoff and never raised into the training loop.
+  below the last flushed step are dropped, so a restart never logs a step twice. A
+  background thread sends them: a tracking server that is away neither blocks nor fails
+  the training loop, and what was logged meanwhile reaches it, in step order and once,
+  when it is back.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from typing import Any, Callable, TypeVar
 
@@ -93,13 +97,37 @@ def last_logged_step(uri: str, run_id: str, key: str) -> int:
 
 
 class MetricLogger:
-    """Rank-0 metric sink bound to one MLflow run (see module docstring)."""
+    """Rank-0 metric sink bound to one MLflow run (see module docstring).
+
+    ``log`` and ``flush`` never block on the network: ``flush(up_to_step)`` hands the
+    committed steps to a background sender thread, which sends them in step order (batches
+    of at most 900 metrics) and, while the server is away, retries with a delay doubling
+    from 0.5 s to ``0.5 * 2**max_retries`` s. Every ``(key, step)`` reaches MLflow at most
+    once: a batch whose request failed may still have been applied (a timeout after the
+    server wrote it), so before sending it again the sender reads the keys' history and
+    drops what the run already holds. At most ``buffer_steps`` steps wait; past that the
+    oldest are dropped and counted (a warning says how many). :meth:`close` waits up to
+    ``drain_timeout_s`` for the rest to be sent.
+    """
 
     def __init__(self, uri: str | None, run_id: str | None, *, max_retries: int = 5,
-                 last_step: int = -1) -> None:
+                 last_step: int = -1, buffer_steps: int = 10000, drain_timeout_s: float = 300.0,
+                 request_timeout_s: float = 10.0) -> None:
         self.uri, self.run_id, self.max_retries = uri, run_id, max_retries
-        self.last_flushed_step = last_step
+        self.buffer_steps, self.drain_timeout_s = buffer_steps, drain_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.last_flushed_step = last_step  # the last step handed to the sender
         self._pending: list[tuple[int, dict[str, float], int]] = []
+        self._queue: list[tuple[int, dict[str, float], int]] = []  # committed, not yet sent
+        self._cond = threading.Condition()
+        self._sending, self._inflight = False, 0
+        self._inflight = 0  # steps in the batch being sent
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.sent = 0  # metrics MLflow accepted
+        self.dropped = 0  # metrics dropped because the buffer was full
+        self.failures = 0  # failed send attempts
+        self.retry_seconds = 0.0  # time the sender spent waiting between attempts
 
     @property
     def enabled(self) -> bool:
@@ -110,33 +138,147 @@ class MetricLogger:
             self._pending.append((step, dict(metrics), int(time.time() * 1000)))
 
     def flush(self, up_to_step: int | None = None) -> int:
-        """Send buffered metrics with step ≤ ``up_to_step`` (all when None); returns how many."""
+        """Hand buffered metrics with step ≤ ``up_to_step`` (all when None) to the sender;
+        returns how many metrics were queued. Never blocks on MLflow."""
         if not self.enabled or not self._pending:
             return 0
-        from mlflow.entities import Metric
-        from mlflow.tracking import MlflowClient
-
         ready = [p for p in self._pending if up_to_step is None or p[0] <= up_to_step]
         if not ready:
             return 0
-        metrics = [Metric(k, float(v), ts, step) for step, values, ts in ready
-                   for k, v in values.items() if step > self.last_flushed_step]
-        client = MlflowClient(self.uri)
-        sent = 0
-        for start in range(0, len(metrics), 900):  # MLflow's log_batch limit is 1000
-            chunk = metrics[start:start + 900]
-            ok, _ = retry(lambda: client.log_batch(self.run_id, metrics=chunk),
-                          attempts=self.max_retries, what="log_batch")
-            if not ok:
-                # Keep what failed for the next flush; training goes on.
-                return sent
-            sent += len(chunk)
-        self._pending = [p for p in self._pending if p not in ready]
+        self._pending = [p for p in self._pending if not (up_to_step is None or p[0] <= up_to_step)]
+        ready = [p for p in ready if p[0] > self.last_flushed_step]
+        if not ready:
+            return 0
         self.last_flushed_step = max(self.last_flushed_step, max(p[0] for p in ready))
-        return sent
+        with self._cond:
+            self._queue.extend(ready)
+            self._queue.sort(key=lambda p: p[0])
+            overflow = len({p[0] for p in self._queue}) + self._inflight - self.buffer_steps
+            if overflow > 0:
+                oldest = sorted({p[0] for p in self._queue})[:overflow]
+                lost = [p for p in self._queue if p[0] in set(oldest)]
+                self._queue = [p for p in self._queue if p[0] not in set(oldest)]
+                self.dropped += sum(len(p[1]) for p in lost)
+                log.warning("MLflow unreachable and %d steps buffered: dropped steps %d-%d (%d metrics "
+                            "dropped so far)", self.buffer_steps, oldest[0], oldest[-1], self.dropped)
+            self._cond.notify_all()
+        self._start()
+        return sum(len(p[1]) for p in ready)
 
     def drop_unflushed(self) -> None:
         self._pending.clear()
+
+    def backlog(self) -> int:
+        """Steps queued or being sent."""
+        with self._cond:
+            return len(self._queue) + self._inflight
+
+    def close(self, timeout_s: float | None = None) -> bool:
+        """Queue what is left, wait up to ``timeout_s`` (``drain_timeout_s``) for the sender
+        to send it all; returns whether everything was sent."""
+        self._closed = False  # closing again (the server came back) sends what is left
+        self.flush()
+        if self._queue:
+            self._start()
+        timeout_s = self.drain_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while (self._queue or self._sending) and self._thread is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, 1.0))
+            unsent = sum(len(p[1]) for p in self._queue)
+            self._closed = True
+            self._cond.notify_all()
+        if unsent:
+            log.warning("MLflow: %d metrics not sent within %.0f s at the end of training", unsent, timeout_s)
+        return unsent == 0
+
+    # -- the sender thread -------------------------------------------------------------
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            _fail_fast_http(self.request_timeout_s)
+            self._thread = threading.Thread(target=self._run, name="mlflow-metrics", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        from mlflow.tracking import MlflowClient
+
+        delay, cap = 0.5, 0.5 * 2 ** self.max_retries
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait(1.0)
+                if not self._queue:
+                    return
+                # Whole steps, in order, up to 900 metrics (log_batch takes 1000).
+                batch, size = [], 0
+                while self._queue and (not batch or size + len(self._queue[0][1]) <= 900):
+                    entry = self._queue.pop(0)
+                    batch.append(entry)
+                    size += len(entry[1])
+                self._sending, self._inflight = True, len(batch)
+            try:
+                self._send(MlflowClient(self.uri), batch)
+                delay = 0.5
+                with self._cond:
+                    self._sending, self._inflight = False, 0
+                    self._cond.notify_all()
+            except Exception as err:  # network, 5xx: keep the batch, wait, try again
+                if _rejected(err):  # the server answered that this batch is wrong: not retried
+                    log.error("MLflow rejected metrics of steps %d-%d, dropped: %s", batch[0][0], batch[-1][0], err)
+                    self.dropped += sum(len(p[1]) for p in batch)
+                    self._maybe_applied = False
+                    with self._cond:
+                        self._sending, self._inflight = False, 0
+                        self._cond.notify_all()
+                    continue
+                self.failures += 1
+                if self.failures == 1 or self.failures % 10 == 0:
+                    log.warning("MLflow log_batch failed (%d failures so far), retrying in %.1f s: %s",
+                                self.failures, delay, err)
+                with self._cond:
+                    self._queue[:0] = batch
+                    self._sending, self._inflight = False, 0
+                    self._cond.notify_all()
+                    if self._closed:
+                        return
+                    t0 = time.monotonic()
+                    while not self._closed and time.monotonic() - t0 < delay:  # close() ends it early
+                        self._cond.wait(delay - (time.monotonic() - t0))
+                    self.retry_seconds += time.monotonic() - t0
+                delay = min(cap, delay * 2)
+
+    def _send(self, client, batch: list[tuple[int, dict[str, float], int]]) -> None:
+        from mlflow.entities import Metric
+
+        metrics = [Metric(k, float(v), ts, step) for step, values, ts in batch for k, v in values.items()]
+        if self._maybe_applied:
+            # The last failed request may have been applied: send only what the run lacks.
+            keys = {m.key for m in metrics}
+            have = {(m.key, m.step) for key in keys for m in client.get_metric_history(self.run_id, key)}
+            metrics = [m for m in metrics if (m.key, m.step) not in have]
+        self._maybe_applied = True
+        if metrics:
+            client.log_batch(self.run_id, metrics=metrics)
+        self._maybe_applied = False
+        self.sent += len(metrics)
+
+    _maybe_applied = False
+
+
+def _rejected(err: Exception) -> bool:
+    """A 4xx answer other than 429: sending the same batch again cannot succeed."""
+    code = getattr(err, "get_http_status_code", lambda: None)()
+    return isinstance(code, int) and 400 <= code < 500 and code != 429
+
+
+def _fail_fast_http(timeout_s: float) -> None:
+    """MLflow's client retries a request for minutes by default; the sender does its own
+    retrying, so each request of this process fails fast instead (a user's setting wins)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, timeout_s))))
 
 
 def log_params_safely(uri: str, run_id: str, params: dict[str, Any], *, attempts: int = 5) -> None:

@@ -290,7 +290,7 @@ def fit(run: PreparedRun, *, callbacks: list | None = None):
         dataset_config=DataConfig(execution_options=ingest_options(cfg.data.preserve_order)),
         scaling_config=scaling_config(cfg, resources),
         run_config=RunConfig(
-            name=cfg.run.name, storage_path=run.storage_path,
+            name=cfg.run.name, **_ray_storage(run.storage_path),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.checkpoint.keep_best_k,
                 checkpoint_score_attribute=cfg.checkpoint.metric,
@@ -360,6 +360,13 @@ def finalize(run: PreparedRun, result) -> dict[str, Any]:
         "metrics": summary_metrics, "registered_version": registered_version,
         "steps": plan.steps.total_steps, "seconds": round(time.monotonic() - run.started, 1),
     }
+
+
+def _ray_storage(storage_path: str) -> dict[str, Any]:
+    """``RunConfig`` storage arguments: object storage through a filesystem that retries
+    failed uploads with backoff (``storage.train_filesystem``)."""
+    fs, path = storage.train_filesystem(storage_path)
+    return {"storage_path": path, "storage_filesystem": fs} if fs is not None else {"storage_path": storage_path}
 
 
 def scaling_config(cfg: TrainConfig, resources: dict[str, float]):

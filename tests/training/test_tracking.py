@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -36,30 +38,44 @@ def test_metrics_flush_only_committed_steps_and_never_twice(mlflow_uri):
     logger = MetricLogger(mlflow_uri, run_id)
     for step in range(1, 7):
         logger.log({"train_loss": 1.0 / step}, step)
-    assert logger.flush(up_to_step=4) == 4  # steps 1..4 committed by a checkpoint
+    assert logger.flush(up_to_step=4) == 4  # steps 1..4 committed by a checkpoint: queued
     logger.drop_unflushed()  # the worker dies: steps 5, 6 are lost with it
+    assert logger.close(timeout_s=60) and logger.sent == 4
     # The replacement worker resumes from the step-4 checkpoint and trains 5..8 again.
     resumed = MetricLogger(mlflow_uri, run_id, last_step=4)
     for step in range(3, 9):
         resumed.log({"train_loss": 1.0 / step}, step)  # 3, 4 are at/below the checkpoint: dropped
-    resumed.flush()
+    assert resumed.close(timeout_s=60)
     history = MlflowClient(mlflow_uri).get_metric_history(run_id, "train_loss")
     assert sorted(m.step for m in history) == list(range(1, 9))
     assert last_logged_step(mlflow_uri, run_id, "train_loss") == 8
 
 
-def test_transient_failures_never_raise_and_keep_metrics(mlflow_uri, monkeypatch):
-    # MLflow's own HTTP retries (minutes by default) are cut so the test stays fast.
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+def test_server_away_never_blocks_and_metrics_arrive_once_in_order(mlflow_uri, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
     run_id = open_run(mlflow_uri, "training-tests", "transient", None)
-    logger = MetricLogger(f"http://127.0.0.1:{free_port()}", run_id, max_retries=1)
-    logger.log({"train_loss": 0.5}, 1)
-    assert logger.flush() == 0  # server "down": nothing sent, nothing raised
-    logger.uri = mlflow_uri  # the server is back
-    assert logger.flush() == 1
-    assert [m.step for m in MlflowClient(mlflow_uri).get_metric_history(run_id, "train_loss")] == [1]
+    logger = MetricLogger(f"http://127.0.0.1:{free_port()}", run_id, max_retries=1)  # nothing listens
+    started = time.monotonic()
+    for step in range(1, 31):
+        logger.log({"train_loss": 1.0 / step, "lr": 0.1}, step)
+        logger.flush(up_to_step=step)
+    assert time.monotonic() - started < 1.0  # the training loop is never held up
+    assert not logger.close(timeout_s=2)  # still away at the end: nothing raised, reported unsent
+    assert logger.failures >= 1 and logger.sent == 0
+    logger.uri = mlflow_uri  # the server is back (the chaos tests stop and restart a real one)
+    assert logger.close(timeout_s=60)
+    history = MlflowClient(mlflow_uri).get_metric_history(run_id, "train_loss")
+    assert [m.step for m in history] == list(range(1, 31))
+
+
+def test_full_buffer_drops_oldest_steps_and_counts_them(mlflow_uri):
+    run_id = open_run(mlflow_uri, "training-tests", "overflow", None)
+    logger = MetricLogger(f"http://127.0.0.1:{free_port()}", run_id, max_retries=1, buffer_steps=5)
+    for step in range(1, 9):
+        logger.log({"train_loss": 1.0}, step)
+        logger.flush(up_to_step=step)
+    assert logger.dropped == 3 and logger.backlog() == 5  # steps 1..3 gone, 4..8 held
+    logger.close(timeout_s=0)
 
 
 def test_local_storage_and_run_record(tmp_path):
