@@ -3,7 +3,7 @@
 Both models see the same batches (the data layer's eval transform, held in memory once):
 
 - **max abs difference** of every output tensor (``logits``; ``pred_logits``, ``pred_boxes``);
-- **the task's metric** through THE evaluator (``components.training.evaluate``): top-1
+- **the task's metric** through THE evaluator (``components.evaluation``): top-1
   for classifiers, COCO mAP50 for detectors, for each model, and their difference;
 - **latency**: batch-1 median (ms) and batch-32 throughput (images/s), PyTorch eager and
   the export measured in turns in one loop, on the same threads.
@@ -198,7 +198,7 @@ def compare_outputs(model: nn.Module, exported: nn.Module, data: ParityData,
 def _score_classification(ref: _Recorder, got: _Recorder, data: ParityData,
                           meta: CheckpointMeta) -> tuple[list[float], dict[str, Any]]:
     """Top-1 of both (labels: ground truth or the reference's top-1) and their agreement."""
-    from components.training import evaluate as ev
+    import components.evaluation as ev
 
     a = ev.predict_classification(ref, data.batches, device="cpu")
     b = ev.predict_classification(got, data.batches, device="cpu")
@@ -211,7 +211,7 @@ def _score_classification(ref: _Recorder, got: _Recorder, data: ParityData,
 def _score_detection(ref: _Recorder, got: _Recorder, data: ParityData,
                      meta: CheckpointMeta) -> tuple[list[float], dict[str, Any]]:
     """COCO mAP50 of both (ground truth, or the reference's best detections as ground truth)."""
-    from components.training import evaluate as ev
+    import components.evaluation as ev
 
     a = ev.predict_detections(ref, data.batches, data.coco_gt, device="cpu")
     b = ev.predict_detections(got, data.batches, data.coco_gt, device="cpu")

@@ -5,7 +5,7 @@
 patches uint8 ``[B, N, P*P*3]`` — and return what it returns: logits ``[B, C]``, or
 ``{"pred_logits": [B, Q, C+1], "pred_boxes": [B, Q, 4]}``. They carry ``patch_size``,
 ``grid_size``, ``img_size`` and ``nms_iou`` like the model, so THE evaluator
-(``components.training.evaluate``), detection postprocessing and the serving runtime run
+(``components.evaluation``), detection postprocessing and the serving runtime run
 them without knowing they are not PyTorch modules.
 
 Nothing is unpickled: ONNX is protobuf with JSON metadata; a ``.pt2`` archive is checked to
@@ -47,7 +47,7 @@ class _ExportedModule(nn.Module):
         self.output_names = OUTPUT_NAMES[meta.task]
 
     def _check(self, patches: torch.Tensor, grid: Any) -> torch.Tensor:
-        from components.models.base import grid_tuple
+        from components.core.batch import grid_tuple
 
         if grid_tuple(grid) != self.grid_size:
             raise ValueError(f"the exported {self.name} takes a {self.grid_size} patch grid, "

@@ -8,7 +8,7 @@ Order matters and is the point of this module:
    one the run record beside the checkpoints names: resubmitting ``run.name`` resumes);
 4. build the datasets, plan the steps, start ``TorchTrainer`` (Ray Train restores the last
    checkpoint of the same run name by itself; ``FailureConfig`` replaces dead workers);
-5. evaluate the best checkpoint with ``components.training.evaluate`` on the val split, log
+5. evaluate the best checkpoint with ``components.evaluation`` on the val split, log
    the report and plots, register the checkpoint, end the MLflow run, return a summary.
 """
 
@@ -28,7 +28,8 @@ import torch
 from components.core.config import ConfigError, dump_config, flatten
 from components.training import storage
 from components.training.config import TrainConfig, check_model, resolve_data_config
-from components.training.loop import loader_task, steps_plan, train_loop_per_worker
+from components.tasks import get_task
+from components.training.loop import steps_plan, train_loop_per_worker
 from components.training.tracking import (
     TrackingError, check_tracking_server, log_params_safely, open_run, retry, system_info,
 )
@@ -116,6 +117,7 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None, callbacks:
 
     data_cfg = resolve_data_config(cfg)
     check_model(cfg)
+    task = get_task(cfg.task)
     started = time.monotonic()
     ensure_ray(cfg)
     import ray.data
@@ -184,7 +186,7 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None, callbacks:
         "has_val": True, "init_state_ref": init_ref, "init_meta": init_meta,
         "fault_marker": storage.join(run_dir, "fault_injected") if cfg.run.fail_at_step else None,
         "heartbeat_dir": storage.join(run_dir, "heartbeat") if cfg.run.heartbeat else None,
-        "loader_task": loader_task(cfg, data_cfg.format),
+        "loader_task": task.loader_kind(data_cfg.format),
     }
     from components.training.progress import ProgressCallback
 
@@ -237,15 +239,16 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None, callbacks:
             retry(lambda: client.log_dict(run_id, report, "eval/report.json"), attempts=3, what="log eval report")
             for png in report.pop("_plots", []):
                 retry(lambda: client.log_artifact(run_id, png, "eval"), attempts=3, what="log plot")
-            if cfg.registry.enabled and cfg.task == "mae":
-                log.info("task mae: the checkpoint is a ViT encoder to fine-tune (pipelines.finetune / "
-                         "pipelines.detect model.init_from=%s), nothing to serve: not registered", best.path)
+            if cfg.registry.enabled and not task.registers:
+                log.info("task %s: the checkpoint is a ViT encoder to fine-tune (pipelines.finetune / "
+                         "pipelines.detect model.init_from=%s), nothing to serve: not registered",
+                         task.name, best.path)
             elif cfg.registry.enabled:
                 from components.tracking.registry import register_checkpoint
 
                 registered_version = register_checkpoint(
-                    local_dir, task=cfg.task, run_id=run_id, registered_name=cfg.registry.registered_name,
-                    tracking_uri=uri, metrics=_primary_metrics(cfg.task, summary_metrics),
+                    local_dir, task=task.model_task, run_id=run_id, registered_name=cfg.registry.registered_name,
+                    tracking_uri=uri, metrics=_primary_metrics(task.metric, summary_metrics),
                     tags={"vitpipe.run_name": cfg.run.name},
                 )
             retry(lambda: client.set_terminated(run_id, status="FINISHED"), attempts=3, what="end run")
@@ -306,10 +309,7 @@ def _as_dict(report: Any) -> dict:
     return asdict(report) if is_dataclass(report) else {"report": str(report)}
 
 
-def _primary_metrics(task: str, metrics: dict[str, float]) -> dict[str, float]:
-    from components.training.evaluate import primary_metric
-
-    key = primary_metric(task)
+def _primary_metrics(key: str, metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k in (key, "top1", "top5", "map", "map50", "map75")}
 
 
@@ -327,51 +327,37 @@ def _best_checkpoint(result, cfg: TrainConfig):
 
 
 def evaluate_checkpoint(checkpoint_dir: Path, val_bundle, cfg: TrainConfig) -> dict[str, Any]:
-    """Evaluate a checkpoint on the val split with the shared evaluator; plots as PNGs."""
+    """Evaluate a checkpoint on the val split with the task's evaluation; plots as PNGs."""
+    from components.core.checkpoint import read_meta
     from components.core.device import autocast_dtype, pick_device
     from components.data.loader import iter_batches
-    from components.tracking.packaging import model_from_checkpoint
-    from components.training import evaluate as ev
+    from components.models import model_from_checkpoint
 
-    if cfg.task == "mae":  # no classes to score: the best val reconstruction loss is the report
-        from components.core.checkpoint import read_meta
-
+    task = get_task(cfg.task)
+    if not task.evaluates:  # no classes to score (MAE): the best val loss is the report
         meta = read_meta(checkpoint_dir)
         return {"val_loss": meta.metrics.get("val_loss"), "step": meta.step,
                 "checkpoint_metrics": meta.metrics, "_plots": []}
     device = pick_device(prefer_gpu=cfg.scaling.use_gpu)
     model, meta = model_from_checkpoint(checkpoint_dir, device=device)
     amp = autocast_dtype(device, cfg.precision, model)
-    batches = iter_batches(val_bundle.dataset, batch_size=cfg.eval.batch_size, task=cfg.task)
-    plots_dir = checkpoint_dir.parent / f"{checkpoint_dir.name}-plots"
-    plots: list[str] = []
-    if cfg.task == "classification":
-        preds = ev.predict_classification(model, batches, device=device, autocast_dtype=amp, keep_samples=8)
-        report = ev.classification_metrics(preds.logits, preds.labels, num_classes=len(meta.class_names))
-        report["class_names"] = meta.class_names
-        plots.append(str(ev.plot_confusion_matrix(report["confusion"], meta.class_names,
-                                                  plots_dir / "confusion_matrix.png")))
-    else:
-        coco_gt = _coco_gt(val_bundle)
-        preds = ev.predict_detections(model, batches, coco_gt, device=device, autocast_dtype=amp,
-                                      score_threshold=cfg.eval.score_threshold, keep_samples=8)
-        report = ev.coco_metrics(preds.results, coco_gt, image_ids=preds.image_ids,
-                                 class_names=meta.class_names)
-    if preds.samples:
-        plots.append(str(ev.plot_sample_predictions(preds.samples, meta.class_names,
-                                                    plots_dir / "sample_predictions.png")))
+    batches = iter_batches(val_bundle.dataset, batch_size=cfg.eval.batch_size, task=task.batch_kind)
+    report = task.evaluate(model, batches, device=device, amp_dtype=amp, class_names=meta.class_names,
+                           coco_gt=_coco_gt(val_bundle),
+                           score_threshold=cfg.eval.score_threshold,
+                           plots_dir=checkpoint_dir.parent / f"{checkpoint_dir.name}-plots")
     report["step"] = meta.step
     report["checkpoint_metrics"] = meta.metrics
-    report["_plots"] = plots
     return report
 
 
 def _coco_gt(bundle):
+    """The val bundle's COCO ground truth (``None`` for a split without boxes)."""
     for attr in ("coco_gt", "coco_gt_path", "coco"):
         value = getattr(bundle, attr, None)
         if value is not None:
             return value() if callable(value) else value
-    raise TrainingError("the val dataset bundle exposes no COCO ground truth for evaluation")
+    return None
 
 
 def summary_line(summary: dict[str, Any]) -> str:
