@@ -11,11 +11,29 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Callable
 
+from components.core.names import TaskName
 from components.training.config import TrainConfig
 
 DEFAULT_DIR = Path(__file__).with_name("configs")
+
+
+def task_check(pipeline: str, tasks: Sequence[TaskName], what: str,
+               then: Callable[[TrainConfig], None] | None = None) -> Callable[[TrainConfig], None]:
+    """A pipeline's config rule: its ``task`` is one of ``tasks`` (``what`` it trains), then
+    ``then`` (the pipeline's own further rule)."""
+    from components.core.config import ConfigError
+
+    def check(cfg: TrainConfig) -> None:
+        if cfg.task not in tasks:
+            raise ConfigError(f"{pipeline} trains {what}: task must be "
+                              f"{' or '.join(repr(t) for t in tasks)}")
+        if then is not None:
+            then(cfg)
+
+    return check
 
 
 def main(name: str, argv: list[str] | None = None,

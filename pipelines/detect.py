@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import sys
 
-from components.core.config import ConfigError
-from components.training.config import TrainConfig
-from pipelines._common import main
+from pipelines._common import main, task_check
 
-
-def check(cfg: TrainConfig) -> None:
-    if cfg.task != "detection":
-        raise ConfigError("detect trains detectors: task must be 'detection'")
+check = task_check("detect", ("detection",), "detectors")
 
 
 if __name__ == "__main__":

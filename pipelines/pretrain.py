@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import sys
 
-from components.core.config import ConfigError
-from components.training.config import TrainConfig
-from pipelines._common import main
+from pipelines._common import main, task_check
 
-
-def check(cfg: TrainConfig) -> None:
-    if cfg.task not in ("classification", "mae"):
-        raise ConfigError("pretrain trains classifiers or MAE encoders: task must be 'classification' or 'mae'")
+check = task_check("pretrain", ("classification", "mae"), "classifiers or MAE encoders")
 
 
 if __name__ == "__main__":

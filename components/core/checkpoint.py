@@ -18,17 +18,19 @@ from collections.abc import Callable
 from dataclasses import MISSING as _MISSING
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from components.core.names import ModelTask
+
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "vitpipe.json"
 FORMAT_VERSION = 1
 
-Task = Literal["classification", "detection"]
+Task = ModelTask  # what a checkpoint's model is
 
 
 class CheckpointError(ValueError):
@@ -73,7 +75,7 @@ class CheckpointMeta:
         )
         if missing:
             raise CheckpointError(f"{META_FILE} lacks required keys {missing}")
-        if raw.get("task") not in ("classification", "detection"):
+        if raw.get("task") not in get_args(ModelTask):
             raise CheckpointError(f"{META_FILE}: unknown task {raw.get('task')!r}")
         meta = _validated(cls, raw)
         if meta.format_version > FORMAT_VERSION:

@@ -43,12 +43,13 @@ import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from components.core.names import ModelTask
 from components.data.coco import CocoSource, check_image, read_coco
-from components.data.config import FORMAT_TASK, AugmentConfig, DataConfig, SplitPaths
+from components.data.config import FORMAT_TASK, AugmentConfig, DataConfig, SplitPaths, with_boxes
 from components.data.errors import DataError
 from components.data.fs import Location
 from components.data.image_io import BadImageError, decode_at_size
@@ -58,7 +59,7 @@ from components.data.report import SkipReport
 from components.data.voc import read_voc
 
 log = logging.getLogger(__name__)
-Task = Literal["classification", "detection"]
+Task = ModelTask
 
 
 def pad_boxes(boxes: np.ndarray, classes: np.ndarray, max_boxes: int
@@ -109,7 +110,7 @@ def _empty_rows(spec: RowSpec) -> dict[str, np.ndarray]:
     n = (spec.image_size // spec.patch_size) ** 2
     out = {"patches": np.zeros((0, n, spec.patch_size ** 2 * 3), np.uint8),
            "grid": np.zeros((0, 2), np.int64)}
-    if spec.task == "classification":
+    if not with_boxes(spec.task):
         out["label"] = np.zeros((0,), np.int64)
     else:
         m = spec.max_boxes
@@ -144,7 +145,7 @@ def make_rows(batch: dict[str, np.ndarray], spec: RowSpec) -> dict[str, np.ndarr
             log.warning("skipping %s while streaming: %s", file, err)
             continue
         seed = row_seed(spec.seed, epoch, image_id)
-        if spec.task == "classification":
+        if not with_boxes(spec.task):
             image, _, _ = transform(rgb, seed=seed)
             rows["label"].append(int(batch["label"][i]))
         else:
@@ -341,7 +342,7 @@ def build_dataset(cfg: DataConfig, split: str, *, training: bool, epoch: int = 0
             f": all {len(report.skipped)} records were skipped ({reasons})" if reasons else ""))
     report.counts["images_accepted"] = len(source.records)
     task = task_of(cfg)
-    if task == "detection":
+    if with_boxes(task):
         report.counts["annotations_accepted"] = sum(len(r["classes"]) for r in source.records)
     spec = RowSpec(images=source.images, task=task, training=training,
                    image_size=cfg.image_size, patch_size=cfg.patch_size,

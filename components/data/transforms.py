@@ -22,18 +22,18 @@ augmentation wherever the row is processed; ``seed=None`` → fresh randomness e
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import albumentations as A
 import cv2
 import numpy as np
 
+from components.core.names import ModelTask
 from components.data.boxes import coco_to_batch
 from components.data.coco import MIN_BOX_FRACTION
-from components.data.config import AugmentConfig
+from components.data.config import AugmentConfig, with_boxes
 from components.data.image_io import resize_whole
 
-Task = Literal["classification", "detection"]
+Task = ModelTask
 PRESHRINK_FACTOR = 4
 
 
@@ -109,7 +109,7 @@ class ImageTransform:
         self.task = task
         self.image_size = image_size
         self.augmenting = bool(training and augment is not None and augment.enabled)
-        self.augment = (build_train_augment(augment, image_size, with_boxes=task == "detection")
+        self.augment = (build_train_augment(augment, image_size, with_boxes=with_boxes(task))
                         if self.augmenting else None)
 
     def min_decode_size(self, width: int, height: int) -> tuple[int, int]:
@@ -143,7 +143,7 @@ class ImageTransform:
         if seed is None:
             seed = int(np.random.default_rng().integers(2**32))
         self.augment.set_random_seed(seed)
-        if self.task == "detection":
+        if with_boxes(self.task):
             out = self.augment(image=image, bboxes=boxes, classes=labels)
             boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
             labels = np.asarray(out["classes"], np.int64).reshape(-1)

@@ -140,7 +140,7 @@ def train_families(cfg: ReportConfig, out_dir: Path) -> list[dict[str, Any]]:
     for family in cfg.families:
         spec = TrainingSpec(family.tiny, family.task, family.lr, family.weight_decay, family.clip_grad_norm,
                             overrides=dict(family.overrides), match_repeats=family.match_repeats)
-        target = cfg.target_top1 if family.task == "classification" else cfg.target_map50
+        target = {"classification": cfg.target_top1, "detection": cfg.target_map50}[family.task]
         log.info("training %s (%s) to %s", family.label, family.tiny, target)
         result = train_to_target(spec, data[family.task], target=target, max_epochs=cfg.max_epochs,
                                  time_budget_s=cfg.time_budget_s, precision=cfg.precision, seed=cfg.seed)

@@ -212,6 +212,16 @@ class Task(ABC):
         """Whether score ``a`` beats ``b`` in this task's direction."""
         return a > b if self.direction == "max" else a < b
 
+    @abstractmethod
+    def postprocess(self, outputs: Any, *, model: torch.nn.Module, orig_hw: torch.Tensor,
+                    score_threshold: float, max_detections: int) -> list[dict[str, Any]]:
+        """A served batch's raw fp32 outputs → one result dict of numpy arrays per image
+        (``orig_hw`` int64 ``[B, 2]``: each image's original (h, w))."""
+
+    @abstractmethod
+    def output_specs(self, *, num_classes: int, top_k: int, max_detections: int) -> list[dict[str, Any]]:
+        """The Open Inference Protocol (v2) output tensors a served model answers with."""
+
     def outputs_to_numpy(self, outputs: Any) -> Any:
         """A served model's raw outputs as float32 numpy (``serving_outputs``)."""
         if isinstance(outputs, torch.Tensor):

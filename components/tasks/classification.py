@@ -61,6 +61,19 @@ class ClassificationTask(Task):
     def _val_metrics(self, loss, accuracy):
         return {"val_loss": loss, "val_top1": accuracy}
 
+    def postprocess(self, outputs, *, model, orig_hw, score_threshold, max_detections):
+        """``{"probabilities": [C]}`` per image (softmax of the logits)."""
+        probabilities = torch.softmax(outputs, dim=-1).numpy()
+        return [{"probabilities": row} for row in probabilities]
+
+    def output_specs(self, *, num_classes, top_k, max_detections):
+        k = min(top_k, num_classes)
+        return [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, num_classes]},
+            {"name": "top_labels", "datatype": "INT64", "shape": [-1, k]},
+            {"name": "top_scores", "datatype": "FP32", "shape": [-1, k]},
+        ]
+
     def evaluate(self, model, batches, *, device, amp_dtype, class_names, coco_gt=None,
                  score_threshold=0.0, plots_dir: str | os.PathLike | None = None) -> dict[str, Any]:
         """Top-1/top-5 and the confusion matrix (``classification_metrics``)."""

@@ -64,6 +64,24 @@ class DetectionTask(Task):
 
         return detection_loss(build_criterion(num_classes, **cfg.criterion.model_dump()))
 
+    def postprocess(self, outputs, *, model, orig_hw, score_threshold, max_detections):
+        """``{"boxes": [K, 4] xyxy original pixels, "scores": [K], "labels": [K]}`` per image
+        (the model's own postprocessing settings: class scores, NMS)."""
+        from components.models.postprocess import detection_settings, detections
+
+        found = detections(outputs, orig_hw, score_threshold=score_threshold, top_k=max_detections,
+                           **detection_settings(model))
+        return [{"boxes": d["boxes"].float().numpy(), "scores": d["scores"].float().numpy(),
+                 "labels": d["labels"].numpy()} for d in found]
+
+    def output_specs(self, *, num_classes, top_k, max_detections):
+        return [
+            {"name": "boxes", "datatype": "FP32", "shape": [-1, max_detections, 4]},
+            {"name": "scores", "datatype": "FP32", "shape": [-1, max_detections]},
+            {"name": "labels", "datatype": "INT64", "shape": [-1, max_detections]},
+            {"name": "num_detections", "datatype": "INT32", "shape": [-1]},
+        ]
+
     def evaluate(self, model, batches, *, device, amp_dtype, class_names, coco_gt=None,
                  score_threshold=0.0, plots_dir: str | os.PathLike | None = None) -> dict[str, Any]:
         """COCO mAP / mAP50 / mAP75 / per-class AP against ``coco_gt`` (``coco_metrics``)."""

@@ -86,5 +86,11 @@ class MaeTask(Task):
     def evaluates(self) -> bool:
         return False
 
+    def postprocess(self, outputs, **kwargs):
+        raise NotImplementedError("task 'mae' trains an encoder to fine-tune: nothing to serve")
+
+    def output_specs(self, **kwargs):
+        raise NotImplementedError("task 'mae' trains an encoder to fine-tune: nothing to serve")
+
     def evaluate(self, model, batches, **kwargs) -> dict[str, Any]:
         raise NotImplementedError("task 'mae' has no final evaluation: its best val_loss is the report")
