@@ -145,14 +145,12 @@ class Predictor:
 
     def forward(self, patches: np.ndarray):
         """uint8 ``[B, N, P*P*3]`` → the model's raw outputs (logits, or the detector's dict)."""
-        import contextlib
-
         import torch
 
+        from components.core.device import autocast
+
         x = torch.from_numpy(np.ascontiguousarray(patches)).to(self.device, non_blocking=True)
-        cast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None
-                else contextlib.nullcontext())
-        with torch.inference_mode(), cast:
+        with torch.inference_mode(), autocast(self.device, self.dtype):
             return self.model(x, self.grid)
 
     def __call__(self, batch: dict[str, np.ndarray]):

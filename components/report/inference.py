@@ -130,7 +130,7 @@ def measure_model(
     import numpy as np
     import torch
 
-    from components.core.device import autocast_dtype
+    from components.core.device import autocast, autocast_dtype
     from components.data.patchify import patchify
     from components.models import build_model
 
@@ -149,11 +149,8 @@ def measure_model(
         return patchify(torch.from_numpy(pixels), model.patch_size)
 
     def run(patches, grid):
-        with torch.inference_mode():
-            if amp is None:
-                return model(patches, grid)
-            with torch.autocast("cpu", dtype=amp):
-                return model(patches, grid)
+        with torch.inference_mode(), autocast("cpu", amp):
+            return model(patches, grid)
 
     params = sum(p.numel() for p in model.parameters())
     patches1, grid = inputs(1)

@@ -48,17 +48,41 @@ def accepted_overrides(model_name: str) -> list[str] | None:
                   and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD))
 
 
-def check_overrides(model_name: str, overrides: Mapping[str, Any], *, extra: Iterable[str] = ()) -> None:
+def check_overrides(model_name: str, overrides: Mapping[str, Any]) -> None:
     """``model.overrides`` keys against the builder's signature: a typo is a ``ConfigError``
-    naming the bad key and the accepted ones (on the driver, before any worker starts)."""
+    naming the bad key and the accepted ones (on the driver, before any worker starts).
+
+    A builder that passes further keywords on to a library (timm) is dry-built on the meta
+    device (no memory, no weights), and the library's "unexpected keyword" is reported the
+    same way. A transformers config takes any keyword: those are not checked here.
+    """
+    import re
+
     accepted = accepted_overrides(model_name)
-    if accepted is None:
+    if accepted is not None:
+        bad = sorted(k for k in overrides if k not in accepted)
+        if bad:
+            raise ConfigError(f"model.overrides: {', '.join(map(repr, bad))} not accepted by {model_name!r}; "
+                              f"accepted: {', '.join(accepted)}")
         return
-    accepted = sorted({*accepted, *extra})
-    bad = sorted(k for k in overrides if k not in accepted)
-    if bad:
-        raise ConfigError(f"model.overrides: {', '.join(map(repr, bad))} not accepted by {model_name!r}; "
-                          f"accepted: {', '.join(accepted)}")
+    from components.models import build_model, get_spec
+
+    spec = get_spec(model_name)
+    builder_args = [n for n, p in inspect.signature(spec.builder).parameters.items()
+                    if p.kind is not inspect.Parameter.VAR_KEYWORD and n not in _BUILDER_ARGS
+                    and n not in set(getattr(spec.builder, "keywords", {}) or {})]
+    try:
+        with torch.device("meta"):
+            build_model(model_name, num_classes=2, **dict(overrides))
+    except TypeError as err:
+        found = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if found is None:
+            raise
+        raise ConfigError(f"model.overrides: {found.group(1)!r} not accepted by {model_name!r} "
+                          f"({err}); accepted: {', '.join(sorted(builder_args))} and the "
+                          "keywords of the library model it wraps") from None
+    except (ValueError, KeyError, AssertionError) as err:
+        raise ConfigError(f"model.overrides: {model_name!r} does not build with {dict(overrides)}: {err}") from None
 
 
 def all_reduce_sum(values: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -121,11 +145,7 @@ class Task(ABC):
         if spec.task != self.model_task:
             raise ConfigError(f"model.name: {cfg.model.name!r} is a {spec.task} model; task "
                               f"{self.name!r} needs a {self.model_task} model")
-        check_overrides(cfg.model.name, cfg.model.overrides, extra=self.override_keys(cfg))
-
-    def override_keys(self, cfg: Any) -> tuple[str, ...]:
-        """Keys the task itself accepts in ``model.overrides`` beyond the builder's."""
-        return ()
+        check_overrides(cfg.model.name, cfg.model.overrides)
 
     @abstractmethod
     def build_model(self, cfg: Any, *, num_classes: int, image_size: int,

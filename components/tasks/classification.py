@@ -25,9 +25,6 @@ class ClassificationTask(Task):
     serving_outputs = ("logits",)
     headline_metrics, target_metric, sample_format = ("top1", "top5"), "top1", "imagefolder"
 
-    def override_keys(self, cfg: Any) -> tuple[str, ...]:
-        return ("head",)
-
     def build_model(self, cfg, *, num_classes, image_size, init_state=None, init_meta=None):
         """Fresh, or fine-tuning from a classifier checkpoint: the pretrained architecture at
         the new ``image_size`` (position embeddings resized by ``load_weights``), then a fresh

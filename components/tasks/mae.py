@@ -40,7 +40,7 @@ class MaeTask(Task):
         if spec.task != "classification" or spec.family != "vit":
             raise ConfigError(f"task 'mae' needs a ViT-family encoder (e.g. vit_demo, deit_demo, "
                               f"vit_small_patch16_224); {cfg.model.name!r} is a {spec.family} {spec.task} model")
-        check_overrides(cfg.model.name, cfg.model.overrides, extra=("head",))
+        check_overrides(cfg.model.name, cfg.model.overrides)
 
     def loader_kind(self, data_format: str | None):
         from components.data.config import FORMAT_TASK
