@@ -3,7 +3,6 @@ top-1/top-5 through the evaluator."""
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,6 @@ import torch
 
 from components.tasks.base import Batch, Task
 from components.tasks.losses import LossFn, classification_loss
-
-log = logging.getLogger(__name__)
 
 
 class ClassificationTask(Task):

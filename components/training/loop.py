@@ -27,7 +27,6 @@ import time
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from components.core.device import autocast_dtype, needs_grad_scaler
 from components.tasks import get_task
