@@ -171,7 +171,10 @@ def coco_ground_truth(bundle) -> Any:
     """The accepted COCO ground truth of a detection bundle (path, dict or COCO object);
     ``None`` for a split without boxes (the detection task refuses to score without it)."""
     for attr in ("coco_gt", "coco_gt_path"):
-        value = getattr(bundle, attr, None)
+        try:
+            value = getattr(bundle, attr, None)
+        except ValueError:  # a bundle without boxes has no COCO file to write
+            return None
         if value is not None:
             return value() if callable(value) else value
     return None

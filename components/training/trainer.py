@@ -354,7 +354,10 @@ def evaluate_checkpoint(checkpoint_dir: Path, val_bundle, cfg: TrainConfig) -> d
 def _coco_gt(bundle):
     """The val bundle's COCO ground truth (``None`` for a split without boxes)."""
     for attr in ("coco_gt", "coco_gt_path", "coco"):
-        value = getattr(bundle, attr, None)
+        try:
+            value = getattr(bundle, attr, None)
+        except ValueError:  # a bundle without boxes has no COCO file to write
+            return None
         if value is not None:
             return value() if callable(value) else value
     return None
