@@ -13,13 +13,14 @@ from typing import Any, Literal
 from pydantic import Field
 
 from components.core.config import StrictModel
+from components.core.names import ModelTask
 
 
 class Family(StrictModel):
     """One row of the report: a paper-sized model and its tiny trainable variant."""
 
     label: str
-    task: Literal["classification", "detection"]
+    task: ModelTask
     full: str  # registered name, measured for cost
     tiny: str  # registered name, trained to the target
     # Input side for the cost measurements (None: the model's own default). Detectors are
