@@ -1,6 +1,6 @@
 """Write ``docs/benchmarks.md`` (tables + PNG plots) from ``benchmarks/results/*.json``.
 
-    python benchmarks/table.py            # writes docs/benchmarks.md and docs/img/bench_*.png
+    python benchmarks/table.py            # writes docs/benchmarks.md, docs/report.md and docs/img/*.png
     python benchmarks/table.py --stdout   # Markdown on stdout, no files written
 
 Every number in the page comes from a JSON file a benchmark script wrote; nothing is typed
@@ -20,6 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 IMG = ROOT / "docs" / "img"
+REPORT = ROOT / "docs" / "report.md"
+
+sys.path.insert(0, str(ROOT))  # components.report.render formats the readiness results
 
 def _load(name: str) -> dict | None:
     path = RESULTS / f"{name}.json"
@@ -309,6 +312,35 @@ def generic_table(d: dict, title: str | None = None) -> list[str]:
     return rows
 
 
+def readiness_table(d: dict) -> list[str]:
+    """The production-readiness report's findings and tables (the full page: docs/report.md)."""
+    from components.report.render import md_table, cost_table, findings, training_table, training_budget
+
+    m = d["machine"]
+    peak = d.get("gemm_peak_tflops", {})
+    rows = [f"**CNN vs ViT vs transformer detectors** (`bench_readiness.py`, mode {d['mode']}; {m['cpu']}, "
+            f"{m['cores']} cores, torch threads {m['threads']}, load {m.get('loadavg_at_start')} at the start, "
+            f"{m.get('loadavg_at_end')} at the end; GEMM peak fp32 {peak.get('fp32')} / bf16 {peak.get('bf16', '-')} "
+            f"TFLOP/s; {d.get('wall_s', d.get('elapsed_s'))} s). Full report: [report.md](report.md).", ""]
+    rows += [f"- {line}" for line in findings(d)] + [""]
+    if d["cost"]:
+        rows += [md_table(*cost_table(d)), ""]
+    if d["training"]:
+        rows += [f"Training comparison of small variants ({training_budget(d)}):", "",
+                 md_table(*training_table(d)), ""]
+    return rows
+
+
+def write_report_page(d: dict) -> None:
+    """docs/report.md (and its plots in docs/img/) from the readiness results."""
+    from components.report.render import markdown, plot_cost, plot_training
+
+    IMG.mkdir(parents=True, exist_ok=True)
+    plots = {"cost": plot_cost(d, IMG / "readiness_cost.png"),
+             "training": plot_training(d, IMG / "readiness_training.png")}
+    REPORT.write_text(markdown(d, plots, image_dir="img/"))
+
+
 def overloaded(d: dict) -> str | None:
     """Why a speed result must not be published, or None."""
     m = d.get("machine", {}) if isinstance(d.get("machine"), dict) else {}
@@ -361,6 +393,10 @@ def plot_curves(d: dict, key: str, label: str, path: Path, title: str) -> bool:
 # Page layout: (heading, what the section answers, [(results name, script, formatter, kind)]).
 # kind "speed": refused when measured on an overloaded machine; "accuracy": curves are plotted.
 PAGE = [
+    ("Production readiness", "CNN vs vision transformers vs transformer detectors: the inference cost of "
+     "the real-size models on this CPU, fp32 and bf16, and a training comparison of small variants.", [
+        ("readiness", "bench_readiness.py", readiness_table, "speed"),
+    ]),
     ("Data pipeline", "Ray Data against a torch DataLoader doing the same work, and the block size.", [
         ("data", "bench_data.py", data_table, "speed"),
         ("data_blocks", "bench_blocks.py --root .demo/synth", blocks_table, "speed"),
@@ -425,6 +461,8 @@ def render(write_images: bool) -> str:
                                "to be re-measured on a quiet machine")
                 continue
             body += fmt(d) + [""]
+            if name == "readiness" and write_images:
+                write_report_page(d)
             if kind == "accuracy":
                 key, label = ("map50", "mAP50") if name.startswith("detect") else ("val_top1", "val top-1")
                 png = IMG / f"bench_{name}.png"

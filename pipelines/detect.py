@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import sys
 
-from pipelines._common import main, task_check
+from components.training.config import TrainConfig
+from pipelines._common import TrainResult, main, task_check, train
 
 check = task_check("detect", ("detection",), "detectors")
 
 
+def detect(cfg: TrainConfig, *, config_text: str | None = None, callbacks: list | None = None) -> TrainResult:
+    """The detect stage: checks ``cfg`` is one, then trains, evaluates and registers."""
+    check(cfg)
+    return train("detect", cfg, config_text=config_text, callbacks=callbacks)
+
+
 if __name__ == "__main__":
-    sys.exit(main("detect", check=check))
+    sys.exit(main("detect", detect, check=check))

@@ -11,7 +11,7 @@ import sys
 
 from components.core.config import ConfigError
 from components.training.config import TrainConfig
-from pipelines._common import main, task_check
+from pipelines._common import TrainResult, main, task_check, train
 
 
 def _needs_init(cfg: TrainConfig) -> None:
@@ -22,5 +22,11 @@ def _needs_init(cfg: TrainConfig) -> None:
 check = task_check("finetune", ("classification",), "classifiers", then=_needs_init)
 
 
+def finetune(cfg: TrainConfig, *, config_text: str | None = None, callbacks: list | None = None) -> TrainResult:
+    """The finetune stage: checks ``cfg`` is one, then trains, evaluates and registers."""
+    check(cfg)
+    return train("finetune", cfg, config_text=config_text, callbacks=callbacks)
+
+
 if __name__ == "__main__":
-    sys.exit(main("finetune", check=check))
+    sys.exit(main("finetune", finetune, check=check))

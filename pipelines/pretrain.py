@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import sys
 
-from pipelines._common import main, task_check
+from components.training.config import TrainConfig
+from pipelines._common import TrainResult, main, task_check, train
 
 check = task_check("pretrain", ("classification", "mae"), "classifiers or MAE encoders")
 
 
+def pretrain(cfg: TrainConfig, *, config_text: str | None = None, callbacks: list | None = None) -> TrainResult:
+    """The pretrain stage: checks ``cfg`` is one, then trains, evaluates and registers."""
+    check(cfg)
+    return train("pretrain", cfg, config_text=config_text, callbacks=callbacks)
+
+
 if __name__ == "__main__":
-    sys.exit(main("pretrain", check=check))
+    sys.exit(main("pretrain", pretrain, check=check))

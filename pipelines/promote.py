@@ -14,6 +14,18 @@ import contextlib
 import json
 import logging
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from components.tracking.promotion import PromoteConfig, PromotionResult
+
+
+def gate(cfg: PromoteConfig) -> PromotionResult:
+    """The promotion stage: re-measure candidate and champion, move the alias; the decision."""
+    from components.tracking.promotion import promote
+
+    with contextlib.redirect_stdout(sys.stderr):  # MLflow's run links: not the answer
+        return promote(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,13 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     from components.core.checkpoint import CheckpointError
     from components.core.config import ConfigError, load_config
     from components.data.errors import DataError
-    from components.tracking.promotion import PromoteConfig, promote, write_comparison
+    from components.tracking.promotion import PromoteConfig, write_comparison
     from components.tracking.registry import RegistryError
 
     try:
         cfg = load_config(PromoteConfig, args.config, args.overrides)
-        with contextlib.redirect_stdout(sys.stderr):  # MLflow's run links: not the answer
-            result = promote(cfg)
+        result = gate(cfg)
     except (ConfigError, RegistryError, CheckpointError, DataError) as err:
         print(f"promote: error: {err}", file=sys.stderr)
         return 2

@@ -8,10 +8,11 @@ import os
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "report", help="measure and compare ResNet-50, ViT, TNT, hybrid, DETR, YOLOS (Markdown + HTML)",
-        description="Measure parameters, GMACs, CPU latency/throughput and peak memory of the "
-                    "paper-sized models, train their tiny variants to a target on the embedded "
-                    "dataset, and write report.md / report.html with plots.",
+        "report", help="CNN vs ViT vs transformer detectors: cost and a training comparison (Markdown + HTML)",
+        description="Measure parameters, GMACs, CPU latency/throughput and peak memory (fp32, and "
+                    "bf16 where native) of the real-size models at their input sizes, train small "
+                    "variants for a stated budget on the synthetic dataset, and write report.md / "
+                    "report.html with plots and findings computed from the numbers.",
     )
     p.add_argument("--out", default=".demo/report", help="output directory (default .demo/report)")
     p.add_argument("--quick", action="store_true",
@@ -22,9 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="log the report to this MLflow server (default $MLFLOW_TRACKING_URI)")
     p.add_argument("--no-train", action="store_true", help="cost measurements only")
     p.add_argument("--no-cost", action="store_true", help="training to target only")
-    p.add_argument("--families", default=None,
-                   help="comma-separated subset of the families: a paper-sized model's name (its "
-                        "variants too) or a tiny family's key (vit_demo, vit_demo_stemconv, ...)")
+    p.add_argument("--families", "--models", dest="families", default=None,
+                   help="comma-separated subset: cost models by registered name (vit_base_patch16_224, "
+                        "rtdetr_v2_r18, ...) and trained variants by key (vit_demo, vit_demo_stemconv, and "
+                        "the opt-in detectors detr_demo, yolos_demo, yolos_demo_nms_iou0.5_stemconv_k3)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a ReportConfig field, e.g. --set max_epochs=10 (repeatable)")
     p.set_defaults(handler=_run)
@@ -58,13 +60,17 @@ def _run(args: argparse.Namespace) -> int:
         first = err.errors()[0]
         raise UserError(f"report setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     if args.families:
+        from components.report.config import detection_families
+
         wanted = {w.strip() for w in args.families.split(",") if w.strip()}
-        chosen = [f for f in cfg.families if f.full in wanted or f.key in wanted]
-        unknown = wanted - {n for f in cfg.families for n in (f.full, f.key)}
-        if unknown or not chosen:
-            names = ", ".join(f"{f.full}/{f.key}" for f in cfg.families)
-            raise UserError(f"unknown --families {sorted(unknown)}; known: {names}")
-        cfg = cfg.model_copy(update={"families": chosen})
+        pool = list(cfg.families) + [f for f in detection_families() if f.key not in {g.key for g in cfg.families}]
+        cost = [m for m in cfg.cost_models if m.name in wanted]
+        trained = [f for f in pool if f.key in wanted]
+        known = {m.name for m in cfg.cost_models} | {f.key for f in pool}
+        unknown = wanted - known
+        if unknown or not (cost or trained):
+            raise UserError(f"unknown --families {sorted(unknown)}; known: {', '.join(sorted(known))}")
+        cfg = cfg.model_copy(update={"cost_models": cost, "families": trained})
 
     from components.report.build import build_report
 

@@ -84,7 +84,14 @@ class DataConfig(StrictModel):
     root: str | None = None
     splits: dict[str, SplitPaths] = Field(default_factory=dict)
     class_names: list[str] | None = None  # fix the label order (fine-tuning); default: sorted
-    image_size: int = Field(96, ge=16)  # square model input
+    image_size: int = Field(96, ge=16)  # square model input (with letterbox: the canvas side)
+    # Detection: keep each image's aspect ratio (longer side to image_size, zero padding at
+    # the right and bottom; rows carry valid_hw, see components/data/letterbox.py) instead
+    # of stretching the whole image to image_size x image_size.
+    letterbox: bool = False
+    # Letterboxed training: each batch is re-letterboxed to a target drawn from this list
+    # (pixels, any size >= patch_size; canvas ceil(target / patch) * patch). None: off.
+    multiscale: list[int] | None = None
     patch_size: int = Field(16, ge=1)
     max_boxes: int = Field(20, ge=1)  # per image after augmentation; extra boxes are dropped
     max_pixels: int = Field(40_000_000, ge=1)  # decompression-bomb guard, checked pre-decode
@@ -109,6 +116,13 @@ class DataConfig(StrictModel):
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+        if self.letterbox and not with_boxes(FORMAT_TASK[self.format]):
+            raise ValueError("data.letterbox is for detection formats (coco, voc)")
+        if self.multiscale is not None:
+            if not self.letterbox:
+                raise ValueError("data.multiscale needs data.letterbox: true")
+            if not self.multiscale or min(self.multiscale) < self.patch_size:
+                raise ValueError(f"data.multiscale must list sizes >= patch_size {self.patch_size}")
         if self.root is None and not self.splits:
             raise ValueError("give data.root or data.splits")
         if self.format == "coco":

@@ -23,7 +23,9 @@ Rows (numpy, one per image):
   classification: ``label`` int64;
   detection: ``boxes`` float32 ``[max_boxes, 4]`` normalised cxcywh, ``classes`` int64
   ``[max_boxes]``, ``box_mask`` bool ``[max_boxes]`` (True = real box), ``image_id`` int64,
-  ``orig_size`` int64 ``[2]`` (h, w).
+  ``orig_size`` int64 ``[2]`` (h, w); with ``data.letterbox`` also ``valid_hw`` int64 ``[2]``
+  (the image's region of the padded canvas, ``components.data.letterbox``; boxes are then
+  normalised to it).
 ``components.data.loader.iter_batches`` turns them into torch batches.
 
 With ``validate_images`` (default) every image is decoded once up front in a parallel Ray
@@ -96,18 +98,23 @@ class RowSpec:
     epoch: int
     passes: Any = None  # PassCounter actor handle: training datasets vary per pass
     reduced_decode: bool = True  # JPEGs decode at transform.min_decode_size
+    letterbox: bool = False  # detection: aspect kept, padded canvas, rows carry valid_hw
 
 
 @functools.lru_cache(maxsize=8)
-def _transform(task: Task, training: bool, image_size: int, augment_json: str):
+def _transform(task: Task, training: bool, image_size: int, augment_json: str,
+               letterbox: bool = False, patch_size: int = 16):
     from components.data.transforms import ImageTransform  # albumentations (and torch): ~2.5 s
 
     augment = AugmentConfig.model_validate_json(augment_json)
-    return ImageTransform(task=task, training=training, image_size=image_size, augment=augment)
+    return ImageTransform(task=task, training=training, image_size=image_size, augment=augment,
+                          letterbox=letterbox, patch_size=patch_size)
 
 
 def _empty_rows(spec: RowSpec) -> dict[str, np.ndarray]:
-    n = (spec.image_size // spec.patch_size) ** 2
+    from components.data.letterbox import canvas_side
+
+    n = (canvas_side(spec.image_size, spec.patch_size) // spec.patch_size) ** 2
     out = {"patches": np.zeros((0, n, spec.patch_size ** 2 * 3), np.uint8),
            "grid": np.zeros((0, 2), np.int64)}
     if not with_boxes(spec.task):
@@ -117,6 +124,8 @@ def _empty_rows(spec: RowSpec) -> dict[str, np.ndarray]:
         out |= {"boxes": np.zeros((0, m, 4), np.float32), "classes": np.zeros((0, m), np.int64),
                 "box_mask": np.zeros((0, m), bool), "image_id": np.zeros((0,), np.int64),
                 "orig_size": np.zeros((0, 2), np.int64)}
+        if spec.letterbox:
+            out["valid_hw"] = np.zeros((0, 2), np.int64)
     return out
 
 
@@ -128,7 +137,7 @@ def make_rows(batch: dict[str, np.ndarray], spec: RowSpec) -> dict[str, np.ndarr
 
     cv2.setNumThreads(1)  # one CPU per task: OpenCV's own threads would only contend
     transform = _transform(spec.task, spec.training, spec.image_size,
-                           spec.augment.model_dump_json())
+                           spec.augment.model_dump_json(), spec.letterbox, spec.patch_size)
     rows: dict[str, list] = {k: [] for k in _empty_rows(spec)}
     epoch = spec.epoch
     if spec.passes is not None and len(batch["image_id"]):
@@ -151,7 +160,12 @@ def make_rows(batch: dict[str, np.ndarray], spec: RowSpec) -> dict[str, np.ndarr
         else:
             boxes_in = scale_boxes(batch["boxes"][i], (h, w), rgb.shape[:2])
             classes_in = np.asarray(batch["classes"][i], np.int64).reshape(-1)
-            image, boxes, classes = transform(rgb, boxes_in, classes_in, seed=seed)
+            if spec.letterbox:
+                image, boxes, classes, valid = transform.letterboxed(
+                    rgb, boxes_in, classes_in, seed=seed)
+                rows["valid_hw"].append(valid)
+            else:
+                image, boxes, classes = transform(rgb, boxes_in, classes_in, seed=seed)
             m = spec.max_boxes
             if len(boxes) > m:
                 log.warning("%s: %d boxes, keeping the first %d (max_boxes)", file, len(boxes), m)
@@ -353,7 +367,8 @@ def build_dataset(cfg: DataConfig, split: str, *, training: bool, epoch: int = 0
                    image_size=cfg.image_size, patch_size=cfg.patch_size,
                    max_boxes=cfg.max_boxes, max_pixels=cfg.max_pixels,
                    augment=cfg.augment, seed=cfg.seed, epoch=epoch,
-                   reduced_decode=cfg.reduced_decode)
+                   reduced_decode=cfg.reduced_decode,
+                   letterbox=cfg.letterbox and with_boxes(task))
     dataset = _make_dataset(source.records, cfg, training, epoch, spec)
     if report.skipped:
         log.warning("%s/%s: skipped %d records (%s)", cfg.format, split, len(report.skipped),

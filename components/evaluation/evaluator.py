@@ -205,6 +205,7 @@ def predict_detections(
 ) -> DetectionPredictions:
     """Run a detector over ``batches``; predictions in original-image pixels and COCO ids."""
     from components.data.boxes import xyxy_to_coco
+    from components.models.base import padding_kwargs
     from components.models.postprocess import detection_settings, detections
 
     device = torch.device(device)
@@ -218,7 +219,7 @@ def predict_detections(
         for batch in batches:
             patches = batch["patches"].to(device, non_blocking=True)
             with autocast(device, autocast_dtype):
-                outputs = model(patches, batch_grid(batch))
+                outputs = model(patches, batch_grid(batch), **padding_kwargs(batch))
             outputs = {
                 k: v.float().cpu() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")
             }

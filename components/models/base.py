@@ -6,6 +6,13 @@ device with the model's own mean/std, lays the patches back out as images ``[B, 
 (a pure reshape) and hands them to :meth:`forward_images`, which runs the model's own stem
 (timm's conv patch embedding, a CNN stem, ...). So images and patch tensors reach the
 network through exactly one patch embedding.
+
+Letterboxed batches (``components.data.letterbox``) also carry ``valid_hw`` ``[B, 2]``, the
+image region of each padded canvas. ``forward(patches, grid, valid_hw=...)`` turns it into a
+pixel mask ``[B, H, W]`` (True = image) for models with ``takes_pixel_mask`` (DETR, the HF
+detectors) and ignores it for the others, which see the zero padding as part of the image.
+Models with ``any_size`` (CNN backbones with sine or no position embeddings) accept any
+grid; the others only the grid they are built for.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ class VisionModel(nn.Module):
     """
 
     task: str = ""
+    takes_pixel_mask: bool = False  # forward_images(images, pixel_mask=[B, H, W] bool)
+    any_size: bool = False  # any patch grid, not only img_size's
 
     def __init__(
         self,
@@ -80,7 +89,7 @@ class VisionModel(nn.Module):
                 f"{self.name or type(self).__name__} expects patches [B, N, {self.patch_size ** 2 * 3}] "
                 f"(patch size {self.patch_size}), got {tuple(patches.shape)}"
             )
-        if grid != self.grid_size:
+        if grid != self.grid_size and not self.any_size:
             raise ValueError(
                 f"{self.name or type(self).__name__} is built for a {self.grid_size} patch grid "
                 f"(img_size {self.img_size}, patch {self.patch_size}); got grid {grid}"
@@ -90,10 +99,31 @@ class VisionModel(nn.Module):
         x = x * self._input_scale + self._input_shift
         return patches_to_images(x.view(b, n, d), grid, self.patch_size).contiguous()
 
-    def forward(self, patches: torch.Tensor, grid: tuple[int, int] | torch.Tensor) -> Any:
-        """Patch tensors ``[B, N, P*P*3]`` (0..255) with their grid → the model's outputs."""
-        return self.forward_images(self.normalize_patches(patches, grid))
+    def forward(self, patches: torch.Tensor, grid: tuple[int, int] | torch.Tensor,
+                valid_hw: torch.Tensor | None = None) -> Any:
+        """Patch tensors ``[B, N, P*P*3]`` (0..255) with their grid (and, letterboxed, the
+        valid region ``[B, 2]``) → the model's outputs."""
+        images = self.normalize_patches(patches, grid)
+        mask = self.pixel_mask(images, valid_hw)
+        if mask is not None:
+            return self.forward_images(images, pixel_mask=mask)
+        return self.forward_images(images)
+
+    def pixel_mask(self, images: torch.Tensor, valid_hw: torch.Tensor | None) -> torch.Tensor | None:
+        """``[B, H, W]`` bool (True = image pixel) when this model takes one, else None."""
+        if valid_hw is None or not self.takes_pixel_mask:
+            return None
+        from components.data.letterbox import pixel_mask
+
+        return pixel_mask(valid_hw.to(images.device), images.shape[-2], images.shape[-1])
 
     def forward_images(self, images: torch.Tensor) -> Any:  # pragma: no cover - abstract
         """Normalised images ``[B, 3, H, W]`` → outputs (see subclasses)."""
         raise NotImplementedError
+
+
+def padding_kwargs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The model keyword arguments a batch's padding asks for: ``{"valid_hw": [B, 2]}`` for a
+    letterboxed batch, ``{}`` otherwise (so models and runners without masks are called as
+    before)."""
+    return {"valid_hw": batch["valid_hw"]} if "valid_hw" in batch else {}

@@ -8,6 +8,14 @@ encoder–decoder with sine position encodings added to queries and keys in ever
 ``num_queries`` learned object queries, and a prediction from every decoder layer: the
 last is the output, the others are ``aux_outputs`` for the auxiliary losses.
 
+Padding (letterboxed batches): ``forward_images(images, pixel_mask)`` takes the pixel mask
+``[B, H, W]`` (True = image), shrinks it to the feature grid (nearest, as the paper), leaves
+padded cells out of every attention over the memory and computes the sine encoding over each
+image's own valid extent (:func:`masked_sine_position_encoding`). The backbone is a CNN and
+the encodings are computed, not learned, so any input size works (``any_size``); the same
+image with more or less padding gives the same detections, up to the convolution padding at
+the canvas edge.
+
 Output (the detection contract)::
 
     {"pred_logits": [B, Q, num_classes + 1] (last = no object),
@@ -53,6 +61,29 @@ def sine_position_encoding(height: int, width: int, dim: int, *, device=None, te
     return torch.cat((pos_y, pos_x), dim=2).reshape(height * width, dim)
 
 
+def masked_sine_position_encoding(valid: torch.Tensor, dim: int, *, temperature: float = 10000.0
+                                  ) -> torch.Tensor:
+    """DETR's sine encoding over each image's valid cells: ``valid`` bool ``[B, h, w]`` (True =
+    image) → ``[B, h * w, dim]``; coordinates are normalised by the valid extent, so padding
+    does not move them. With no padding it equals :func:`sine_position_encoding`."""
+    half = dim // 2
+    scale, eps = 2 * math.pi, 1e-6
+    ones = valid.to(torch.float32)
+    y = ones.cumsum(1)
+    x = ones.cumsum(2)
+    y = y / (y[:, -1:, :].amax(dim=2, keepdim=True) + eps) * scale
+    x = x / (x[:, :, -1:].amax(dim=1, keepdim=True) + eps) * scale
+    dim_t = torch.arange(half, dtype=torch.float32, device=valid.device)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / half)
+
+    def encode(pos: torch.Tensor) -> torch.Tensor:  # [B, h, w] → [B, h, w, half]
+        p = pos[..., None] / dim_t
+        return torch.stack((p[..., 0::2].sin(), p[..., 1::2].cos()), dim=-1).flatten(-2)
+
+    b, h, w = valid.shape
+    return torch.cat((encode(y), encode(x)), dim=-1).reshape(b, h * w, dim)
+
+
 class EncoderLayer(nn.Module):
     """Post-norm self-attention + FFN; position added to queries and keys. ``[B, L, D] → [B, L, D]``."""
 
@@ -65,9 +96,10 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, src: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def forward(self, src: torch.Tensor, pos: torch.Tensor, key_mask: torch.Tensor | None = None
+                ) -> torch.Tensor:
         qk = src + pos
-        src = self.norm1(src + self.dropout(self.self_attn(qk, qk, src)[0]))
+        src = self.norm1(src + self.dropout(self.self_attn(qk, qk, src, key_mask=key_mask)[0]))
         ffn = self.fc2(self.dropout(F.relu(self.fc1(src))))
         return self.norm2(src + self.dropout(ffn))
 
@@ -86,11 +118,11 @@ class DecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor, query_pos: torch.Tensor
-                ) -> torch.Tensor:
+    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor, query_pos: torch.Tensor,
+                memory_mask: torch.Tensor | None = None) -> torch.Tensor:
         qk = tgt + query_pos
         tgt = self.norm1(tgt + self.dropout(self.self_attn(qk, qk, tgt)[0]))
-        cross = self.cross_attn(tgt + query_pos, memory + pos, memory)[0]
+        cross = self.cross_attn(tgt + query_pos, memory + pos, memory, key_mask=memory_mask)[0]
         tgt = self.norm2(tgt + self.dropout(cross))
         ffn = self.fc2(self.dropout(F.relu(self.fc1(tgt))))
         return self.norm3(tgt + self.dropout(ffn))
@@ -98,6 +130,8 @@ class DecoderLayer(nn.Module):
 
 class Detr(VisionModel):
     task = "detection"
+    takes_pixel_mask = True
+    any_size = True
 
     def __init__(
         self, *, num_classes: int, img_size: int | tuple[int, int], patch_size: int = 16,
@@ -138,23 +172,35 @@ class Detr(VisionModel):
         self.class_embed = nn.Linear(self.hidden_dim, num_classes + 1).to(self.class_embed.weight.device)
         self.num_classes = num_classes
 
-    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-        """Images ``[B, 3, H, W]`` → memory ``[B, h*w, D]``, position ``[1, h*w, D]``, ``(h, w)``."""
+    def encode(self, images: torch.Tensor, pixel_mask: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int], torch.Tensor | None]:
+        """Images ``[B, 3, H, W]`` (+ ``pixel_mask`` ``[B, H, W]`` bool, True = image) →
+        memory ``[B, h*w, D]``, position ``[1 or B, h*w, D]``, ``(h, w)``, the memory's
+        key mask ``[B, h*w]`` (None without a pixel mask)."""
+        if pixel_mask is not None:  # padding is zero after normalisation, as in the paper
+            images = images * pixel_mask[:, None].to(images.dtype)
         features = self.input_proj(self.backbone(images)[-1])  # [B, D, h, w]
         b, d, h, w = features.shape
         src = features.flatten(2).transpose(1, 2)
-        pos = sine_position_encoding(h, w, d, device=src.device).to(src.dtype)[None]
+        key_mask = None
+        if pixel_mask is None:
+            pos = sine_position_encoding(h, w, d, device=src.device).to(src.dtype)[None]
+        else:
+            valid = F.interpolate(pixel_mask[:, None].float(), size=(h, w)).to(torch.bool)[:, 0]
+            pos = masked_sine_position_encoding(valid, d).to(src.dtype)
+            key_mask = valid.reshape(b, h * w)
         for layer in self.encoder:
-            src = layer(src, pos)
-        return src, pos, (h, w)
+            src = layer(src, pos, key_mask)
+        return src, pos, (h, w), key_mask
 
-    def forward_images(self, images: torch.Tensor) -> dict[str, Any]:
-        memory, pos, _ = self.encode(images)
+    def forward_images(self, images: torch.Tensor, pixel_mask: torch.Tensor | None = None
+                       ) -> dict[str, Any]:
+        memory, pos, _, key_mask = self.encode(images, pixel_mask)
         query_pos = self.query_embed.weight[None].expand(memory.shape[0], -1, -1)
         tgt = torch.zeros_like(query_pos)
         per_layer = []
         for layer in self.decoder:
-            tgt = layer(tgt, memory, pos, query_pos)
+            tgt = layer(tgt, memory, pos, query_pos, key_mask)
             per_layer.append(self.decoder_norm(tgt))
         hidden = torch.stack(per_layer)  # [L, B, Q, D]
         logits = self.class_embed(hidden)

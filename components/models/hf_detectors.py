@@ -6,8 +6,9 @@ with random weights: ``<Family>ForObjectDetection(<Family>Config(...))``, the ba
 downloaded. The wrapper only adapts the contracts:
 
 - in: the data layer's patches (``VisionModel.forward``: un-patchified and normalised on
-  the device); the images are all of one size, so no padding mask is passed (the library
-  then treats every pixel as valid);
+  the device); letterboxed batches pass their padding as the library's ``pixel_mask``
+  (``valid_hw`` → ``[B, H, W]``, 1 = image); without one every pixel counts as valid. Any
+  input size that is a multiple of the family's stride is accepted;
 - out: ``{"pred_logits": [B, Q, C], "pred_boxes": [B, Q, 4]}`` normalised cxcywh. The class
   logits are *sigmoid* scores with no "no object" column (the libraries train them with
   focal / varifocal losses): ``class_scores = "sigmoid"`` tells
@@ -83,6 +84,8 @@ class HFDetector(VisionModel):
     task = "detection"
     class_scores = "sigmoid"
     computes_loss = True
+    takes_pixel_mask = True
+    any_size = True
 
     def __init__(self, *, family: str, num_classes: int, img_size: int | tuple[int, int], patch_size: int = 16,
                  nms_iou: float | None = None, mean=None, std=None, **config: Any) -> None:
@@ -112,13 +115,17 @@ class HFDetector(VisionModel):
         self.num_classes = int(num_classes)
 
     def forward(self, patches: torch.Tensor, grid: tuple[int, int] | torch.Tensor,
+                valid_hw: torch.Tensor | None = None,
                 targets: list[dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
         """Patches ``[B, N, P*P*3]`` (0..255) → outputs; with ``targets`` (per image
-        ``{"boxes": [T, 4] normalised cxcywh, "classes": [T]}``) also the library's loss."""
-        return self.forward_images(self.normalize_patches(patches, grid), targets)
+        ``{"boxes": [T, 4] normalised cxcywh, "classes": [T]}``) also the library's loss;
+        ``valid_hw`` ``[B, 2]``: letterbox padding, passed as ``pixel_mask``."""
+        images = self.normalize_patches(patches, grid)
+        return self.forward_images(images, targets, pixel_mask=self.pixel_mask(images, valid_hw))
 
     def forward_images(self, images: torch.Tensor,
-                       targets: list[dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
+                       targets: list[dict[str, torch.Tensor]] | None = None,
+                       pixel_mask: torch.Tensor | None = None) -> dict[str, Any]:
         """Normalised images ``[B, 3, H, W]`` → ``{"pred_logits": [B, Q, C] (sigmoid logits),
         "pred_boxes": [B, Q, 4] cxcywh}``, plus ``"loss"`` (scalar) and ``"loss_dict"`` when
         ``targets`` are given (denoising and one-to-many groups only in train mode)."""
@@ -126,7 +133,8 @@ class HFDetector(VisionModel):
         if targets is not None:
             labels = [{"class_labels": t["classes"].to(images.device, torch.int64),
                        "boxes": t["boxes"].to(images.device, torch.float32)} for t in targets]
-        out = self.hf(pixel_values=images, labels=labels)
+        mask = None if pixel_mask is None else pixel_mask.to(torch.int64)
+        out = self.hf(pixel_values=images, pixel_mask=mask, labels=labels)
         result: dict[str, Any] = {"pred_logits": out.logits, "pred_boxes": out.pred_boxes}
         if labels is not None:
             result["loss"] = out.loss

@@ -34,7 +34,8 @@ class MLP(nn.Module):
 class Attention(nn.Module):
     """Multi-head attention with separate q/k/v projections (DETR's self- and cross-attention).
 
-    ``forward(query [B, Lq, D], key [B, Lk, D], value [B, Lk, D]) → [B, Lq, D]``. With
+    ``forward(query [B, Lq, D], key [B, Lk, D], value [B, Lk, D]) → [B, Lq, D]``;
+    ``key_mask`` bool ``[B, Lk]`` (True = attend) leaves padded keys out. With
     ``need_weights=True`` also returns the head-averaged weights ``[B, Lq, Lk]`` (explicit
     path); otherwise the fused SDPA kernel runs and the weights are ``None``.
     """
@@ -56,17 +57,21 @@ class Attention(nn.Module):
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, need_weights: bool = False
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, need_weights: bool = False,
+        key_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, lq, d = query.shape
         q, k, v = self._heads(self.q_proj(query)), self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
         p = self.dropout if self.training else 0.0
         weights = None
+        mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, 1, 1, Lk]
         if need_weights:
             attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
+            if mask is not None:
+                attn = attn.masked_fill(~mask, float("-inf"))
             attn = attn.softmax(dim=-1)
             weights = attn.mean(dim=1)
             out = F.dropout(attn, p) @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return self.out_proj(out.transpose(1, 2).reshape(b, lq, d)), weights

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from components.data.config import with_boxes
 from components.report.config import ReportConfig
 from components.report.render import html_page, markdown, plot_cost, plot_training
 
@@ -54,18 +55,26 @@ def machine_info() -> dict[str, Any]:
     except ImportError:  # pragma: no cover - ray is a dependency
         ray_version = "-"
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+        "cpu": cpu, "cores": os.cpu_count(), "memory_gib": _memory_gib(), "threads": torch.get_num_threads(),
         "fast_bf16": cpu_has_fast_bf16(), "python": platform.python_version(),
         "torch": torch.__version__, "ray": ray_version, "commit": _git_commit(),
-        "load_before": _load(),
+        "loadavg_at_start": _load(),
     }
 
 
-def _load() -> str:
+def _load() -> list[float] | None:
+    """1-, 5- and 15-minute load averages."""
     try:
-        return "/".join(f"{v:.1f}" for v in os.getloadavg())
+        return [round(v, 2) for v in os.getloadavg()]
     except OSError:
-        return "n/a"
+        return None
+
+
+def _memory_gib() -> float | None:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        return None
 
 
 def _git_commit() -> str:
@@ -79,23 +88,17 @@ def _git_commit() -> str:
 
 # ----------------------------------------------------------------------------- stages
 def measure_costs(cfg: ReportConfig) -> list[dict[str, Any]]:
-    from components.report.inference import measure_in_subprocess, measure_model
+    """Every cost model measured in its own process (its own peak memory)."""
+    from components.report.inference import measure_in_subprocess
 
     rows = []
-    for family in cfg.families:
-        if cfg.cost_models == "full":
-            name, size = family.full, family.full_img_size
-            log.info("measuring %s (%s) in a fresh process", family.label, name)
-            result = measure_in_subprocess(name, img_size=size, precision=cfg.precision,
-                                           budget_s=cfg.cost_budget_s, batch_large=cfg.batch_large,
-                                           threads=cfg.threads, overrides=family.overrides)
-        else:
-            name = family.tiny
-            log.info("measuring %s (%s)", family.label, name)
-            result = measure_model(name, precision=cfg.precision, budget_s=cfg.cost_budget_s,
-                                   batch_large=cfg.batch_large, threads=cfg.threads, overrides=family.overrides)
-        rows.append({"label": family.label, "key": family.key, "family_task": family.task,
-                     "measured": asdict(result)})
+    for entry in cfg.cost_models:
+        log.info("measuring %s (%s) in a fresh process", entry.title, entry.name)
+        result = measure_in_subprocess(
+            entry.name, img_size=entry.img_size, precision=cfg.cost_precision, warmup_runs=cfg.warmup_runs,
+            latency_runs=cfg.latency_runs, batch_large=entry.batch_large,
+            throughput_batches=cfg.throughput_batches, threads=cfg.threads, timeout_s=cfg.cost_timeout_s)
+        rows.append({"label": entry.title, "key": entry.name, "measured": asdict(result)})
     return rows
 
 
@@ -141,10 +144,15 @@ def train_families(cfg: ReportConfig, out_dir: Path) -> list[dict[str, Any]]:
         spec = TrainingSpec(family.tiny, family.task, family.lr, family.weight_decay, family.clip_grad_norm,
                             overrides=dict(family.overrides), match_repeats=family.match_repeats)
         target = {"classification": cfg.target_top1, "detection": cfg.target_map50}[family.task]
-        log.info("training %s (%s) to %s", family.label, family.tiny, target)
+        log.info("training %s (%s) to %s", family.title, family.tiny, target)
         result = train_to_target(spec, data[family.task], target=target, max_epochs=cfg.max_epochs,
                                  time_budget_s=cfg.time_budget_s, precision=cfg.precision, seed=cfg.seed)
-        rows.append({"label": family.label, "key": family.key, "result": asdict(result)})
+        task_data = data[family.task]
+        rows.append({"label": family.title, "key": family.key, "conv_bias": family.conv_bias,
+                     "num_train": task_data.num_train, "image_size": task_data.image_size,
+                     "num_val": sum(int(b["patches"].shape[0]) for b in task_data.val_batches),
+                     "chance": round(1 / data[family.task].num_classes, 4) if not with_boxes(family.task) else None,
+                     "result": asdict(result)})
     return rows
 
 
@@ -164,9 +172,11 @@ def log_to_mlflow(files: ReportFiles, results: dict, tracking_uri: str) -> str:
         metrics = []
         now = int(time.time() * 1000)
         for row in results["cost"]:
-            m, key = row["measured"], row.get("key", row["measured"]["model"])
-            for name in ("params", "gmacs", "latency_ms_b1", "throughput_b32", "peak_rss_mib_b32"):
-                metrics.append(mlflow.entities.Metric(f"{key}.{name}", float(m[name]), now, 0))
+            m, key = row["measured"], row["key"]
+            metrics += [mlflow.entities.Metric(f"{key}.{name}", float(m[name]), now, 0) for name in ("params", "gmacs")]
+            for prec, p in m["by_precision"].items():
+                for name in ("latency_ms_b1", "throughput", "peak_rss_mib_large"):
+                    metrics.append(mlflow.entities.Metric(f"{key}.{prec}.{name}", float(p[name]), now, 0))
         for row in results["training"]:
             t, key = row["result"], row.get("key", row["result"]["model"])
             metrics.append(mlflow.entities.Metric(f"{key}.best_{t['metric_name']}", float(t["best_metric"]), now, 0))
@@ -200,11 +210,11 @@ def build_report(cfg: ReportConfig, out_dir: str | Path, *, tracking_uri: str | 
         torch.set_num_threads(cfg.threads)
     try:
         results["machine"]["threads"] = torch.get_num_threads()
-        results["cost"] = measure_costs(cfg) if cfg.cost else []
-        results["training"] = train_families(cfg, out_dir) if cfg.train else []
+        results["cost"] = measure_costs(cfg) if cfg.cost and cfg.cost_models else []
+        results["training"] = train_families(cfg, out_dir) if cfg.train and cfg.families else []
     finally:
         torch.set_num_threads(saved_threads)
-    results["machine"]["load_after"] = _load()
+    results["machine"]["loadavg_at_end"] = _load()
     results["elapsed_s"] = round(time.perf_counter() - start, 1)
 
     results_path = out_dir / "results.json"

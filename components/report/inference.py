@@ -4,16 +4,21 @@ Each model is measured in a fresh Python process (``measure_in_subprocess``) so 
 peak memory is its own: the child resets the kernel's resident-set high-water mark
 (``/proc/self/clear_refs``) after imports and reads ``VmHWM`` after each phase.
 
-Numbers:
+Numbers, per precision (fp32 always; bf16 autocast too where the CPU runs bf16 natively,
+the only place ``precision: auto`` would pick it):
 - ``params``: parameter count of the built model (random weights; nothing downloaded).
 - ``gmacs``: multiply-accumulates of one forward pass at batch 1 counted by
   ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention), divided
-  by 2. Papers' "GFLOPs" for ResNet-50 (4.1) and ViT-B/16 (17.6) are these MACs.
-- ``latency_ms_b1``: median wall time of ``model(patches, grid)`` at batch 1 under
-  ``torch.inference_mode`` and the device's autocast dtype, after warm-up.
-- ``throughput_b32``: images per second at batch 32 (total images / total time).
-- ``peak_rss_mib_b1`` / ``peak_rss_mib_b32``: resident-set high-water mark during the
-  batch-1 / batch-32 phase, minus the process's resident set before the model was built.
+  by 2. Papers' "GFLOPs" for ResNet-50 (4.1) and ViT-B/16 (17.6) are these MACs. Ops the
+  counter has no formula for (deformable attention's ``grid_sample``) count zero.
+- ``latency_ms_b1``: median wall time of ``latency_runs`` calls of ``model(patches, grid)`` at
+  batch 1 under ``torch.inference_mode`` after ``warmup_runs`` untimed ones.
+- ``throughput``: images per second at ``batch_large`` (after one untimed batch).
+- ``peak_rss_mib_b1`` / ``peak_rss_mib_large``: resident-set high-water mark during the
+  batch-1 / large-batch phase, minus the process's resident set before the model was built
+  (weights + activations + workspace).
+- ``auto_pick``: the precision ``precision: auto``'s rule (bf16 at least
+  ``BF16_MIN_SPEEDUP`` times faster than fp32) picks from these batch-1 medians.
 
 The input is what the data layer produces: uint8 patches ``[B, N, P*P*3]`` of random pixels.
 """
@@ -32,20 +37,36 @@ from typing import Any
 
 
 @dataclass
+class PrecisionCost:
+    """The timings and memory of one precision."""
+
+    latency_ms_b1: float  # median of the timed batch-1 runs
+    latency_ms_b1_min: float
+    latency_runs_b1: int
+    throughput: float  # images/s at ``batch_large``
+    batches_large: int
+    peak_rss_mib_b1: float  # resident-set high-water mark over the pre-model baseline
+    peak_rss_mib_large: float
+
+
+@dataclass
 class InferenceResult:
     model: str
     task: str
     img_size: list[int]
-    precision: str
     threads: int
     params: int
     gmacs: float
-    latency_ms_b1: float
-    latency_runs_b1: int
-    throughput_b32: float
-    batches_b32: int
-    peak_rss_mib_b1: float
-    peak_rss_mib_b32: float
+    batch_large: int
+    by_precision: dict[str, PrecisionCost]
+    bf16_speedup_b1: float | None  # fp32 / bf16 median batch-1 latency (None: bf16 not measured)
+    auto_pick: str  # what ``precision: auto``'s rule (bf16 >= BF16_MIN_SPEEDUP x fp32) picks here
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "InferenceResult":
+        d = dict(d)
+        d["by_precision"] = {k: PrecisionCost(**v) for k, v in d["by_precision"].items()}
+        return cls(**d)
 
 
 def _rss_kib(field: str) -> int:
@@ -101,17 +122,24 @@ def count_macs(model, patches, grid) -> float:
     return counter.get_total_flops() / 2e9
 
 
-def _timed_runs(fn, *, min_runs: int, budget_s: float) -> list[float]:
-    """Wall times of ``fn()``: at least ``min_runs``, more while within ``budget_s``."""
+def _timed(fn, runs: int) -> list[float]:
+    """Wall times of ``runs`` calls of ``fn()``."""
     times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_runs or (time.perf_counter() - start) < budget_s:
+    for _ in range(runs):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-        if len(times) >= 200:
-            break
     return times
+
+
+def precisions_to_measure(requested: str) -> list[str]:
+    """``fp32+bf16``: fp32, and bf16 too where the CPU runs it natively (the only place
+    ``precision: auto`` would consider it); ``fp32`` / ``bf16``: that one."""
+    from components.core.device import cpu_has_fast_bf16
+
+    if requested == "fp32+bf16":
+        return ["fp32", "bf16"] if cpu_has_fast_bf16() else ["fp32"]
+    return [requested]
 
 
 def measure_model(
@@ -119,18 +147,21 @@ def measure_model(
     *,
     img_size: int | tuple[int, int] | None = None,
     num_classes: int | None = None,
-    precision: str = "auto",
-    budget_s: float = 5.0,
+    precision: str = "fp32+bf16",
+    warmup_runs: int = 2,
+    latency_runs: int = 5,
     batch_large: int = 32,
+    throughput_batches: int = 1,
     threads: int | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> InferenceResult:
     """Measure ``name`` (built with ``overrides``, e.g. ``{"stem": "conv"}``) in this process
-    (see the module docstring for each number)."""
+    (see the module docstring for each number). Peak memory is meaningful only in a fresh
+    process (:func:`measure_in_subprocess`)."""
     import numpy as np
     import torch
 
-    from components.core.device import autocast, autocast_dtype
+    from components.core.device import BF16_MIN_SPEEDUP
     from components.data.patchify import patchify
     from components.models import build_model
 
@@ -140,88 +171,82 @@ def measure_model(
     base_rss = _rss_kib("VmRSS")
     model = build_model(name, num_classes=num_classes, img_size=img_size, **(overrides or {})).eval()
     h, w = (model.img_size, model.img_size) if isinstance(model.img_size, int) else model.img_size
-    device = torch.device("cpu")
-    amp = autocast_dtype(device, precision, model)
     rng = np.random.default_rng(0)
 
     def inputs(batch: int):
         pixels = rng.integers(0, 256, size=(batch, h, w, 3), dtype=np.uint8)
         return patchify(torch.from_numpy(pixels), model.patch_size)
 
-    def run(patches, grid):
-        with torch.inference_mode(), autocast("cpu", amp):
-            return model(patches, grid)
-
     params = sum(p.numel() for p in model.parameters())
     patches1, grid = inputs(1)
     gmacs = count_macs(model, patches1.float(), grid)
+    patches_large, grid_large = inputs(batch_large)
 
-    _reset_peak()
-    run(patches1, grid)  # warm-up (allocator, autocast caches, oneDNN kernels)
-    lat = _timed_runs(lambda: run(patches1, grid), min_runs=3, budget_s=budget_s / 2)
-    peak_b1 = _rss_kib("VmHWM")
+    by_precision: dict[str, PrecisionCost] = {}
+    for prec in precisions_to_measure(precision):
+        amp = torch.bfloat16 if prec == "bf16" else None
 
-    patches32, grid = inputs(batch_large)
-    _reset_peak()
-    run(patches32, grid)  # warm-up at the large batch
-    big = _timed_runs(lambda: run(patches32, grid), min_runs=1, budget_s=budget_s / 2)
-    peak_b32 = _rss_kib("VmHWM")
+        def run(patches, grid, amp=amp):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp is not None):
+                return model(patches, grid)
+
+        _reset_peak()
+        _timed(lambda: run(patches1, grid), warmup_runs)  # allocator, autocast caches, oneDNN kernels
+        lat = _timed(lambda: run(patches1, grid), latency_runs)
+        peak_b1 = _rss_kib("VmHWM")
+        _reset_peak()
+        run(patches_large, grid_large)  # warm-up at the large batch
+        big = _timed(lambda: run(patches_large, grid_large), throughput_batches)
+        peak_large = _rss_kib("VmHWM")
+        by_precision[prec] = PrecisionCost(
+            latency_ms_b1=round(statistics.median(lat) * 1e3, 3), latency_ms_b1_min=round(min(lat) * 1e3, 3),
+            latency_runs_b1=len(lat), throughput=round(batch_large * len(big) / sum(big), 3),
+            batches_large=len(big),
+            peak_rss_mib_b1=round(max(0, peak_b1 - base_rss) / 1024, 1),
+            peak_rss_mib_large=round(max(0, peak_large - base_rss) / 1024, 1),
+        )
+    speedup = None
+    if "fp32" in by_precision and "bf16" in by_precision:
+        speedup = round(by_precision["fp32"].latency_ms_b1 / by_precision["bf16"].latency_ms_b1, 3)
+    auto = ("bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32") if speedup is not None else next(iter(by_precision))
     return InferenceResult(
-        model=name, task=model.task, img_size=[int(h), int(w)],
-        precision=str(amp).replace("torch.", "") if amp is not None else "fp32",
-        threads=torch.get_num_threads(), params=int(params), gmacs=round(gmacs, 4),
-        latency_ms_b1=round(statistics.median(lat) * 1e3, 3), latency_runs_b1=len(lat),
-        throughput_b32=round(batch_large * len(big) / sum(big), 3), batches_b32=len(big),
-        peak_rss_mib_b1=round(max(0, peak_b1 - base_rss) / 1024, 1),
-        peak_rss_mib_b32=round(max(0, peak_b32 - base_rss) / 1024, 1),
+        model=name, task=model.task, img_size=[int(h), int(w)], threads=torch.get_num_threads(),
+        params=int(params), gmacs=round(gmacs, 4), batch_large=batch_large, by_precision=by_precision,
+        bf16_speedup_b1=speedup, auto_pick=auto,
     )
 
 
-def measure_in_subprocess(name: str, *, img_size: int | tuple[int, int] | None = None,
-                          num_classes: int | None = None, precision: str = "auto",
-                          budget_s: float = 5.0, batch_large: int = 32, threads: int | None = None,
-                          overrides: dict[str, Any] | None = None, timeout_s: float = 900.0) -> InferenceResult:
-    """:func:`measure_model` in a fresh interpreter (own memory high-water mark)."""
-    cmd = [sys.executable, "-m", "components.report.inference", "--model", name,
-           "--precision", precision, "--budget-s", str(budget_s), "--batch-large", str(batch_large)]
-    if overrides:
-        cmd += ["--overrides", json.dumps(overrides)]
-    if img_size is not None:
-        size = [img_size, img_size] if isinstance(img_size, int) else list(img_size)
-        cmd += ["--img-size", str(size[0]), str(size[1])]
-    if num_classes is not None:
-        cmd += ["--num-classes", str(num_classes)]
-    if threads:
-        cmd += ["--threads", str(threads)]
+_KEYWORDS = ("img_size", "num_classes", "precision", "warmup_runs", "latency_runs", "batch_large",
+             "throughput_batches", "threads", "overrides")
+
+
+def measure_in_subprocess(name: str, *, timeout_s: float = 600.0, **kwargs: Any) -> InferenceResult:
+    """:func:`measure_model` in a fresh interpreter (its own memory high-water mark).
+    ``kwargs``: :func:`measure_model`'s keywords."""
+    unknown = set(kwargs) - set(_KEYWORDS)
+    if unknown:
+        raise TypeError(f"unknown keywords {sorted(unknown)}")
+    request = {"name": name, **{k: v for k, v in kwargs.items() if v is not None}}
+    cmd = [sys.executable, "-m", "components.report.inference", json.dumps(request)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if proc.returncode != 0:
         raise RuntimeError(f"measuring {name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     last = proc.stdout.strip().splitlines()[-1]
-    return InferenceResult(**json.loads(last))
+    return InferenceResult.from_dict(json.loads(last))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="measure one model's inference cost (JSON on stdout)")
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--img-size", type=int, nargs=2, default=None)
-    parser.add_argument("--num-classes", type=int, default=None)
-    parser.add_argument("--precision", default="auto")
-    parser.add_argument("--budget-s", type=float, default=5.0)
-    parser.add_argument("--batch-large", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--overrides", type=json.loads, default=None, help="build keywords, a JSON object")
+    parser.add_argument("request", type=json.loads,
+                        help='a JSON object: {"name": ..., and measure_model\'s keywords}')
     args = parser.parse_args(argv)
-    result = measure_model(args.model, img_size=tuple(args.img_size) if args.img_size else None,
-                           num_classes=args.num_classes, precision=args.precision,
-                           budget_s=args.budget_s, batch_large=args.batch_large,
-                           threads=args.threads, overrides=args.overrides)
+    request = dict(args.request)
+    if isinstance(request.get("img_size"), list):
+        request["img_size"] = tuple(request["img_size"])
+    result = measure_model(request.pop("name"), **request)
     print(json.dumps(asdict(result)))
     return 0
-
-
-def as_dict(result: InferenceResult) -> dict[str, Any]:
-    return asdict(result)
 
 
 if __name__ == "__main__":

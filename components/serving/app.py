@@ -117,24 +117,30 @@ def _metadata(info: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _decode_and_preprocess(data: bytes, max_pixels: int, image_size: int, patch_size: int):
+def _preprocess(image: np.ndarray, image_size: int, patch_size: int, letterbox: bool
+                ) -> np.ndarray:
+    """The model's eval transform: whole-image resize, or letterbox (aspect kept, padded;
+    the replica derives the valid region from the original size)."""
+    if letterbox:
+        from components.data.transforms import letterbox_preprocess
+
+        return letterbox_preprocess(image, image_size=image_size, patch_size=patch_size)[0]
+    from components.data.image_io import preprocess
+
+    return preprocess(image, image_size=image_size, patch_size=patch_size)[0]
+
+
+def _decode_and_preprocess(data: bytes, max_pixels: int, image_size: int, patch_size: int,
+                           letterbox: bool = False):
     """Thread-pool work for one request: bytes → (patches uint8 [N, P*P*3], (h, w))."""
-    from components.data.image_io import preprocess
-
     image = decode_image_bytes(data, max_pixels=max_pixels)
-    patches, _ = preprocess(image, image_size=image_size, patch_size=patch_size)
-    return patches, image.shape[:2]
+    return _preprocess(image, image_size, patch_size, letterbox), image.shape[:2]
 
 
-def _preprocess_batch(images: np.ndarray, image_size: int, patch_size: int):
-    from components.data.image_io import preprocess
-
-    out = []
-    for image in images:
-        patches, _ = preprocess(np.ascontiguousarray(image), image_size=image_size,
-                                patch_size=patch_size)
-        out.append((patches, image.shape[:2]))
-    return out
+def _preprocess_batch(images: np.ndarray, image_size: int, patch_size: int,
+                      letterbox: bool = False):
+    return [(_preprocess(np.ascontiguousarray(image), image_size, patch_size, letterbox),
+             image.shape[:2]) for image in images]
 
 
 @serve.deployment(
@@ -281,6 +287,7 @@ class Ingress:
         image_size, patch_size = geometry["image_size"], geometry["patch_size"]
         patches, orig_hw = await self._run(
             _decode_and_preprocess, data, self._settings.max_pixels, image_size, patch_size,
+            bool(geometry.get("letterbox")),
         )
         method = "explain" if attention else "infer"
         result = await self._call(task, method, patches, image_size, patch_size, orig_hw)
@@ -450,7 +457,8 @@ class Ingress:
             )
         )
         if parsed.input_name == "image":
-            prepared = await self._run(_preprocess_batch, parsed.array, image_size, patch_size)
+            prepared = await self._run(_preprocess_batch, parsed.array, image_size, patch_size,
+                                       bool(info.get("letterbox")))
         else:
             hw = (image_size, image_size)
             prepared = [(np.ascontiguousarray(p), hw) for p in parsed.array]

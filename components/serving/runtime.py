@@ -28,6 +28,7 @@ import torch
 
 from components.core.checkpoint import CheckpointMeta
 from components.core.device import autocast, autocast_dtype, pick_device
+from components.data.config import with_boxes
 from components.serving.settings import CACHE_ENV
 from components.tasks import get_task
 
@@ -38,8 +39,10 @@ log = logging.getLogger(__name__)
 class InferItem:
     """One request's model input, made by the ingress.
 
-    ``patches`` uint8 ``[N, P*P*3]`` from ``image_io.preprocess`` at ``image_size``;
-    ``orig_hw`` the decoded image's ``(height, width)`` (boxes are mapped back to it).
+    ``patches`` uint8 ``[N, P*P*3]`` from ``image_io.preprocess`` at ``image_size`` (or,
+    for a letterboxed detector, ``transforms.letterbox_preprocess``: the valid region is
+    ``letterbox_hw(*orig_hw, image_size)``); ``orig_hw`` the decoded image's ``(height,
+    width)`` (boxes are mapped back to it).
     """
 
     patches: np.ndarray
@@ -75,6 +78,20 @@ class LoadedModel:
         return self.meta.task
 
     @property
+    def letterbox(self) -> bool:
+        """Trained on letterboxed images (``meta.extra["letterbox"]``): requests are too."""
+        return with_boxes(self.task) and bool(self.meta.extra.get("letterbox"))
+
+    def valid_hw(self, items: list["InferItem"]) -> torch.Tensor | None:
+        """``[B, 2]`` valid regions of letterboxed items (None when not letterboxed)."""
+        if not self.letterbox:
+            return None
+        from components.data.letterbox import letterbox_hw
+
+        return torch.tensor([letterbox_hw(*item.orig_hw, self.meta.image_size) for item in items],
+                            dtype=torch.int64)
+
+    @property
     def grid(self) -> tuple[int, int]:
         side = self.meta.image_size // self.meta.patch_size
         return (side, side)
@@ -85,7 +102,7 @@ class LoadedModel:
             "name": self.name, "version": self.version, "alias": self.alias, "uri": self.uri,
             "task": self.task, "model_name": self.meta.model_name,
             "class_names": list(self.meta.class_names), "image_size": self.meta.image_size,
-            "patch_size": self.meta.patch_size,
+            "patch_size": self.meta.patch_size, "letterbox": self.letterbox,
             "precision": str(self.autocast).replace("torch.", "") if self.autocast else "float32",
             "device": str(self.device), "runtime": self.runtime, "loaded_at": self.loaded_at,
             "data_fingerprint": self.meta.data_fingerprint,
@@ -101,17 +118,28 @@ class LoadedModel:
 
         side = item.image_size // item.patch_size
         image = unpatchify(item.patches, (side, side), item.patch_size)
+        if self.letterbox:
+            from components.data.letterbox import letterbox_hw
+            from components.data.transforms import letterbox_preprocess
+
+            vh, vw = letterbox_hw(*item.orig_hw, item.image_size)
+            return letterbox_preprocess(np.ascontiguousarray(image[:vh, :vw]),
+                                        image_size=self.meta.image_size,
+                                        patch_size=self.meta.patch_size)[0]
         patches, _ = preprocess(
             np.ascontiguousarray(image), image_size=self.meta.image_size,
             patch_size=self.meta.patch_size,
         )
         return patches
 
-    def forward(self, patches: np.ndarray) -> Any:
-        """uint8 ``[B, N, P*P*3]`` → raw model outputs (fp32 tensors on the CPU)."""
+    def forward(self, patches: np.ndarray, valid_hw: torch.Tensor | None = None) -> Any:
+        """uint8 ``[B, N, P*P*3]`` (+ letterbox ``valid_hw`` ``[B, 2]``) → raw model outputs
+        (fp32 tensors on the CPU)."""
         batch = torch.from_numpy(np.ascontiguousarray(patches)).to(self.device, non_blocking=True)
+        padding = {"valid_hw": valid_hw} if valid_hw is not None and getattr(
+            self.model, "takes_pixel_mask", False) else {}
         with self.lock, torch.inference_mode(), autocast(self.device, self.autocast):
-            outputs = self.model(batch, self.grid)
+            outputs = self.model(batch, self.grid, **padding)
         if isinstance(outputs, dict):
             return {k: v.float().cpu() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
         return outputs.float().cpu()
@@ -120,7 +148,7 @@ class LoadedModel:
             max_detections: int) -> list[dict[str, Any]]:
         """One dynamic batch: ``items`` → one result dict per item (same order)."""
         patches = np.stack([self.to_model_input(item) for item in items])
-        outputs = self.forward(patches)
+        outputs = self.forward(patches, self.valid_hw(items))
         common = {"version": self.version, "name": self.name, "class_names": self.meta.class_names,
                   "image_size": self.meta.image_size, "patch_size": self.meta.patch_size}
         orig = torch.tensor([item.orig_hw for item in items], dtype=torch.int64)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.core.batch import batch_grid
+from components.models.base import padding_kwargs
 
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
@@ -33,7 +34,7 @@ def detection_loss(criterion: nn.Module) -> LossFn:
     weights: the criterion's base terms (auxiliary terms take their base term's)."""
 
     def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        outputs = model(batch["patches"], batch_grid(batch))
+        outputs = model(batch["patches"], batch_grid(batch), **padding_kwargs(batch))
         return criterion(_to_float(outputs), batch)
 
     loss_fn.weight_dict = dict(criterion.weight_dict)
@@ -53,7 +54,8 @@ def model_loss() -> LossFn:
     from components.models.criterion import batch_targets
 
     def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        outputs = model(batch["patches"], batch_grid(batch), targets=batch_targets(batch))
+        outputs = model(batch["patches"], batch_grid(batch), **padding_kwargs(batch),
+                        targets=batch_targets(batch))
         terms = {(k if k.startswith("loss_") else f"loss_{k}"): v.detach().float()
                  for k, v in outputs["loss_dict"].items() if isinstance(v, torch.Tensor) and v.numel() == 1}
         return {**terms, "loss_total": outputs["loss"].float()}

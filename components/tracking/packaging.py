@@ -9,7 +9,9 @@ weights, so the loading side needs ``vitpipe`` installed (the serving image has 
 
 pyfunc input: uint8 RGB images ``[B, H, W, 3]``. Images already at the model's
 ``image_size`` are patchified as they are; others go through the eval transform
-(``components.data.image_io.preprocess``: whole-image resize, as serving does). Output:
+(``components.data.image_io.preprocess``: whole-image resize, as serving does; a detector
+trained letterboxed, ``extra["letterbox"]``, letterboxes every image and passes the
+padding mask). Output:
 classification → logits ``[B, num_classes]`` float32; detection → ``{"pred_logits":
 [B, Q, num_classes + 1], "pred_boxes": [B, Q, 4] normalised cxcywh}``. Predictions run in
 fp32 so that they equal the checkpoint's exactly.
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from components.core.checkpoint import CheckpointMeta
+from components.data.config import with_boxes
 from components.models import model_from_checkpoint
 from components.tasks import get_task
 
@@ -53,11 +56,27 @@ def images_to_batch(images: np.ndarray, meta: CheckpointMeta) -> tuple[torch.Ten
     return torch.from_numpy(np.stack([r[0] for r in rows])), tuple(grid)
 
 
+def letterboxed_batch(images: np.ndarray, meta: CheckpointMeta
+                      ) -> tuple[torch.Tensor, tuple[int, int], dict[str, torch.Tensor]]:
+    """A letterboxed detector's input: each image letterboxed at ``image_size`` (the val
+    transform) → (patches, grid, ``{"valid_hw": [B, 2]}``); boxes out are normalised to each
+    image's valid region, so ``box · (w, h)`` maps them to its pixels."""
+    from components.data.transforms import letterbox_preprocess
+
+    rows = [letterbox_preprocess(np.ascontiguousarray(img), image_size=meta.image_size,
+                                 patch_size=meta.patch_size) for img in np.asarray(images)]
+    valid = torch.tensor([r[2] for r in rows], dtype=torch.int64)
+    return torch.from_numpy(np.stack([r[0] for r in rows])), tuple(rows[0][1]), {"valid_hw": valid}
+
+
 def predict_arrays(model: torch.nn.Module, meta: CheckpointMeta, images: np.ndarray):
     """Run ``model`` in fp32 on uint8 images; numpy outputs (see the module docstring)."""
-    patches, grid = images_to_batch(images, meta)
+    if with_boxes(meta.task) and meta.extra.get("letterbox"):
+        patches, grid, padding = letterboxed_batch(images, meta)
+    else:
+        (patches, grid), padding = images_to_batch(images, meta), {}
     with torch.inference_mode():
-        out = model(patches, grid)
+        out = model(patches, grid, **padding)
     return get_task(meta.task).outputs_to_numpy(out)
 
 

@@ -33,7 +33,7 @@ from pydantic import Field, field_validator, model_validator
 
 from components.core.config import StrictModel
 from components.core.names import ModelTask
-from components.data.config import DataConfig
+from components.data.config import DataConfig, with_boxes
 from components.tracking import history
 from components.tracking.registry import (
     CHALLENGER,
@@ -191,10 +191,13 @@ def measure(
     task = get_task(cfg.task)
     device = pick_device(prefer_gpu=cfg.device != "cpu")
     model, meta = model_from_checkpoint(checkpoint_dir, device=device)
+    # a detector trained letterboxed is measured on letterboxed images (its own eval transform)
+    letterbox = with_boxes(meta.task) and bool(meta.extra.get("letterbox"))
     data_cfg = cfg.data.model_copy(
-        update={"image_size": meta.image_size, "patch_size": meta.patch_size}
+        update={"image_size": meta.image_size, "patch_size": meta.patch_size,
+                "letterbox": letterbox, "multiscale": None}
     )
-    key = (meta.image_size, meta.patch_size)
+    key = (meta.image_size, meta.patch_size, letterbox)
     cache = data_cache if data_cache is not None else {}
     if key not in cache:
         cache[key] = _eval_batches(data_cfg, cfg.split, task.batch_kind, cfg.batch_size)

@@ -27,7 +27,8 @@ class ModelSection(StrictModel):
     name: str = "vit_demo"
     head: Literal["mlp", "linear"] = "mlp"
     overrides: dict[str, Any] = Field(default_factory=dict)
-    # Fine-tuning / detection init: a checkpoint directory (local path) or a models:/ URI.
+    # Fine-tuning / detection init: a checkpoint directory (local path), a models:/ URI, or
+    # weights by name from the hub cache: timm:<model>[.<tag>], hf:<org>/<name>[@<revision>].
     init_from: str | None = None
 
 

@@ -130,8 +130,12 @@ def _train(cfg: TrainConfig, plan: dict[str, Any]) -> None:
         last_ckpt_step = progress.global_step
         window_loss, window_n = 0.0, 0
         t_window = time.perf_counter()
+        seed = plan.get("data_seed")
+        scales = {"multiscale": plan.get("multiscale"), "patch_size": plan.get("patch_size", 16),
+                  "multiscale_seed": None if seed is None else [seed, progress.epoch, rank]}
         for micro, batch in enumerate(iter_batches(train_shard, batch_size=cfg.batch_size,
-                                                   task=batch_task, drop_last=True, device=device)):
+                                                   task=batch_task, drop_last=True, device=device,
+                                                   **scales)):
             # Resumed mid-epoch: batches this rank consumed before the checkpoint are skipped;
             # a trailing remainder shorter than one optimizer step is not trained on.
             if micro < skip or micro >= micro_per_epoch or progress.global_step >= total_steps:

@@ -74,7 +74,8 @@ class CheckpointReporter:
             patch_size=int(model.patch_size), mean=tuple(model.mean), std=tuple(model.std),
             data_fingerprint=plan.get("fingerprint", ""), step=progress.global_step,
             metrics=metrics, extra={"run_name": cfg.run.name, "mlflow_run_id": plan.get("mlflow_run_id"),
-                                    "epoch": progress.epoch, **self._task_extra},
+                                    "epoch": progress.epoch, "letterbox": bool(plan.get("letterbox")),
+                                    **self._task_extra},
         )
 
     def report(self, metrics: dict[str, float], *, with_checkpoint: bool, kind: str = "mid") -> None:

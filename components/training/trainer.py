@@ -26,9 +26,10 @@ from typing import Any
 import torch
 
 from components.core.config import ConfigError, dump_config, flatten
+from components.data.config import with_boxes
+from components.tasks import get_task
 from components.training import storage
 from components.training.config import TrainConfig, check_model, resolve_data_config
-from components.tasks import get_task
 from components.training.loop import steps_plan, train_loop_per_worker
 from components.training.tracking import (
     TrackingError, check_tracking_server, log_params_safely, open_run, retry, system_info,
@@ -64,11 +65,19 @@ def ensure_ray(cfg: TrainConfig | None = None) -> None:
 
 
 def resolve_init(init_from: str, tracking_uri: str | None) -> tuple[dict[str, torch.Tensor], dict]:
-    """A pretrained checkpoint (local directory or ``models:/NAME@ALIAS``) → (state, meta dict)."""
+    """Pretrained weights → (state, meta dict): a local checkpoint directory, a registered
+    ``models:/NAME@ALIAS``, or weights by name, ``timm:<model>[.<tag>]`` /
+    ``hf:<org>/<name>[@<revision>]`` (``components.models.hub``, the hub cache)."""
     from dataclasses import asdict
 
     from components.core.checkpoint import load_checkpoint
+    from components.models.hub import HubWeightsError, is_hub_ref, load_hub_weights
 
+    if is_hub_ref(init_from):
+        try:
+            return load_hub_weights(init_from)
+        except HubWeightsError as err:
+            raise ConfigError(f"model.init_from={init_from}: {err}") from None
     if init_from.startswith("models:/"):
         from components.tracking.registry import fetch_checkpoint, resolve_uri
 
@@ -79,6 +88,34 @@ def resolve_init(init_from: str, tracking_uri: str | None) -> tuple[dict[str, to
         path = Path(os.path.expanduser(init_from))
     state, meta = load_checkpoint(path)
     return state, asdict(meta)
+
+
+def check_init_weights(cfg: TrainConfig, state: dict[str, torch.Tensor], meta: dict, *,
+                       num_classes: int, image_size: int) -> None:
+    """On the driver, before any worker starts: build the model the workers will build and
+    raise ONE ``ConfigError`` naming every key or shape of ``state`` that would not load
+    (classification: every key must match, the pretrained head included; detection:
+    detector-only layers may start fresh, a classifier's head is dropped)."""
+    from components.models import build_model
+    from components.models.hub import weight_mismatches
+
+    overrides = dict(cfg.model.overrides)
+    if not with_boxes(get_task(cfg.task).model_task):  # a classifier
+        pretrained = dict(meta.get("model_config") or {})
+        pretrained.pop("img_size", None)
+        classes = pretrained.pop("num_classes", num_classes)
+        model = build_model(cfg.model.name, num_classes=classes, img_size=image_size,
+                            head=cfg.model.head, **{**pretrained, **overrides})
+        problems = weight_mismatches(model, state, allow_missing=False)
+    else:
+        model = build_model(cfg.model.name, num_classes=num_classes, img_size=image_size,
+                            **overrides)
+        problems = weight_mismatches(model, state, allow_missing=True, ignore_prefixes=("head.",))
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise ConfigError(f"model.init_from={cfg.model.init_from} does not fit {cfg.model.name} "
+                          f"({len(problems)} problems):\n  {shown}{more}")
 
 
 def _log_dataset(uri: str, run_id: str, *, source: str, name: str, digest: str, context: str) -> None:
@@ -178,6 +215,9 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None, callbacks:
     init_ref, init_meta = None, None
     if cfg.model.init_from:
         state, init_meta = resolve_init(cfg.model.init_from, registry_uri)
+        if init_meta.get("source") == cfg.model.init_from:  # weights by name: checked here
+            check_init_weights(cfg, state, init_meta, num_classes=len(class_names),
+                               image_size=data_cfg.image_size)
         init_ref = ray.put(state)
 
     plan = {
@@ -187,6 +227,9 @@ def run_training(cfg: TrainConfig, *, config_text: str | None = None, callbacks:
         "fault_marker": storage.join(run_dir, "fault_injected") if cfg.run.fail_at_step else None,
         "heartbeat_dir": storage.join(run_dir, "heartbeat") if cfg.run.heartbeat else None,
         "loader_task": task.loader_kind(data_cfg.format),
+        # letterboxed multi-scale training: targets drawn per batch on the worker
+        "multiscale": data_cfg.multiscale, "patch_size": data_cfg.patch_size,
+        "data_seed": data_cfg.seed, "letterbox": data_cfg.letterbox,
     }
     from components.training.progress import ProgressCallback
 

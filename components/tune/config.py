@@ -12,6 +12,7 @@ training config rejects is one :class:`ConfigError`.
 from __future__ import annotations
 
 import math
+import random
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -80,17 +81,16 @@ class Domain(StrictModel):
     def describe(self) -> str:
         return f"{self.kind}({', '.join(repr(v) for v in getattr(self, self.kind))})"
 
-    def to_tune(self):
-        """The Ray Tune sampler of this domain."""
-        from ray import tune
-
+    def sample(self, rng: random.Random) -> Any:
+        """One value drawn from this domain with ``rng``."""
         if self.kind == "choice":
-            return tune.choice(list(self.choice))
+            return rng.choice(list(self.choice))
         if self.kind == "uniform":
-            return tune.uniform(*self.uniform)
+            return rng.uniform(*self.uniform)
         if self.kind == "loguniform":
-            return tune.loguniform(*self.loguniform)
-        return tune.randint(self.randint[0], self.randint[1] + 1)  # Tune's upper bound is exclusive
+            low, high = self.loguniform
+            return math.exp(rng.uniform(math.log(low), math.log(high)))
+        return rng.randint(*self.randint)  # both ends included
 
 
 class AshaSection(StrictModel):
@@ -139,7 +139,7 @@ class SearchSection(StrictModel):
     max_concurrent_trials: int | None = Field(None, ge=1)  # None: what the cluster's CPUs/GPUs fit
     data_cpus: float = Field(1.0, ge=0)  # CPUs each trial leaves free for its Ray Data tasks
     driver_cpus: float = Field(0.1, gt=0)  # the trial's own process (builds datasets, runs fit)
-    seed: int | None = 0  # the sampler's random state (None: a different search every time)
+    seed: int | None = 0  # the sampler's seed (None: a different search every time)
     resume_errored: bool = False  # on resume, rerun trials that ended with an error
 
     @field_validator("space", mode="before")

@@ -1,12 +1,15 @@
 """The search driver: :func:`run_tune` runs (or resumes) one Ray Tune experiment.
 
-1. join or start Ray, check ``run.storage_path``; the experiment lives in
-   ``<storage>/<run.name>`` (Tune's state) and ``<storage>/<run.name>/trials`` (each trial's
-   training run);
+1. join or start Ray, check ``run.storage_path``; the search lives in ``<storage>/<run.name>``
+   (its records), ``<storage>/<run.name>/trials`` (each trial's training run) and
+   ``<storage>/<run.name>/tune`` (what Tune writes);
 2. open the search's MLflow run (the parent), or reopen the one the record beside the
    experiment names (``vitpipe_run.json``, as a training run's): a resumed search logs into the same run;
-3. ``Tuner.restore`` when that experiment exists (finished trials are kept, unfinished ones
-   resume from their last checkpoint), else a new ``Tuner`` with the ASHA scheduler;
+3. open the trial record (:mod:`components.tune.record`, JSON): a new search draws its trials
+   from the seeded space; a resumed one keeps the trials that ended and runs the others
+   with the values they were drawn with (their training resumes from its last checkpoint).
+   Each driver runs a new ``Tuner`` (ASHA) over its trials; Tune's pickled experiment
+   state is never read back;
 4. after the last trial: mark each child run KILLED (stopped early by ASHA) or FAILED, pick
    the best finished trial, register its checkpoint (no alias is moved) with the sampled
    values as version tags, log the outcome on the parent run and end it.
@@ -18,6 +21,7 @@ import logging
 import math
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,9 @@ from components.tracking.registry import DEFAULT_NAMES
 from components.training import storage
 from components.training.tracking import TrackingError, check_tracking_server, log_params_safely, open_run, retry
 from components.tune.config import TuneConfig
-from components.tune.trial import CHECKPOINT_KEY, DONE_KEY, PARENT_TAG, RUN_ID_KEY, TRIAL_TAG, make_trainable
+from components.tune.record import TrialRecord
+from components.tune.trial import (CHECKPOINT_KEY, DONE_KEY, PARENT_TAG, RUN_ID_KEY, TRIAL_KEY, TRIAL_TAG,
+                                   make_trainable)
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +66,7 @@ def _absolute_paths(raw: dict[str, Any]) -> dict[str, Any]:
             if isinstance(split, dict) and isinstance(split.get(key), str):
                 split[key] = storage.normalize(split[key])
     init = raw["model"].get("init_from")
-    if init and not init.startswith("models:/"):
+    if init and not init.startswith(("models:/", "timm:", "hf:")):  # names stay names
         raw["model"]["init_from"] = storage.normalize(init)
     return raw
 
@@ -94,28 +100,64 @@ def _open_parent(cfg: TuneConfig, uri: str, exp_dir: str) -> str:
     return run_id
 
 
-def _tuner(cfg: TuneConfig, trainable, exp_dir: str, storage_path: str, metric: str, mode: str):
-    """``Tuner.restore`` of the experiment at ``exp_dir`` when there is one, else a new Tuner."""
+class RecordTrials:
+    """Tune callback hooks (the ``Callback`` base is added by :func:`record_callback`) that
+    write each trial's start and end to the search's :class:`TrialRecord`."""
+
+    def __init__(self, record: TrialRecord, metric: str) -> None:
+        self.record = record
+        self.metric = metric
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.record.update(trial.config[TRIAL_KEY], status="RUNNING")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.record.update(trial.config[TRIAL_KEY], **_outcome(trial.last_result or {}, None, self.metric))
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        error = getattr(trial, "error_msg", None) or "the trial raised an error"
+        self.record.update(trial.config[TRIAL_KEY], **_outcome(trial.last_result or {}, error, self.metric))
+
+
+def _trial_name(search: str, trial) -> str:
+    return f"{search}-{trial.config[TRIAL_KEY]}"
+
+
+def record_callback(record: TrialRecord, metric: str):
+    """A ``ray.tune.Callback`` that keeps ``record`` up to date."""
+    from ray.tune import Callback
+
+    return type("RecordTrialsCallback", (RecordTrials, Callback), {})(record, metric)
+
+
+def _tuner(cfg: TuneConfig, trainable, record: TrialRecord, to_run: list[dict[str, Any]], storage_path: str,
+           metric: str, mode: str):
+    """A new Tuner over the trials ``to_run`` (their values drawn already: one grid point each).
+
+    Tune's own experiment state goes to ``<run.name>/tune/attempt-<n>``, one folder per
+    driver; it is never read back: a resumed search starts from the trial record.
+    """
     import ray
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    if tune.Tuner.can_restore(exp_dir):
-        log.info("resuming search %s from %s", cfg.run.name, exp_dir)
-        return tune.Tuner.restore(exp_dir, trainable=trainable, resume_unfinished=True,
-                                  resume_errored=cfg.search.resume_errored, restart_errored=False)
     concurrency = cfg.search.max_concurrent_trials or default_concurrency(cfg, ray.cluster_resources())
-    log.info("search %s: %d trials, at most %d at a time, %s by %s (%s)", cfg.run.name,
-             cfg.search.num_samples, concurrency, mode, metric, type(_scheduler(cfg, metric, mode)).__name__)
+    log.info("search %s: %d of %d trials to run, at most %d at a time, %s by %s (%s)", cfg.run.name,
+             len(to_run), len(record.trials), concurrency, mode, metric,
+             type(_scheduler(cfg, metric, mode)).__name__)
     return tune.Tuner(
         trainable,
-        param_space={k: d.to_tune() for k, d in cfg.search.space.items()},
+        param_space={TRIAL_KEY: tune.grid_search([t["trial_id"] for t in to_run])},
         tune_config=tune.TuneConfig(
-            num_samples=cfg.search.num_samples, scheduler=_scheduler(cfg, metric, mode),
-            search_alg=BasicVariantGenerator(max_concurrent=concurrency, random_state=cfg.search.seed),
+            num_samples=1, scheduler=_scheduler(cfg, metric, mode),
+            search_alg=BasicVariantGenerator(max_concurrent=concurrency),
+            trial_name_creator=partial(_trial_name, cfg.run.name),
+            trial_dirname_creator=partial(_trial_name, cfg.run.name),
         ),
-        run_config=tune.RunConfig(name=cfg.run.name, storage_path=storage_path,
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+        run_config=tune.RunConfig(name=f"attempt-{record.data['attempts']}",
+                                  storage_path=storage.join(storage_path, cfg.run.name, "tune"),
+                                  failure_config=tune.FailureConfig(max_failures=0),
+                                  callbacks=[record_callback(record, metric)]),
     )
 
 
@@ -141,21 +183,34 @@ def run_tune(cfg: TuneConfig) -> dict[str, Any]:
         check_tracking_server(uri)
         parent = _open_parent(cfg, uri, exp_dir)
 
+    record = TrialRecord.open(exp_dir, cfg.search)
+    to_run = record.to_run(cfg.search.resume_errored)
+    if record.resumed:
+        log.info("resuming search %s from its trial record %s: %d of %d trials to run", cfg.run.name,
+                 record.path, len(to_run), len(record.trials))
     raw = _absolute_paths(base.model_dump(mode="json"))
     if uri:
         raw["mlflow"]["tracking_uri"] = uri  # the trials' processes may not share this environment
-    trainable = tune.with_resources(
-        make_trainable(raw, search_name=cfg.run.name, metric=metric,
-                       trials_storage=storage.join(exp_dir, "trials"), parent_run_id=parent),
-        {"CPU": cfg.search.driver_cpus})
-    tuner = _tuner(cfg, trainable, exp_dir, storage_path, metric, mode)
-    results = tuner.fit()
+    if to_run:
+        trainable = tune.with_resources(
+            make_trainable(raw, {t["trial_id"]: t["config"] for t in to_run}, search_name=cfg.run.name,
+                           metric=metric, trials_storage=storage.join(exp_dir, "trials"), parent_run_id=parent),
+            {"CPU": cfg.search.driver_cpus})
+        results = _tuner(cfg, trainable, record, to_run, storage_path, metric, mode).fit()
+        for result in results:  # the callback saw each end already; the results are the last word
+            trial_id = (result.config or {}).get(TRIAL_KEY)
+            if trial_id is not None:
+                error = None if result.error is None else str(result.error)
+                record.update(trial_id, **_outcome(result.metrics or {}, error, metric))
 
-    trials = [_trial_summary(r, metric) for r in results]
+    trials = [dict(t) for t in record.trials]
     finished = [t for t in trials if t["status"] == "FINISHED" and t["metric"] is not None]
     best = (max if mode == "max" else min)(finished, key=lambda t: t["metric"]) if finished else None
     if uri and parent:
         _close_children(uri, parent, trials)
+        for trial in trials:
+            record.trial(trial["trial_id"])["mlflow_run_id"] = trial["mlflow_run_id"]
+        record.write()
     registered = None
     if best is not None and cfg.registry.enabled and uri and cfg.task in DEFAULT_NAMES:  # MAE: nothing to serve
         record = storage.read_run_record(exp_dir) or {}
@@ -175,21 +230,22 @@ def run_tune(cfg: TuneConfig) -> dict[str, Any]:
     return summary
 
 
-def _trial_summary(result, metric: str) -> dict[str, Any]:
-    metrics = result.metrics or {}
+def _outcome(metrics: dict[str, Any], error: str | None, metric: str) -> dict[str, Any]:
+    """A trial's record fields from its last Tune result: FINISHED when it reported
+    ``vitpipe_done`` after its evaluation, else FAILED (an error) or KILLED (stopped by ASHA)."""
     done = bool(metrics.get(DONE_KEY))
-    status = "FINISHED" if done else ("FAILED" if result.error is not None else "KILLED")
+    status = "FINISHED" if done else ("FAILED" if error is not None else "KILLED")
     value = metrics.get(metric)
-    return {
-        "trial_id": metrics.get("trial_id") or Path(result.path).name,
-        "status": status, "config": dict(result.config or {}),
-        "metric": None if value is None else float(value),
+    out = {
+        "status": status, "metric": None if value is None else float(value),
         "step": metrics.get("step"),
         "eval": {k: v for k, v in metrics.items() if k.startswith("eval_")},
         "checkpoint": metrics.get(CHECKPOINT_KEY) if done else None,
-        "mlflow_run_id": metrics.get(RUN_ID_KEY) or None,
-        "error": None if result.error is None else str(result.error).splitlines()[0][:300],
+        "error": None if error is None or done else error.strip().splitlines()[0][:300],
     }
+    if metrics.get(RUN_ID_KEY):
+        out["mlflow_run_id"] = metrics[RUN_ID_KEY]
+    return out
 
 
 def _close_children(uri: str, parent: str, trials: list[dict[str, Any]]) -> None:

@@ -2,7 +2,8 @@
 
 A trial is a Tune function trainable that calls :func:`components.training.trainer.run_training`
 (which builds and fits one ``TorchTrainer``) on the base config with the trial's sampled
-values. Its MLflow run nests under the search's run (``mlflow.parentRunId``), its checkpoints
+values (drawn by the search driver and kept in its trial record; Tune only hands the trial
+its id). Its MLflow run nests under the search's run (``mlflow.parentRunId``), its checkpoints
 live in ``<storage>/<search>/trials/<search>-<trial id>``, so a trial started again after the
 search driver died resumes from its last checkpoint into the same MLflow run (Ray Train and
 the run record do that, as for any resubmitted training run).
@@ -27,6 +28,7 @@ from components.training.reporting import worst_score
 DONE_KEY = "vitpipe_done"  # 1.0 in the last result of a trial that trained to its end
 CHECKPOINT_KEY = "vitpipe_checkpoint"
 RUN_ID_KEY = "vitpipe_mlflow_run_id"
+TRIAL_KEY = "vitpipe_trial"  # the one key of a trial's Tune config: its id in the trial record
 TRIAL_TAG = "vitpipe.tune.trial_id"
 SEARCH_TAG = "vitpipe.tune.search"
 PARENT_TAG = "mlflow.parentRunId"
@@ -67,18 +69,21 @@ def checkpoint_metric(checkpoint: str, metric: str) -> float | None:
     return None if value is None else float(value)
 
 
-def make_trainable(base: dict[str, Any], *, search_name: str, metric: str, trials_storage: str,
-                   parent_run_id: str | None) -> Callable[[dict[str, Any]], None]:
-    """The Tune function trainable of a search (``base``: the base TrainConfig as JSON)."""
+def make_trainable(base: dict[str, Any], trials: dict[str, dict[str, Any]], *, search_name: str, metric: str,
+                   trials_storage: str, parent_run_id: str | None) -> Callable[[dict[str, Any]], None]:
+    """The Tune function trainable of a search (``base``: the base TrainConfig as JSON;
+    ``trials``: each trial's sampled values by trial id, the search's record's). Tune hands
+    each trial its id as ``config[TRIAL_KEY]``."""
 
-    def trial(sampled: dict[str, Any]) -> None:
+    def trial(config: dict[str, Any]) -> None:
         import ray.tune
 
         from components.training.config import TrainConfig
         from components.training.trainer import run_training
         from components.tune.config import trial_config
 
-        trial_id = ray.tune.get_context().get_trial_id()
+        trial_id = config[TRIAL_KEY]
+        sampled = trials[trial_id]
         cfg = trial_config(TrainConfig.model_validate(base), sampled, run_name=f"{search_name}-{trial_id}",
                            storage_path=trials_storage)
         tags = {TRIAL_TAG: trial_id, SEARCH_TAG: search_name,

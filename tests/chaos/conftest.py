@@ -46,6 +46,32 @@ def chaos_model(mlflow_server, tmp_path_factory):
     return {"tracking_uri": mlflow_server.uri, "uri": f"models:/{CHAOS_CLASSIFIER}@champion"}
 
 
+def chaos_schema(model: dict, cache: Path, hang_file: Path, *, replicas: int | None = None,
+                 autoscaling: dict | None = None, request_timeout_s: float = 30.0):
+    """serve.yaml, classifier only (``build_app`` with ``detector_uri: null``), edited for
+    the test, as a ``ServeDeploySchema``: fast health checks, the fault-injection trigger in
+    the environment; ``replicas`` pins the classifier, ``autoscaling`` scales it."""
+    from components.serving.config_file import deploy_schema, load_config, one_model_config
+    from components.serving.faults import HANG_FILE_ENV
+    from components.serving.settings import TOKEN_ENV
+
+    config = one_model_config(load_config(), MODEL)
+    for dep in config["applications"][0]["deployments"]:
+        if dep["name"] == MODEL:
+            dep.update(HEALTH)
+    return deploy_schema(
+        config, model_uris={MODEL: model["uri"]},
+        model_settings={"cache_dir": str(cache), "poll_interval_s": 0.0,
+                        "max_batch_size": 8, "stall_timeout_s": STALL_TIMEOUT_S},
+        ingress_settings={"request_timeout_s": request_timeout_s},
+        env_vars={"MLFLOW_TRACKING_URI": model["tracking_uri"], TOKEN_ENV: TOKEN,
+                  HANG_FILE_ENV: str(hang_file)},
+        num_cpus=0.5,
+        num_replicas={"ingress": 1, **({MODEL: replicas} if replicas else {})},
+        autoscaling={MODEL: autoscaling} if autoscaling else None,
+    )
+
+
 class ChaosApp:
     """The deployed application and what the tests do to it."""
 
@@ -56,32 +82,14 @@ class ChaosApp:
 
     def deploy(self, *, replicas: int | None = None, autoscaling: dict | None = None,
                request_timeout_s: float = 30.0) -> None:
-        """serve.yaml, classifier only (``build_app`` with ``detector_uri: null``), edited
-        for the test; ``replicas`` pins the classifier, ``autoscaling`` scales it. A change
-        of scaling mode rebuilds the app (Ray hashes the autoscaling policy into the code
-        version); a change of ``request_timeout_s`` retunes the ingress live."""
+        """Deploy :func:`chaos_schema` on the session cluster. A change of scaling mode
+        rebuilds the app (Ray hashes the autoscaling policy into the code version); a change
+        of ``request_timeout_s`` retunes the ingress live."""
         from ray.serve.context import _get_global_client
 
-        from components.serving.config_file import deploy_schema, load_config, one_model_config
-        from components.serving.faults import HANG_FILE_ENV
-        from components.serving.settings import TOKEN_ENV
-
-        config = one_model_config(load_config(), MODEL)
-        for dep in config["applications"][0]["deployments"]:
-            if dep["name"] == MODEL:
-                dep.update(HEALTH)
-        schema = deploy_schema(
-            config, model_uris={MODEL: self.model["uri"]},
-            model_settings={"cache_dir": str(self.cache), "poll_interval_s": 0.0,
-                            "max_batch_size": 8, "stall_timeout_s": STALL_TIMEOUT_S},
-            ingress_settings={"request_timeout_s": request_timeout_s},
-            env_vars={"MLFLOW_TRACKING_URI": self.model["tracking_uri"], TOKEN_ENV: TOKEN,
-                      HANG_FILE_ENV: str(self.hang_file)},
-            num_cpus=0.5,
-            num_replicas={"ingress": 1, **({MODEL: replicas} if replicas else {})},
-            autoscaling={MODEL: autoscaling} if autoscaling else None,
-        )
-        _get_global_client().deploy_apps(schema)
+        _get_global_client().deploy_apps(chaos_schema(
+            self.model, self.cache, self.hang_file, replicas=replicas,
+            autoscaling=autoscaling, request_timeout_s=request_timeout_s))
 
     def replicas(self) -> dict[str, dict]:
         """The model's replicas now: replica id → ``{"state", "pid"}`` (Serve's details API)."""

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import os
+import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from pipelines.demo import (REPO, TINY_CONFIG, DemoConfig, Services, build_plan, demo_serve_config,
-                            synthesize_data)
-from components.core.config import load_config
+from components.core.config import ConfigError, load_config
+from components.tracking.promotion import PromoteConfig
+from pipelines._common import TrainResult
+from pipelines.chain import ChainConfig, gate_overrides, load_stage, validate
+from pipelines.demo import REPO, TINY_CONFIG, DemoConfig, JobConsole, chain_command, demo_serve_config, synthesize_data
+from pipelines.dev_services import Services
 
 
 def _alive(pid: int) -> bool:
@@ -27,8 +32,8 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # the subprocess has its own 1500 s limit; measured 684 s under heavy load
 def test_tiny_demo_runs_every_step_end_to_end(tmp_path):
-    """ray start → mlflow → synth → preflight → ray job submit (pretrain, finetune, detect,
-    promote x2) → serve deploy → real requests → services stopped."""
+    """ray start → mlflow → synth → preflight → ray job submit of the chain (pretrain, finetune,
+    detect, promote x3) → serve deploy → real requests → services stopped."""
     workdir = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "KEEP")}
     proc = subprocess.run([sys.executable, "-m", "pipelines.demo", "--tiny", f"workdir={workdir}"],
@@ -65,52 +70,98 @@ def test_tiny_demo_runs_every_step_end_to_end(tmp_path):
     for item in answers["detect"]:
         assert isinstance(item["answer"]["detections"], list)
 
+    # The terminal: each stage's progress and result; Ray's and the stages' logging went to the log.
+    for stage, steps in (("pretrain", 3), ("finetune", 2), ("detect", 2)):
+        assert re.search(rf"^    \[demo-{stage}-\S+\] step {steps}/{steps} \(100%\)", proc.stdout, re.M), stage
+        assert re.search(rf"^    \[chain\] {stage}: .* registered v\d+", proc.stdout, re.M), stage
+    assert "[chain] promote-classification: " in proc.stdout
+    job_out = proc.stdout.split("[demo] ray job submit:", 1)[1].split("[demo] serve deploy:", 1)[0]
+    shown = job_out.splitlines()[1:]
+    assert shown and all(re.match(r"    (\[chain\] |\[demo-\w+-\S+\] step )", line) for line in shown), shown
+    job_log = (workdir / "demo.log").read_text()
+    assert " INFO " in job_log and "[chain] promote-detection: " in job_log
+
     # Nothing left running, no state left claiming services.
     assert not (workdir / "services.json").exists()
     assert "[demo] stopped ray" in proc.stdout and "[demo] stopped mlflow" in proc.stdout
 
 
-def test_demo_plan_hands_the_pretrained_checkpoint_forward(tmp_path):
+def _chain_cfg(tmp_path, *overrides: str):
     cfg = load_config(DemoConfig, TINY_CONFIG)
-    plan = build_plan(cfg, data=tmp_path / "synth", storage=tmp_path / "runs", tag="t", out=tmp_path)
-    names = [s["name"] for s in plan["steps"]]
-    assert names == ["pretrain", "finetune", "detect", "promote-pretrained", "promote-classification",
-                     "promote-detection"]
-    steps = {s["name"]: s for s in plan["steps"]}
-    assert "model.init_from={pretrain.checkpoint}" in steps["finetune"]["overrides"]
-    assert "model.init_from={pretrain.checkpoint}" in steps["detect"]["overrides"]
-    assert "candidate={pretrain.registered_version}" in steps["promote-pretrained"]["overrides"]
-    assert "candidate={finetune.registered_version}" in steps["promote-classification"]["overrides"]
-    assert "candidate={detect.registered_version}" in steps["promote-detection"]["overrides"]
-    assert f"run.storage_path={tmp_path / 'runs'}" in steps["pretrain"]["overrides"]
-    # Every stage's config + overrides validates as the training config it will be.
-    from components.training.config import load_train_config
+    return load_config(ChainConfig, REPO / cfg.chain, [f"data_root={tmp_path / 'synth'}",
+                                                      f"storage_path={tmp_path / 'runs'}", *overrides])
 
-    for name in ("pretrain", "finetune", "detect"):
-        overrides = [o.replace("{pretrain.checkpoint}", str(tmp_path / "ckpt")) for o in steps[name]["overrides"]]
-        cfg_t = load_train_config(REPO / steps[name]["config"], overrides)
-        assert cfg_t.run.name == f"demo-{name}-t" and cfg_t.registry.enabled and cfg_t.mlflow.enabled
+
+def test_chain_hands_the_pretrained_checkpoint_forward(tmp_path):
+    cfg = _chain_cfg(tmp_path)
+    validate(cfg, "t")  # every stage's config as it will run, before anything trains
+    pretrain = TrainResult(stage="pretrain", run_name="demo-pretrain-t", task="classification",
+                           model="vit_demo", run_id="r1", checkpoint=str(tmp_path / "ckpt"),
+                           registered_version="1", metrics={"top1": 0.5})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pretrain.checkpoint = "elsewhere"  # a result is what the stage made, not a slot to refill
+    for name in ("finetune", "detect"):
+        stage_cfg = load_stage(cfg, name, "t", init_from=pretrain.checkpoint)
+        assert stage_cfg.model.init_from == str(tmp_path / "ckpt")
+        assert stage_cfg.run.name == f"demo-{name}-t" and stage_cfg.registry.enabled and stage_cfg.mlflow.enabled
+        assert stage_cfg.run.storage_path == str(tmp_path / "runs")
+    assert load_stage(cfg, "pretrain", "t", init_from=None).model.init_from is None
     # Data tasks: at most one per core of this machine (the head's logical CPUs oversubscribe it).
     cores = max(1, os.cpu_count() or 1)
-    for step in plan["steps"]:
-        assert f"data.concurrency={cores}" in step["overrides"], step["name"]
-    from components.tracking.promotion import PromoteConfig
+    assert load_stage(cfg, "detect", "t", pretrain.checkpoint).data["concurrency"] == cores
+    gate = load_config(PromoteConfig, REPO / cfg.promote.config,
+                       gate_overrides(cfg, "classification", "imagefolder", pretrain.registered_version))
+    assert str(gate.candidate) == "1" and gate.data.concurrency == cores
+    assert load_stage(_chain_cfg(tmp_path, "data_concurrency=3"), "pretrain", "t", None).data["concurrency"] == 3
+    # The results JSON keeps the keys of each stage's own summary line.
+    assert pretrain.to_dict() == {"run_name": "demo-pretrain-t", "task": "classification", "model": "vit_demo",
+                                  "mlflow_run_id": "r1", "checkpoint": str(tmp_path / "ckpt"),
+                                  "metrics": {"top1": 0.5}, "registered_version": "1", "steps": 0, "seconds": 0.0}
+    assert TrainResult.from_summary("pretrain", pretrain.to_dict()) == pretrain
 
-    gate = [o.replace("{finetune.registered_version}", "2") for o in steps["promote-classification"]["overrides"]]
-    assert load_config(PromoteConfig, REPO / steps["promote-classification"]["config"], gate).data.concurrency == cores
-    pinned = build_plan(load_config(DemoConfig, TINY_CONFIG, ["ray.data_concurrency=3"]),
-                        data=tmp_path / "synth", storage=tmp_path / "runs", tag="t", out=tmp_path)
-    assert all("data.concurrency=3" in step["overrides"] for step in pinned["steps"])
+
+def test_chain_stage_can_start_from_scratch(tmp_path):
+    cfg = _chain_cfg(tmp_path, "stages.detect.init_from_pretrain=false")
+    assert load_stage(cfg, "detect", "t", init_from=str(tmp_path / "ckpt")).model.init_from is None
+    assert load_stage(cfg, "finetune", "t", init_from=str(tmp_path / "ckpt")).model.init_from == str(tmp_path / "ckpt")
+    # the shipped demo trains YOLOS from scratch (see pipelines/configs/chain_demo.yaml)
+    demo = load_config(DemoConfig, REPO / "pipelines" / "configs" / "demo.yaml")
+    shipped = load_config(ChainConfig, REPO / demo.chain)
+    assert not shipped.stages["detect"].init_from_pretrain and shipped.stages["finetune"].init_from_pretrain
+    validate(shipped, "t")
+    # A bad stage config is found before anything trains: finetune with nothing to start from.
+    bad = _chain_cfg(tmp_path, "stages.finetune.init_from_pretrain=false")
+    with pytest.raises(ConfigError, match="finetune needs model.init_from"):
+        validate(bad, "t")
 
 
-def test_demo_stage_can_start_from_scratch(tmp_path):
-    cfg = load_config(DemoConfig, TINY_CONFIG, ["stages.detect.init_from_pretrain=false"])
-    plan = build_plan(cfg, data=tmp_path / "synth", storage=tmp_path / "runs", tag="t", out=tmp_path)
-    steps = {s["name"]: s for s in plan["steps"]}
-    assert not any(o.startswith("model.init_from=") for o in steps["detect"]["overrides"])
-    assert "model.init_from={pretrain.checkpoint}" in steps["finetune"]["overrides"]
-    # the shipped demo trains YOLOS from scratch (see pipelines/configs/demo.yaml)
-    assert not load_config(DemoConfig, REPO / "pipelines" / "configs" / "demo.yaml").stages["detect"].init_from_pretrain
+def test_demo_submits_the_chain_with_its_data_and_storage(tmp_path):
+    cfg = load_config(DemoConfig, TINY_CONFIG, ["ray.data_concurrency=3"])
+    command = chain_command(cfg, data=tmp_path / "synth", storage=tmp_path / "runs", tag="t", out=tmp_path)
+    assert command[:5] == ["python", "-m", "pipelines.chain", "--config", "pipelines/configs/chain_tiny.yaml"]
+    chain = load_config(ChainConfig, REPO / cfg.chain, [a for a in command[7:]])
+    assert (chain.data_root, chain.storage_path, chain.tag) == (str(tmp_path / "synth"), str(tmp_path / "runs"), "t")
+    assert chain.concurrency() == 3 and chain.cache_dir == str(tmp_path / "model-cache")
+
+
+def test_job_console_shows_results_and_progress_and_leaves_the_rest_to_the_log():
+    out = io.StringIO()
+    console = JobConsole(out)
+    assert console.progress_mode == "plain"  # not a terminal: the job's periodic lines pass through
+    for line in ["2026-01-01 INFO components.data: reading\n", "(TrainController pid=7) something\n",
+                 "[demo-pretrain-t] step 1/3 (33%)  epoch 0\n", "[demo-pretrain-t] step 3/3 (100%)  epoch 0\n",
+                 "[chain] pretrain: vit_demo (classification) top1 0.5000\n"]:
+        console(line)
+    assert out.getvalue().splitlines() == ["    [demo-pretrain-t] step 1/3 (33%)  epoch 0",
+                                           "    [demo-pretrain-t] step 3/3 (100%)  epoch 0",
+                                           "    [chain] pretrain: vit_demo (classification) top1 0.5000"]
+    console.tty = True  # a terminal: the stage's line is redrawn in place
+    out.seek(0), out.truncate()
+    console("[demo-detect-t] step 1/2 (50%)\n")
+    console("[demo-detect-t] step 2/2 (100%)\n")
+    console("[chain] detect: done\n")
+    assert out.getvalue() == ("\r    [demo-detect-t] step 1/2 (50%)\x1b[K\r    [demo-detect-t] step 2/2 (100%)\x1b[K"
+                              "\n    [chain] detect: done\n")
 
 
 def test_demo_serve_config_binds_loopback_and_stays_valid():

@@ -10,7 +10,7 @@ import yaml
 
 from k8s_helpers import K8S, ROOT, by_kind, pod_templates, render, run_validator
 
-THIRD_PARTY_IMAGES = ("postgres:", "minio/minio:")
+THIRD_PARTY_IMAGES = ("postgres:", "minio/minio:", "redis:")
 
 
 def dockerfile_pins() -> dict[str, str]:
@@ -182,10 +182,40 @@ def test_mlflow_on_postgres_and_object_storage_with_secrets(overlay):
         assert {"vitpipe-postgres", "vitpipe-minio"} <= set(services)
 
 
+def test_gcs_fault_tolerance_on_redis_for_every_ray_cluster(overlay):
+    """Both clusters keep their GCS state in Redis, the password from a Secret the overlay
+    ships; cpu-dev's address is its own Redis Service; the long-lived cluster names its key
+    prefix, the RayService's leaves it to KubeRay (each upgrade's new cluster its own)."""
+    name, _, docs = overlay
+    (cluster,) = by_kind(docs, "RayCluster")
+    (service,) = by_kind(docs, "RayService")
+    secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
+    options = [cluster["spec"]["gcsFaultToleranceOptions"],
+               service["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]]
+    for ft in options:
+        assert ft.get("backend", "redis") == "redis"
+        host, _, port = ft["redisAddress"].rpartition(":")
+        assert host and port.isdigit(), ft["redisAddress"]
+        ref = ft["redisPassword"]["valueFrom"]["secretKeyRef"]
+        assert ref["key"] in secrets[ref["name"]]["stringData"], f"{name}: {ref}"
+        if name == "cpu-dev":
+            (redis_svc,) = [s for s in by_kind(docs, "Service") if s["metadata"]["name"] == host]
+            assert int(port) in {p["port"] for p in redis_svc["spec"]["ports"]}
+    assert options[0]["externalStorageNamespace"]
+    assert "externalStorageNamespace" not in options[1]
+    # KubeRay refuses a cluster that also sets these itself
+    for spec in (cluster["spec"], service["spec"]["rayClusterConfig"]):
+        assert "redis-password" not in spec["headGroupSpec"]["rayStartParams"]
+        for _, pod in pod_templates({"kind": "RayCluster", "spec": spec}):
+            env = {e["name"] for c in pod["containers"] for e in c.get("env", [])}
+            assert not env & {"RAY_REDIS_ADDRESS", "RAY_external_storage_namespace"}
+
+
 def test_example_secrets_hold_placeholders_not_credentials(overlay):
     name, _, docs = overlay
     secrets = by_kind(docs, "Secret")
-    assert {s["metadata"]["name"] for s in secrets} >= {"vitpipe-ray-auth", "vitpipe-postgres", "vitpipe-s3"}
+    assert {s["metadata"]["name"] for s in secrets} >= {"vitpipe-ray-auth", "vitpipe-postgres", "vitpipe-s3",
+                                                        "vitpipe-redis"}
     sensitive = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY", re.I)
     for secret in secrets:
         assert "data" not in secret, "example secrets use readable stringData only"

@@ -219,7 +219,8 @@ def test_a_run_grows_to_a_joining_node_and_shrinks_when_it_leaves(mlflow_server,
         # the workers every 0.5 s; give up on a worker group that cannot start in 30 s (a
         # node that just left can still look available).
         driver_env = {**env, "RAY_ADDRESS": cluster.gcs, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-                      "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30", "RAY_DEDUP_LOGS": "0"}
+                      "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30", "RAY_DEDUP_LOGS": "0",
+                      "VITPIPE_PROGRESS": "every"}  # a progress line per report, not every 10 s
         driver_log = tmp_path / "driver.log"
         driver = subprocess.Popen(
             [sys.executable, "-m", "pipelines.pretrain", "--config", str(CONFIGS / "pretrain_ci.yaml"),

@@ -1,6 +1,7 @@
 """The tune tests' one search: ``python -m pipelines.tune`` (tune_ci.yaml: 2 trials, one at a
 time) as a subprocess on the session's Ray cluster and MLflow server, SIGKILLed once its
-first trial has finished (as Tune's experiment state records it) and run again to the end.
+first trial has finished (as the search's trial record says), Tune's own state files
+(pickles, experiment state) deleted, and run again to the end.
 
 Shared by the search test (MLflow layout, ASHA, registration) and the resume test: one
 search instead of two keeps the folder's time budget.
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from components.tune.record import RECORD_FILE
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "pipelines" / "configs" / "tune_ci.yaml"
 SEARCH = "tune-test"
@@ -26,19 +29,18 @@ EXPERIMENT = "tune-tests"
 
 
 def trial_statuses(exp_dir: Path) -> dict[str, str]:
-    """``{trial_id: status}`` from Tune's newest experiment state file (empty until written)."""
-    states = sorted(exp_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
-    if not states:
-        return {}
+    """``{trial_id: status}`` from the search's trial record (empty until written)."""
     try:
-        data = json.loads(states[-1].read_text())
-    except (OSError, ValueError):  # caught mid-write
+        data = json.loads((exp_dir / RECORD_FILE).read_text())
+    except (OSError, ValueError):
         return {}
-    out = {}
-    for trial_state, _ in data.get("trial_data", []):
-        trial = json.loads(trial_state) if isinstance(trial_state, str) else trial_state
-        out[trial["trial_id"]] = trial.get("status")
-    return out
+    return {t["trial_id"]: t["status"] for t in data["trials"]}
+
+
+def tune_state_files(exp_dir: Path) -> list[Path]:
+    """What Ray Tune wrote for the search: its pickles and experiment state files."""
+    return [p for p in exp_dir.rglob("*") if p.is_file() and (
+        p.suffix == ".pkl" or p.name.startswith(("experiment_state", "basic-variant-state", "searcher-state")))]
 
 
 def _driver(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -64,7 +66,7 @@ def resumed_search(ray_cluster, mlflow_server, synth_dataset, tmp_path_factory) 
     try:
         while time.monotonic() < deadline and first.poll() is None:
             statuses = trial_statuses(exp_dir)
-            if "TERMINATED" in statuses.values():
+            if "FINISHED" in statuses.values():
                 finished_first = statuses
                 break
             time.sleep(0.5)
@@ -75,6 +77,10 @@ def resumed_search(ray_cluster, mlflow_server, synth_dataset, tmp_path_factory) 
     killed_at = time.time()
     first_log = (work / "first.log").read_text(errors="replace")
     assert finished_first, f"no trial finished before the deadline (rc {first.returncode}):\n{first_log[-3000:]}"
+    # the resume reads no pickle: Tune's state of the killed driver is gone
+    deleted = tune_state_files(exp_dir)
+    for path in deleted:
+        path.unlink()
 
     second = _driver(args, env, work / "second.log")
     try:
@@ -87,5 +93,5 @@ def resumed_search(ray_cluster, mlflow_server, synth_dataset, tmp_path_factory) 
     lines = [ln for ln in second_log.splitlines() if ln.startswith("{")]
     return {"first_rc": first.returncode, "finished_first": finished_first, "killed_at": killed_at,
             "second_rc": second.returncode, "second_log": second_log,
-            "summary": json.loads(lines[-1]) if lines else None, "exp_dir": exp_dir,
+            "summary": json.loads(lines[-1]) if lines else None, "deleted": deleted, "exp_dir": exp_dir,
             "trials_dir": exp_dir / "trials", "uri": mlflow_server.uri}

@@ -6,8 +6,8 @@ server: its driver SIGKILLed after the first trial finished, then run again (con
 - ASHA is the scheduler (its one rung is at the trials' last step: both finish);
 - the best finished trial's checkpoint is registered with the sampled values as version tags,
   and no alias is set;
-- resume: the rerun restores the experiment (same parent run, no third trial), and the trial
-  that had finished is not run again.
+- resume: the rerun starts from the search's JSON trial record, with Tune's pickled state
+  deleted (same parent run, no third trial), and the trial that had finished is not run again.
 """
 
 from __future__ import annotations
@@ -79,9 +79,14 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(resumed_search)
     s = resumed_search
     assert s["first_rc"] == -9  # SIGKILLed mid-search
     assert s["second_rc"] == 0, s["second_log"][-4000:]
-    done_before = [t for t, status in s["finished_first"].items() if status == "TERMINATED"]
+    done_before = [t for t, status in s["finished_first"].items() if status == "FINISHED"]
     assert len(done_before) == 1
-    assert f"resuming search {SEARCH}" in s["second_log"]
+    assert f"resuming search {SEARCH} from its trial record" in s["second_log"]
+    # Tune's pickled state of the first driver was deleted before the rerun, and not needed
+    assert any(p.name == "tuner.pkl" for p in s["deleted"]), s["deleted"]
+    assert all(not p.exists() for p in s["deleted"])
+    record = trial_statuses(s["exp_dir"])
+    assert record == {t["trial_id"]: "FINISHED" for t in s["summary"]["trials"]}
     assert set(trial_statuses(s["exp_dir"])) == {t["trial_id"] for t in s["summary"]["trials"]}
     assert sorted(p.name for p in s["trials_dir"].iterdir()) == sorted(
         f"{SEARCH}-{t['trial_id']}" for t in s["summary"]["trials"])  # two trials, no third
@@ -95,4 +100,5 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(resumed_search)
     assert len(evals) == 1 and evals[0].timestamp / 1000 < s["killed_at"]
     losses = client.get_metric_history(finished_run.info.run_id, "train_loss")
     assert max(m.timestamp for m in losses) / 1000 < s["killed_at"]
-    assert f"Trial vitpipe_trial_{SEARCH}_{done_before[0]} started" not in s["second_log"]
+    assert f"Trial {SEARCH}-{done_before[0]} started" not in s["second_log"]
+    assert f"Trial {SEARCH}-" in s["second_log"]  # the other trial ran under that name

@@ -1,0 +1,181 @@
+"""The pipeline chain as one Ray job driver: pretrain → fine-tune → detect → promotion gates.
+
+    python -m pipelines.chain --config pipelines/configs/chain_demo.yaml [key=value ...] [--out FILE]
+    ray job submit --working-dir . -- python -m pipelines.chain --config ... data_root=... storage_path=...
+
+Each stage is the function its own entrypoint runs (``pipelines.pretrain.pretrain``, ...),
+called in this process; a stage gets the typed result of the ones before it (the pretrained
+checkpoint for ``model.init_from``, each registered version for its gate). The gate judges
+every model the chain made: the pretrained classifier, then the fine-tuned one against
+whichever is ``@champion`` by then (re-measured on the same val split), then the detector.
+
+Every stage config is validated before the first one trains. Progress: one line per
+training stage (see :mod:`components.training.progress`), then a ``[chain]`` line with
+its result; ``--out`` also writes all results as JSON. Exit 2 on a config or user mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from components.core.config import ConfigError, StrictModel, load_config
+from components.tracking.promotion import PromoteConfig, PromotionResult
+from components.training.config import TrainConfig
+from pipelines import detect as detect_stage
+from pipelines import finetune as finetune_stage
+from pipelines import pretrain as pretrain_stage
+from pipelines._common import TrainResult, user_errors
+from pipelines.promote import gate
+
+TRAIN_STAGES = ("pretrain", "finetune", "detect")
+STAGE_FUNCTIONS = {"pretrain": (pretrain_stage.pretrain, pretrain_stage.check),
+                   "finetune": (finetune_stage.finetune, finetune_stage.check),
+                   "detect": (detect_stage.detect, detect_stage.check)}
+# (result name, task, data format, the training stage whose registered version it judges)
+GATES = (("promote-pretrained", "classification", "imagefolder", "pretrain"),
+         ("promote-classification", "classification", "imagefolder", "finetune"),
+         ("promote-detection", "detection", "coco", "detect"))
+
+
+class StageSpec(StrictModel):
+    config: str
+    overrides: list[str] = Field(default_factory=list)
+    # finetune / detect: start from the pretrain stage's checkpoint (model.init_from)
+    init_from_pretrain: bool = True
+
+
+class ChainConfig(StrictModel):
+    name: str = "chain"              # run names: <name>-<stage>-<tag>
+    tag: str | None = None           # None: the start time, %Y%m%d-%H%M%S
+    data_root: str                   # the dataset every stage reads (imagefolder/ + COCO)
+    storage_path: str                # Ray Train's storage for every run
+    data_concurrency: int | None = Field(None, ge=1)  # data.concurrency of every stage; None: cores
+    cache_dir: str = "~/.cache/vitpipe/models"        # the gates' model cache
+    stages: dict[str, StageSpec]
+    promote: StageSpec
+
+    def concurrency(self) -> int:
+        return self.data_concurrency or max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    """Every stage's typed result, in the order they ran."""
+
+    pretrain: TrainResult
+    finetune: TrainResult
+    detect: TrainResult
+    gates: tuple[tuple[str, PromotionResult], ...]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {r.stage: r.to_dict() for r in (self.pretrain, self.finetune, self.detect)}
+        out.update({name: result.to_dict() for name, result in self.gates})
+        return out
+
+
+def train_overrides(cfg: ChainConfig, stage: str, tag: str, init_from: str | None) -> list[str]:
+    spec = cfg.stages[stage]
+    overrides = [f"data.root={cfg.data_root}", f"data.concurrency={cfg.concurrency()}",
+                 f"run.storage_path={cfg.storage_path}", f"run.name={cfg.name}-{stage}-{tag}", *spec.overrides]
+    if init_from is not None and stage != "pretrain" and spec.init_from_pretrain:
+        overrides.append(f"model.init_from={init_from}")
+    return overrides
+
+
+def gate_overrides(cfg: ChainConfig, task: str, fmt: str, candidate: str | None) -> list[str]:
+    overrides = [f"task={task}", f"data.format={fmt}", f"data.root={cfg.data_root}",
+                 f"data.concurrency={cfg.concurrency()}"]
+    if candidate is not None:
+        overrides.append(f"candidate={candidate}")
+    return [*overrides, f"cache_dir={cfg.cache_dir}", *cfg.promote.overrides]
+
+
+def load_stage(cfg: ChainConfig, stage: str, tag: str, init_from: str | None) -> TrainConfig:
+    from components.training.config import load_train_config
+
+    _, check = STAGE_FUNCTIONS[stage]
+    return load_train_config(cfg.stages[stage].config, train_overrides(cfg, stage, tag, init_from), check=check)
+
+
+def validate(cfg: ChainConfig, tag: str) -> None:
+    """Every stage's config as it will run (the hand-offs stand in), before anything trains."""
+    missing = [s for s in TRAIN_STAGES if s not in cfg.stages]
+    if missing:
+        raise ConfigError(f"chain config lacks stages: {', '.join(missing)}")
+    for stage in TRAIN_STAGES:
+        load_stage(cfg, stage, tag, init_from="pending-pretrain-checkpoint")
+    for _, task, fmt, _ in GATES:
+        load_config(PromoteConfig, cfg.promote.config, gate_overrides(cfg, task, fmt, None))
+
+
+def run_chain(cfg: ChainConfig, *, say=print) -> ChainResult:
+    """Run every stage in this process; ``say`` gets one line per finished stage."""
+    started = time.monotonic()
+    tag = cfg.tag or time.strftime("%Y%m%d-%H%M%S")
+    validate(cfg, tag)
+    results: dict[str, TrainResult] = {}
+    for stage in TRAIN_STAGES:
+        run, _ = STAGE_FUNCTIONS[stage]
+        init_from = results["pretrain"].checkpoint if "pretrain" in results else None
+        stage_cfg = load_stage(cfg, stage, tag, init_from)
+        say(f"[chain] {stage}: {stage_cfg.run.name} started")
+        results[stage] = run(stage_cfg, config_text=Path(cfg.stages[stage].config).read_text())
+        say(f"[chain] {stage}: {results[stage].describe()}")
+    gates = []
+    for name, task, fmt, stage in GATES:
+        candidate = results[stage].registered_version
+        if candidate is None:
+            raise ConfigError(f"{name}: the {stage} stage registered no model (registry.enabled)")
+        decision = gate(load_config(PromoteConfig, cfg.promote.config, gate_overrides(cfg, task, fmt, candidate)))
+        gates.append((name, decision))
+        say(f"[chain] {name}: {_describe_gate(decision)}")
+    return ChainResult(results["pretrain"], results["finetune"], results["detect"], tuple(gates),
+                       round(time.monotonic() - started, 1))
+
+
+def _describe_gate(result: PromotionResult) -> str:
+    from components.cli.registry import describe
+
+    return describe(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.chain", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="chain YAML config (pipelines/configs/chain_*.yaml)")
+    parser.add_argument("--out", default=None, help="also write every stage's result here (JSON)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the chain config")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from components.training.progress import LiveProgress
+
+    try:
+        cfg = load_config(ChainConfig, args.config, args.overrides)
+        with LiveProgress() as live:
+            def say(text: str) -> None:
+                live.flush()
+                live.say(text)
+
+            result = run_chain(cfg, say=say)
+    except user_errors() as err:
+        print(f"chain: error: {err}", file=sys.stderr)
+        return 2
+    if args.out:
+        Path(args.out).write_text(json.dumps(result.to_dict(), indent=1, default=str))
+    print(f"[chain] done in {result.seconds:.0f}s: {', '.join(result.to_dict())}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
