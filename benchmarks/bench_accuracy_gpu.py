@@ -33,7 +33,8 @@ from components.data.image_io import decode_image, preprocess
 from components.data.patchify import patchify, unpatchify
 from components.data.synth import SynthConfig, synthesize
 from components.models import build_model
-from components.training.step import StepRunner, classification_loss
+from components.tasks.losses import classification_loss
+from components.training.step import StepRunner
 
 IMAGE_SIZE, PATCH = 64, 16  # crops are stored at PATCH-aligned 64 px; a model may use a finer patch
 

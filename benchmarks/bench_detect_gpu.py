@@ -52,8 +52,9 @@ from components.data.synth import SynthConfig, synthesize
 from components.models import build_model
 from components.models.criterion import build_criterion
 from components.models.yolos import init_from_classifier
-from components.training.evaluate import evaluate_detection
-from components.training.step import StepRunner, detection_loss
+from components.evaluation import evaluate_detection
+from components.tasks.losses import detection_loss
+from components.training.step import StepRunner
 from _machine import cpu_name  # benchmarks/, the script's own folder
 from _specs import parse_model_spec
 

@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from components.core.device import autocast_dtype, cpu_has_fast_bf16  # noqa: E402
 from components.data.patchify import images_to_patches  # noqa: E402
 from components.models import build_model  # noqa: E402
-from components.training.step import StepRunner, classification_loss  # noqa: E402
+from components.tasks.losses import classification_loss  # noqa: E402
+from components.training.step import StepRunner  # noqa: E402
 from _machine import gemm_peak  # noqa: E402  (benchmarks/, the script's own folder)
 
 MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224")

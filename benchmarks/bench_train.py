@@ -46,7 +46,8 @@ from components.data.config import DataConfig  # noqa: E402
 from components.models import build_model  # noqa: E402
 from components.training.config import OptimSection, TrainConfig  # noqa: E402
 from components.training.optim import build_optimizer, build_scheduler  # noqa: E402
-from components.training.step import StepRunner, classification_loss  # noqa: E402
+from components.tasks.losses import classification_loss  # noqa: E402
+from components.training.step import StepRunner  # noqa: E402
 from _machine import gemm_peak  # noqa: E402  (benchmarks/, the script's own folder)
 
 RESULTS = Path(__file__).resolve().parent / "results"

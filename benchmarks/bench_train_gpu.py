@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from components.core.device import autocast_dtype  # noqa: E402
 from components.models import build_model  # noqa: E402
 from components.training.optim import build_optimizer, build_scheduler  # noqa: E402
-from components.training.step import StepRunner, classification_loss  # noqa: E402
+from components.tasks.losses import classification_loss  # noqa: E402
+from components.training.step import StepRunner  # noqa: E402
 
 # Dense bf16 tensor-core peaks (no sparsity), FLOP/s, by marketing name fragment.
 PEAKS = {"H100 80GB HBM3": 989e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}

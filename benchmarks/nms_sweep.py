@@ -25,7 +25,7 @@ from _machine import cpu_name  # benchmarks/, the script's own folder
 from components.core.config import load_config
 from components.tracking.packaging import model_from_checkpoint
 from components.tracking.promotion import PromoteConfig, _eval_batches, coco_ground_truth
-from components.training.evaluate import evaluate_detection
+from components.evaluation import evaluate_detection
 
 PROMOTE_CONFIG = Path(__file__).resolve().parent.parent / "pipelines" / "configs" / "promote.yaml"
 

@@ -13,8 +13,10 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
+from components.core.names import TaskName
 from components.training.config import TrainConfig
 
 DEFAULT_DIR = Path(__file__).with_name("configs")
@@ -75,6 +77,22 @@ def user_errors() -> tuple[type[Exception], ...]:
     from components.training.tracking import TrackingError
 
     return ConfigError, CheckpointError, DataError, RegistryError, StorageError, TrackingError
+
+
+def task_check(pipeline: str, tasks: Sequence[TaskName], what: str,
+               then: Callable[[TrainConfig], None] | None = None) -> Callable[[TrainConfig], None]:
+    """A pipeline's config rule: its ``task`` is one of ``tasks`` (``what`` it trains), then
+    ``then`` (the pipeline's own further rule)."""
+    from components.core.config import ConfigError
+
+    def check(cfg: TrainConfig) -> None:
+        if cfg.task not in tasks:
+            raise ConfigError(f"{pipeline} trains {what}: task must be "
+                              f"{' or '.join(repr(t) for t in tasks)}")
+        if then is not None:
+            then(cfg)
+
+    return check
 
 
 def main(name: str, stage: Callable[..., TrainResult], check: Callable[[TrainConfig], None] | None = None,

@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import sys
 
-from components.core.config import ConfigError
 from components.training.config import TrainConfig
-from pipelines._common import TrainResult, main, train
+from pipelines._common import TrainResult, main, task_check, train
 
-
-def check(cfg: TrainConfig) -> None:
-    if cfg.task != "detection":
-        raise ConfigError("detect trains detectors: task must be 'detection'")
+check = task_check("detect", ("detection",), "detectors")
 
 
 def detect(cfg: TrainConfig, *, config_text: str | None = None, callbacks: list | None = None) -> TrainResult:

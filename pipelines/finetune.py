@@ -11,14 +11,15 @@ import sys
 
 from components.core.config import ConfigError
 from components.training.config import TrainConfig
-from pipelines._common import TrainResult, main, train
+from pipelines._common import TrainResult, main, task_check, train
 
 
-def check(cfg: TrainConfig) -> None:
-    if cfg.task != "classification":
-        raise ConfigError("finetune trains classifiers: task must be 'classification'")
+def _needs_init(cfg: TrainConfig) -> None:
     if not cfg.model.init_from:
         raise ConfigError("finetune needs model.init_from (a checkpoint directory or models:/ URI)")
+
+
+check = task_check("finetune", ("classification",), "classifiers", then=_needs_init)
 
 
 def finetune(cfg: TrainConfig, *, config_text: str | None = None, callbacks: list | None = None) -> TrainResult:

@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import sys
 
-from components.core.config import ConfigError
 from components.training.config import TrainConfig
-from pipelines._common import TrainResult, main, train
+from pipelines._common import TrainResult, main, task_check, train
 
-
-def check(cfg: TrainConfig) -> None:
-    if cfg.task not in ("classification", "mae"):
-        raise ConfigError("pretrain trains classifiers or MAE encoders: task must be 'classification' or 'mae'")
+check = task_check("pretrain", ("classification", "mae"), "classifiers or MAE encoders")
 
 
 def pretrain(cfg: TrainConfig, *, config_text: str | None = None, callbacks: list | None = None) -> TrainResult:

@@ -58,7 +58,7 @@ def _explain(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {"checkpoint": str(args.checkpoint), "image": str(image_path), "model": meta.model_name,
                     "task": meta.task, "layers": len(layers), "files": []}
-    if meta.task == "classification":
+    if isinstance(outputs, torch.Tensor):  # a classifier's logits (a detector answers a dict)
         probs = outputs.float().softmax(-1)[0]
         score, label = probs.max(0)
         report["prediction"] = {"label": int(label), "class_name": _name(meta.class_names, int(label)),

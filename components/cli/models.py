@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import get_args
+
+from components.core.names import ModelTask
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     models = subparsers.add_parser("models", help="registered model architectures")
     sub = models.add_subparsers(dest="models_command", required=True, metavar="SUBCOMMAND")
     lst = sub.add_parser("list", help="every registered model: task, parameters, GFLOPs")
-    lst.add_argument("--task", choices=("classification", "detection"), default=None)
+    lst.add_argument("--task", choices=get_args(ModelTask), default=None)
     lst.add_argument("--json", action="store_true", help="print one JSON list")
     lst.set_defaults(handler=_list)
 

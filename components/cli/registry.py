@@ -12,6 +12,9 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import get_args
+
+from components.core.names import ModelTask
 
 DEFAULT_PROMOTE_CONFIG = Path(__file__).resolve().parents[2] / "pipelines/configs/promote.yaml"
 
@@ -27,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     rg = sub.add_parser("register", help="register a checkpoint directory as a new version")
     rg.add_argument("--checkpoint", required=True, help="directory with model.safetensors + vitpipe.json")
-    rg.add_argument("--task", choices=("classification", "detection"), default=None,
+    rg.add_argument("--task", choices=get_args(ModelTask), default=None,
                     help="default: the checkpoint's task")
     rg.add_argument("--model", default=None, help="registered name (default per task)")
     rg.add_argument("--run-id", default=None, help="log into this MLflow run")

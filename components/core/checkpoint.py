@@ -14,20 +14,23 @@ by ``components.training``; it follows the same rule: safetensors + JSON, nothin
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import MISSING as _MISSING
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from components.core.names import ModelTask
+
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "vitpipe.json"
 FORMAT_VERSION = 1
 
-Task = Literal["classification", "detection"]
+Task = ModelTask  # what a checkpoint's model is
 
 
 class CheckpointError(ValueError):
@@ -72,7 +75,7 @@ class CheckpointMeta:
         )
         if missing:
             raise CheckpointError(f"{META_FILE} lacks required keys {missing}")
-        if raw.get("task") not in ("classification", "detection"):
+        if raw.get("task") not in get_args(ModelTask):
             raise CheckpointError(f"{META_FILE}: unknown task {raw.get('task')!r}")
         meta = _validated(cls, raw)
         if meta.format_version > FORMAT_VERSION:
@@ -156,3 +159,32 @@ def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if ptr != -1:
             seen.add(ptr)
     return out
+
+
+def load_model(
+    directory: str | Path,
+    build: Callable[..., torch.nn.Module],
+    device: str | torch.device = "cpu",
+) -> tuple[torch.nn.Module, CheckpointMeta]:
+    """Rebuild the model of a checkpoint directory with ``build(model_name, **model_config)``
+    (the model registry's ``build_model``), load its weights strictly, in eval mode on ``device``.
+
+    Raises :class:`CheckpointError` when the model cannot be built or the weights do not fit.
+    """
+    state_dict, meta = load_checkpoint(directory)
+    try:
+        model = build(meta.model_name, **meta.model_config)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{directory}: cannot build {meta.model_name!r}: {err}") from None
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise CheckpointError(
+            f"{directory}: weights do not fit {meta.model_name}: {str(err).splitlines()[-1]}"
+        ) from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{directory}: weights do not fit {meta.model_name} "
+            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
+        )
+    return model.to(device).eval(), meta

@@ -6,6 +6,7 @@ are the only places that look at the hardware.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -200,6 +201,14 @@ def autocast_dtype(device: torch.device, requested: str = "auto",
     if model is None:
         return torch.bfloat16 if cpu_has_fast_bf16() else None
     return torch.bfloat16 if cpu_bf16_is_faster(model, train=train) else None
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype`` on ``device``'s type; a no-op context when ``dtype`` is
+    ``None`` (fp32). Every forward pass under a chosen precision enters it here."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def needs_grad_scaler(dtype: torch.dtype | None, device: torch.device) -> bool:

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from components.core.config import StrictModel
+from components.core.names import ModelTask
 
 BLOCK_TARGET_BYTES = 8 * 1024 * 1024  # uint8 patches per block: 256 rows at 96 px, 55 at 224
 MAX_ROWS_PER_BLOCK = 256
@@ -24,8 +25,19 @@ MAX_ROWS_PER_BLOCK = 256
 
 Format = Literal["coco", "imagefolder", "voc"]
 # What each format gives: the batch contract its rows follow.
-FORMAT_TASK: dict[str, Literal["classification", "detection"]] = {
+FORMAT_TASK: dict[str, ModelTask] = {
     "coco": "detection", "voc": "detection", "imagefolder": "classification"}
+# Whether rows of a batch contract carry boxes (detection) or one label per image.
+WITH_BOXES: dict[str, bool] = {"detection": True, "classification": False}
+
+
+def with_boxes(kind: str) -> bool:
+    """Whether the batch contract ``kind`` (a model task) carries boxes; ``ValueError`` for
+    an unknown one."""
+    try:
+        return WITH_BOXES[kind]
+    except KeyError:
+        raise ValueError(f"unknown task {kind!r}") from None
 
 
 class SplitPaths(StrictModel):
@@ -104,7 +116,7 @@ class DataConfig(StrictModel):
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
-        if self.letterbox and FORMAT_TASK[self.format] != "detection":
+        if self.letterbox and not with_boxes(FORMAT_TASK[self.format]):
             raise ValueError("data.letterbox is for detection formats (coco, voc)")
         if self.multiscale is not None:
             if not self.letterbox:

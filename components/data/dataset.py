@@ -45,12 +45,13 @@ import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from components.core.names import ModelTask
 from components.data.coco import CocoSource, check_image, read_coco
-from components.data.config import FORMAT_TASK, AugmentConfig, DataConfig, SplitPaths
+from components.data.config import FORMAT_TASK, AugmentConfig, DataConfig, SplitPaths, with_boxes
 from components.data.errors import DataError
 from components.data.fs import Location
 from components.data.image_io import BadImageError, decode_at_size
@@ -60,7 +61,7 @@ from components.data.report import SkipReport
 from components.data.voc import read_voc
 
 log = logging.getLogger(__name__)
-Task = Literal["classification", "detection"]
+Task = ModelTask
 
 
 def pad_boxes(boxes: np.ndarray, classes: np.ndarray, max_boxes: int
@@ -116,7 +117,7 @@ def _empty_rows(spec: RowSpec) -> dict[str, np.ndarray]:
     n = (canvas_side(spec.image_size, spec.patch_size) // spec.patch_size) ** 2
     out = {"patches": np.zeros((0, n, spec.patch_size ** 2 * 3), np.uint8),
            "grid": np.zeros((0, 2), np.int64)}
-    if spec.task == "classification":
+    if not with_boxes(spec.task):
         out["label"] = np.zeros((0,), np.int64)
     else:
         m = spec.max_boxes
@@ -153,7 +154,7 @@ def make_rows(batch: dict[str, np.ndarray], spec: RowSpec) -> dict[str, np.ndarr
             log.warning("skipping %s while streaming: %s", file, err)
             continue
         seed = row_seed(spec.seed, epoch, image_id)
-        if spec.task == "classification":
+        if not with_boxes(spec.task):
             image, _, _ = transform(rgb, seed=seed)
             rows["label"].append(int(batch["label"][i]))
         else:
@@ -360,14 +361,14 @@ def build_dataset(cfg: DataConfig, split: str, *, training: bool, epoch: int = 0
             f": all {len(report.skipped)} records were skipped ({reasons})" if reasons else ""))
     report.counts["images_accepted"] = len(source.records)
     task = task_of(cfg)
-    if task == "detection":
+    if with_boxes(task):
         report.counts["annotations_accepted"] = sum(len(r["classes"]) for r in source.records)
     spec = RowSpec(images=source.images, task=task, training=training,
                    image_size=cfg.image_size, patch_size=cfg.patch_size,
                    max_boxes=cfg.max_boxes, max_pixels=cfg.max_pixels,
                    augment=cfg.augment, seed=cfg.seed, epoch=epoch,
                    reduced_decode=cfg.reduced_decode,
-                   letterbox=cfg.letterbox and task == "detection")
+                   letterbox=cfg.letterbox and with_boxes(task))
     dataset = _make_dataset(source.records, cfg, training, epoch, spec)
     if report.skipped:
         log.warning("%s/%s: skipped %d records (%s)", cfg.format, split, len(report.skipped),

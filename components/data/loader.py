@@ -20,13 +20,16 @@ only what the batch needs.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-Task = Literal["classification", "detection"]
+from components.core.names import ModelTask
+from components.data.config import with_boxes
+
+Task = ModelTask
 
 CLASSIFICATION_KEYS = ("patches", "grid", "label")
 DETECTION_KEYS = ("patches", "grid", "boxes", "classes", "box_mask", "image_id", "orig_size")
@@ -35,15 +38,16 @@ OPTIONAL_KEYS = ("valid_hw",)  # letterboxed detection rows
 
 def collate_numpy(batch: dict[str, np.ndarray], task: Task) -> dict[str, torch.Tensor]:
     """A numpy batch of rows → the torch batch contract (CPU tensors)."""
-    keys = DETECTION_KEYS if task == "detection" else CLASSIFICATION_KEYS
+    boxes = with_boxes(task)
+    keys = DETECTION_KEYS if boxes else CLASSIFICATION_KEYS
     missing = [k for k in keys if k not in batch]
     if missing:
         raise KeyError(f"{task} batch lacks {missing}; got {sorted(batch)}")
     # Ray hands out read-only views; np.require copies only those (torch needs writable).
-    keys = keys + tuple(k for k in OPTIONAL_KEYS if k in batch and task == "detection")
+    keys = keys + tuple(k for k in OPTIONAL_KEYS if k in batch and boxes)
     out = {k: torch.from_numpy(np.require(batch[k], requirements=["C", "W"])) for k in keys}
     out["grid"] = out["grid"].to(torch.int64)
-    if task == "detection":
+    if boxes:
         mask = out["box_mask"].to(torch.bool)
         m = max(1, int(mask.sum(dim=1).max().item())) if mask.numel() else 1
         out["boxes"] = out["boxes"][:, :m].to(torch.float32)
@@ -73,8 +77,7 @@ def iter_batches(dataset_or_shard: Any, *, batch_size: int, task: Task, drop_las
     ``DataIterator`` (``ray.train.get_dataset_shard``). ``device=None``: Ray Train's device
     inside a worker, else CPU. ``multiscale``: letterbox targets, one drawn per batch
     (``multiscale_seed`` makes the draws reproducible)."""
-    if task not in ("classification", "detection"):
-        raise ValueError(f"unknown task {task!r}")
+    with_boxes(task)  # an unknown task is a ValueError here, before any batch
     batches = dataset_or_shard.iter_torch_batches(
         batch_size=batch_size, collate_fn=_Collate(task), drop_last=drop_last,
         prefetch_batches=prefetch_batches, device="auto" if device is None else device,

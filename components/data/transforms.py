@@ -27,19 +27,19 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Literal
 
 import albumentations as A
 import cv2
 import numpy as np
 
+from components.core.names import ModelTask
 from components.data.boxes import coco_to_batch
 from components.data.coco import MIN_BOX_FRACTION
-from components.data.config import AugmentConfig
+from components.data.config import AugmentConfig, with_boxes
 from components.data.image_io import resize_whole
 from components.data.letterbox import canvas_side
 
-Task = Literal["classification", "detection"]
+Task = ModelTask
 PRESHRINK_FACTOR = 4
 
 
@@ -149,14 +149,14 @@ class ImageTransform:
         self.letterbox = letterbox
         self.augmenting = bool(training and augment is not None and augment.enabled)
         if letterbox:
-            if task != "detection":
+            if not with_boxes(task):
                 raise ValueError("letterbox is for detection")
             self.content, self.pad = build_letterbox(augment if self.augmenting else None,
                                                      image_size, patch_size,
                                                      training=self.augmenting)
             self.augment = None
             return
-        self.augment = (build_train_augment(augment, image_size, with_boxes=task == "detection")
+        self.augment = (build_train_augment(augment, image_size, with_boxes=with_boxes(task))
                         if self.augmenting else None)
 
     def letterboxed(self, image: np.ndarray, boxes_xywh: np.ndarray | None = None,
@@ -217,7 +217,7 @@ class ImageTransform:
         if seed is None:
             seed = int(np.random.default_rng().integers(2**32))
         self.augment.set_random_seed(seed)
-        if self.task == "detection":
+        if with_boxes(self.task):
             out = self.augment(image=image, bboxes=boxes, classes=labels)
             boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
             labels = np.asarray(out["classes"], np.int64).reshape(-1)

@@ -6,7 +6,7 @@ checkpoint and baked in). Normalisation (``VisionModel.normalize_patches``: mean
 the patch-to-image layout run inside the graph, so a runtime needs no preprocessing of its
 own beyond the data layer's resize and patchify. The batch axis is dynamic.
 
-Outputs (one name per tensor, per task: :data:`OUTPUT_NAMES`)::
+Outputs (one name per tensor, the task's serving outputs: :func:`output_names`)::
 
     classification: logits      [B, num_classes]       float32
     detection:      pred_logits [B, Q, num_classes + 1] float32 (last = no object)
@@ -28,15 +28,18 @@ from components.core.checkpoint import CheckpointMeta
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "patches"
-OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
-    "classification": ("logits",),
-    "detection": ("pred_logits", "pred_boxes"),
-}
 DEFAULT_OPSET = 20  # torch.onnx's default; both exporters support it
 MIN_OPSET = 17
 MAX_BATCH = 4096  # upper bound of the dynamic batch axis (torch.export needs one)
 META_KEY = "vitpipe.json"  # ONNX metadata: the checkpoint's CheckpointMeta as JSON
 NMS_KEY = "vitpipe.nms_iou"  # ONNX metadata: the detector's NMS setting ("" = none)
+
+
+def output_names(task: str) -> tuple[str, ...]:
+    """The exported graph's output tensors: the task's serving outputs."""
+    from components.tasks import get_task
+
+    return get_task(task).serving_outputs
 
 
 class ExportError(ValueError):
@@ -50,7 +53,7 @@ class ExportGraph(nn.Module):
         super().__init__()
         self.model = model
         self.grid = tuple(int(g) for g in model.grid_size)
-        self.output_names = OUTPUT_NAMES[task]
+        self.output_names = output_names(task)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         out = self.model(patches, self.grid)

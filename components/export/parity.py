@@ -3,7 +3,7 @@
 Both models see the same batches (the data layer's eval transform, held in memory once):
 
 - **max abs difference** of every output tensor (``logits``; ``pred_logits``, ``pred_boxes``);
-- **the task's metric** through THE evaluator (``components.training.evaluate``): top-1
+- **the task's metric** through THE evaluator (``components.evaluation``): top-1
   for classifiers, COCO mAP50 for detectors, for each model, and their difference;
 - **latency**: batch-1 median (ms) and batch-32 throughput (images/s), PyTorch eager and
   the export measured in turns in one loop, on the same threads.
@@ -31,13 +31,13 @@ import torch
 from torch import nn
 
 from components.core.checkpoint import CheckpointMeta
-from components.export.graph import OUTPUT_NAMES, example_patches
+from components.data.config import with_boxes
+from components.export.graph import example_patches, output_names
+from components.tasks import get_task
 
 log = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
-SPLIT_FORMAT = {"classification": "imagefolder", "detection": "coco"}  # synthetic sample
-METRIC = {"classification": "top1", "detection": "map50"}
 _NEEDS = {"classification": "an ImageFolder split (class folders)",
           "detection": "a COCO (--annotations) or VOC (--split-format voc) split"}
 PSEUDO_TOP_K = 5  # detections per image taken as ground truth when there is none
@@ -79,7 +79,7 @@ def load_split(meta: CheckpointMeta, *, images: str | None, annotations: str | N
         workdir = tempfile.TemporaryDirectory(prefix="vitpipe-export-synth-")
         synthesize(workdir.name, SynthConfig(seed=0, num_train=0, num_val=synthetic_images,
                                              image_size=max(64, meta.image_size)))
-        fmt = SPLIT_FORMAT[meta.task]
+        fmt = get_task(meta.task).sample_format  # the synthetic sample
         cfg = DataConfig(format=fmt, root=workdir.name, image_size=meta.image_size,
                          patch_size=meta.patch_size,
                          class_names=_label_order(fmt, meta, known=CLASS_NAMES))
@@ -113,7 +113,7 @@ def load_split(meta: CheckpointMeta, *, images: str | None, annotations: str | N
         raise DataError(f"the split's classes {list(bundle.class_names)} are not the model's "
                         f"{list(meta.class_names)}: metrics would not be comparable")
     coco_gt = None
-    if meta.task == "detection" and same_classes:
+    if with_boxes(meta.task) and same_classes:
         from components.tracking.promotion import coco_ground_truth
 
         coco_gt = coco_ground_truth(bundle)
@@ -124,7 +124,7 @@ def load_split(meta: CheckpointMeta, *, images: str | None, annotations: str | N
         "counts": counts,
         "reference": "ground truth" if same_classes else "pytorch predictions",
     }
-    if meta.task == "detection" and coco_gt is None:
+    if with_boxes(meta.task) and coco_gt is None:
         coco_gt = _image_skeleton(bundle.coco_gt, meta.class_names)
     return ParityData(kept, list(bundle.class_names), coco_gt, info)
 
@@ -188,9 +188,9 @@ def compare_outputs(model: nn.Module, exported: nn.Module, data: ParityData,
     (without the batch axis)."""
     ref, got = _Recorder(model), _Recorder(exported)
     scores, extra = _SCORE[meta.task](ref, got, data, meta)
-    metric = {"name": METRIC[meta.task], "pytorch": scores[0], "exported": scores[1],
+    metric = {"name": get_task(meta.task).target_metric, "pytorch": scores[0], "exported": scores[1],
               "abs_diff": abs(scores[0] - scores[1]), **extra}
-    names = OUTPUT_NAMES[meta.task]
+    names = output_names(meta.task)
     return {"max_abs_diff": _max_abs_diff(ref, got, names), "metric": metric,
             "output_shapes": {n: list(ref.outputs[0][n].shape[1:]) for n in names}}
 
@@ -198,7 +198,7 @@ def compare_outputs(model: nn.Module, exported: nn.Module, data: ParityData,
 def _score_classification(ref: _Recorder, got: _Recorder, data: ParityData,
                           meta: CheckpointMeta) -> tuple[list[float], dict[str, Any]]:
     """Top-1 of both (labels: ground truth or the reference's top-1) and their agreement."""
-    from components.training import evaluate as ev
+    import components.evaluation as ev
 
     a = ev.predict_classification(ref, data.batches, device="cpu")
     b = ev.predict_classification(got, data.batches, device="cpu")
@@ -211,7 +211,7 @@ def _score_classification(ref: _Recorder, got: _Recorder, data: ParityData,
 def _score_detection(ref: _Recorder, got: _Recorder, data: ParityData,
                      meta: CheckpointMeta) -> tuple[list[float], dict[str, Any]]:
     """COCO mAP50 of both (ground truth, or the reference's best detections as ground truth)."""
-    from components.training import evaluate as ev
+    import components.evaluation as ev
 
     a = ev.predict_detections(ref, data.batches, data.coco_gt, device="cpu")
     b = ev.predict_detections(got, data.batches, data.coco_gt, device="cpu")

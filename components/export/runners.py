@@ -5,7 +5,7 @@
 patches uint8 ``[B, N, P*P*3]`` — and return what it returns: logits ``[B, C]``, or
 ``{"pred_logits": [B, Q, C+1], "pred_boxes": [B, Q, 4]}``. They carry ``patch_size``,
 ``grid_size``, ``img_size`` and ``nms_iou`` like the model, so THE evaluator
-(``components.training.evaluate``), detection postprocessing and the serving runtime run
+(``components.evaluation``), detection postprocessing and the serving runtime run
 them without knowing they are not PyTorch modules.
 
 Nothing is unpickled: ONNX is protobuf with JSON metadata; a ``.pt2`` archive is checked to
@@ -25,7 +25,7 @@ from torch import nn
 
 from components.core.checkpoint import CheckpointMeta
 from components.export.graph import (
-    INPUT_NAME, META_KEY, OUTPUT_NAMES, ExportError, metadata_json,
+    INPUT_NAME, META_KEY, ExportError, metadata_json, output_names,
 )
 
 
@@ -44,10 +44,10 @@ class _ExportedModule(nn.Module):
         self.nms_iou = nms_iou
         side = meta.image_size // meta.patch_size
         self.grid_size = (side, side)
-        self.output_names = OUTPUT_NAMES[meta.task]
+        self.output_names = output_names(meta.task)
 
     def _check(self, patches: torch.Tensor, grid: Any) -> torch.Tensor:
-        from components.models.base import grid_tuple
+        from components.core.batch import grid_tuple
 
         if grid_tuple(grid) != self.grid_size:
             raise ValueError(f"the exported {self.name} takes a {self.grid_size} patch grid, "
@@ -60,7 +60,7 @@ class _ExportedModule(nn.Module):
         return patches.detach().to("cpu", torch.uint8)
 
     def _as_outputs(self, tensors: list[torch.Tensor]) -> torch.Tensor | dict[str, torch.Tensor]:
-        if self.task == "classification":
+        if len(self.output_names) == 1:  # one output tensor (a classifier's logits)
             return tensors[0]
         return dict(zip(self.output_names, tensors))
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from components.core.batch import grid_tuple
 from components.data.patchify import patches_to_images
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -33,15 +34,6 @@ def to_2tuple(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
         return (size, size)
     h, w = size
     return (int(h), int(w))
-
-
-def grid_tuple(grid: tuple[int, int] | torch.Tensor) -> tuple[int, int]:
-    """The batch contract's ``grid`` (``[B, 2]`` int64 tensor, same for all rows) or a tuple."""
-    if isinstance(grid, torch.Tensor):
-        flat = grid.reshape(-1, 2)[0].tolist()
-        return (int(flat[0]), int(flat[1]))
-    gh, gw = grid
-    return (int(gh), int(gw))
 
 
 class VisionModel(nn.Module):

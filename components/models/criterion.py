@@ -2,7 +2,9 @@
 
 ``criterion(outputs, batch) -> {"loss_ce", "loss_bbox", "loss_giou"}`` plus the same terms
 suffixed ``_0 .. _{L-2}`` for each auxiliary decoder output. ``criterion.weight_dict`` maps
-term → weight (auxiliary terms take their base term's weight); :func:`total_loss` sums.
+base term → weight, fixed at construction (auxiliary terms take their base term's weight);
+:func:`total_loss` is the one function that totals a loss dict, in training, validation
+and tests alike.
 
 - ``loss_ce``: cross-entropy over all queries, unmatched ones labelled "no object"
   (class index ``num_classes``) with weight ``eos_coef``.
@@ -111,7 +113,6 @@ class SetCriterion(nn.Module):
         for i, aux in enumerate(outputs.get("aux_outputs") or []):
             for key, value in self._losses(aux, targets, num_boxes).items():
                 losses[f"{key}_{i}"] = value
-                self.weight_dict.setdefault(f"{key}_{i}", self.weight_dict[key])
         return losses
 
 
@@ -132,7 +133,10 @@ def loss_weight(weight_dict: dict[str, float], key: str) -> float:
 
 
 def total_loss(losses: dict[str, torch.Tensor], weight_dict: dict[str, float]) -> torch.Tensor:
-    """``sum(losses[k] * weight(k))`` over the returned terms that have a weight."""
+    """``sum(losses[k] * weight(k))`` over the terms that have a weight, in ``losses`` order;
+    terms without one (logged only, e.g. a library's detached parts) are left out."""
     terms = [losses[k] * loss_weight(weight_dict, k) for k in losses
              if k in weight_dict or _AUX_SUFFIX.sub("", k) in weight_dict]
-    return torch.stack(terms).sum()
+    if not terms:
+        raise KeyError(f"no loss term among {sorted(losses)} has a weight in {sorted(weight_dict)}")
+    return sum(terms)

@@ -62,7 +62,7 @@ def set_head(model: nn.Module, num_classes: int, kind: str = "linear") -> nn.Mod
     ``build_config`` is updated so a checkpoint written afterwards rebuilds the new shape.
     Detectors get a new class head for ``num_classes`` (``kind`` is ignored for them).
     """
-    if getattr(model, "task", None) == "detection":
+    if hasattr(model, "reset_classes"):  # a detector: its class head
         model.reset_classes(num_classes)
     else:
         if not hasattr(model, "head") or not hasattr(model, "num_features"):

@@ -27,7 +27,7 @@ from timm.layers import PatchEmbed, build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from components.models.base import grid_tuple
+from components.core.batch import grid_tuple
 
 
 class MaeConfigError(ValueError):

@@ -1,14 +1,14 @@
 """The driver's side of the answers, per task: COCO results and metrics against ground truth.
 
 Predictions stream past :meth:`add` as Arrow tables (good images only); :meth:`finish`
-returns the metrics of the training evaluator (:mod:`components.training.evaluate`) when
+returns the metrics of the training evaluator (:mod:`components.evaluation`) when
 the source is a labelled split, else ``None``, and the extra files it wrote.
 
 - classification: with labels, the logits of every image are kept (``N × C`` floats) for
-  :func:`~components.training.evaluate.classification_metrics` (top-1, top-5, confusion);
+  :func:`~components.evaluation.classification_metrics` (top-1, top-5, confusion);
 - detection: every box becomes a COCO result (``image_id``, ``category_id``, ``bbox`` xywh
   in original pixels, ``score``), written to ``coco_results.json``; with ground truth,
-  :func:`~components.training.evaluate.coco_metrics` scores them over the predicted images.
+  :func:`~components.evaluation.coco_metrics` scores them over the predicted images.
   Category ids are the split's COCO ids, or ``class index + 1`` for images without ground
   truth.
 """
@@ -46,7 +46,7 @@ class ClassificationResults:
         self.targets.extend(self.labels[i] for i in table.column("image_id").to_pylist())
 
     def finish(self, write: Writer) -> tuple[dict[str, Any] | None, dict[str, str]]:
-        from components.training.evaluate import classification_metrics
+        from components.evaluation import classification_metrics
 
         if self.labels is None or not self.targets:
             return None, {}
@@ -85,7 +85,7 @@ class DetectionResults:
                     "bbox": [round(float(v), 3) for v in box], "score": float(score)})
 
     def finish(self, write: Writer) -> tuple[dict[str, Any] | None, dict[str, str]]:
-        from components.training.evaluate import coco_metrics
+        from components.evaluation import coco_metrics
 
         path = write("coco_results.json", json.dumps(self.results).encode())
         if self.ground_truth is None or not self.image_ids:

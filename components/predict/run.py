@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from components.data.config import with_boxes
 from components.data.fs import join_uri, resolve
 from components.predict.config import PredictConfig
 from components.predict.model_ref import resolve_model
@@ -214,7 +215,7 @@ def run_predict(cfg: PredictConfig) -> PredictSummary:
     decode = DecodeSpec(images=source.images, image_size=meta.image_size,
                         patch_size=meta.patch_size, max_pixels=cfg.decode.max_pixels,
                         reduced=cfg.decode.reduced,
-                        letterbox=meta.task == "detection" and bool(meta.extra.get("letterbox")))
+                        letterbox=with_boxes(meta.task) and bool(meta.extra.get("letterbox")))
     predictor = PredictorSpec(
         model=ref, threads=cfg.inference.torch_threads(), precision=cfg.inference.precision,
         use_gpu=num_gpus > 0, top_k=cfg.top_k, score_threshold=cfg.score_threshold,

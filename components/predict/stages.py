@@ -185,16 +185,14 @@ class Predictor:
     def forward(self, patches: np.ndarray, valid_hw: "torch.Tensor | None" = None):
         """uint8 ``[B, N, P*P*3]`` (+ a letterboxed detector's ``valid_hw`` ``[B, 2]``) → the
         model's raw outputs (logits, or the detector's dict)."""
-        import contextlib
-
         import torch
 
+        from components.core.device import autocast
+
         x = torch.from_numpy(np.ascontiguousarray(patches)).to(self.device, non_blocking=True)
-        cast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None
-                else contextlib.nullcontext())
         padding = {"valid_hw": valid_hw} if valid_hw is not None and getattr(
             self.model, "takes_pixel_mask", False) else {}
-        with torch.inference_mode(), cast:
+        with torch.inference_mode(), autocast(self.device, self.dtype):
             return self.model(x, self.grid, **padding)
 
     def __call__(self, batch: dict[str, np.ndarray]):

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from components.data.config import with_boxes
 from components.report.config import ReportConfig
 from components.report.render import html_page, markdown, plot_cost, plot_training
 
@@ -142,7 +143,7 @@ def train_families(cfg: ReportConfig, out_dir: Path) -> list[dict[str, Any]]:
     for family in cfg.families:
         spec = TrainingSpec(family.tiny, family.task, family.lr, family.weight_decay, family.clip_grad_norm,
                             overrides=dict(family.overrides), match_repeats=family.match_repeats)
-        target = cfg.target_top1 if family.task == "classification" else cfg.target_map50
+        target = {"classification": cfg.target_top1, "detection": cfg.target_map50}[family.task]
         log.info("training %s (%s) to %s", family.title, family.tiny, target)
         result = train_to_target(spec, data[family.task], target=target, max_epochs=cfg.max_epochs,
                                  time_budget_s=cfg.time_budget_s, precision=cfg.precision, seed=cfg.seed)
@@ -150,7 +151,7 @@ def train_families(cfg: ReportConfig, out_dir: Path) -> list[dict[str, Any]]:
         rows.append({"label": family.title, "key": family.key, "conv_bias": family.conv_bias,
                      "num_train": task_data.num_train, "image_size": task_data.image_size,
                      "num_val": sum(int(b["patches"].shape[0]) for b in task_data.val_batches),
-                     "chance": round(1 / data[family.task].num_classes, 4) if family.task == "classification" else None,
+                     "chance": round(1 / data[family.task].num_classes, 4) if not with_boxes(family.task) else None,
                      "result": asdict(result)})
     return rows
 

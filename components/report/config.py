@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from components.core.config import StrictModel
+from components.core.names import ModelTask
 
 
 def _describe(name: str, overrides: dict[str, Any]) -> str:
@@ -48,7 +49,7 @@ class Family(StrictModel):
     """One trained row: a small registered variant and its recipe."""
 
     tiny: str  # registered name, trained for the budget
-    task: Literal["classification", "detection"]
+    task: ModelTask
     label: str | None = None  # None: the registry's description of ``tiny`` (+ the overrides)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)

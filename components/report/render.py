@@ -12,6 +12,8 @@ import html
 from pathlib import Path
 from typing import Any
 
+TASK_COLORS = {"classification": "#1f77b4", "detection": "#d62728"}  # bars of the cost plots
+
 
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None:
@@ -199,7 +201,7 @@ def plot_cost(results: dict, path: Path) -> Path | None:
         ("memory", "Peak memory batch 1 (MiB)", lambda m: _auto(m)["peak_rss_mib_b1"]),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    colors = ["#1f77b4" if r["measured"]["task"] == "classification" else "#d62728" for r in results["cost"]]
+    colors = [TASK_COLORS[r["measured"]["task"]] for r in results["cost"]]
     for ax, (_, title, get) in zip(axes.flat, panels):
         ax.barh(labels, [get(r["measured"]) for r in results["cost"]], color=colors)
         ax.set_title(title)

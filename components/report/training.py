@@ -80,8 +80,9 @@ def load_task_data(root: str | Path, task: str, *, image_size: int, batch_size: 
     from components.data.dataset import build_dataset
     from components.data.loader import iter_batches
 
-    fmt = "imagefolder" if task == "classification" else "coco"
-    cfg = DataConfig(format=fmt, root=str(root), image_size=image_size, patch_size=16, seed=seed)
+    from components.tasks import get_task
+
+    cfg = DataConfig(format=get_task(task).sample_format, root=str(root), image_size=image_size, patch_size=16, seed=seed)
     train = build_dataset(cfg, "train", training=True)
     val = build_dataset(cfg, "val", training=False)
     epochs = []
@@ -92,21 +93,19 @@ def load_task_data(root: str | Path, task: str, *, image_size: int, batch_size: 
     return TaskData(
         task=task, train_epochs=epochs, val_batches=val_batches,
         num_classes=len(train.class_names), class_names=list(train.class_names),
-        image_size=image_size, coco_gt=val.coco_gt if task == "detection" else None,
+        image_size=image_size, coco_gt=getattr(val, "coco_gt", None),
         num_train=train.num_rows,
     )
 
 
 def evaluate(model, data: TaskData, amp) -> dict[str, float]:
-    """The shared evaluator's headline numbers on the val batches."""
-    from components.training.evaluate import evaluate_classification, evaluate_detection
+    """The task's evaluation (the shared evaluator), its headline numbers, on the val batches."""
+    from components.tasks import get_task
 
-    if data.task == "classification":
-        out = evaluate_classification(model, data.val_batches, device="cpu", autocast_dtype=amp,
-                                      num_classes=data.num_classes)
-        return {"top1": float(out["top1"]), "top5": float(out.get("top5", float("nan")))}
-    out = evaluate_detection(model, data.val_batches, data.coco_gt, device="cpu", autocast_dtype=amp)
-    return {k: float(out[k]) for k in ("map", "map50", "map75")}
+    task = get_task(data.task)
+    out = task.evaluate(model, data.val_batches, device="cpu", amp_dtype=amp,
+                        class_names=data.class_names, coco_gt=data.coco_gt)
+    return {k: float(out.get(k, float("nan"))) for k in task.headline_metrics}
 
 
 def train_to_target(spec: TrainingSpec, data: TaskData, *, target: float, max_epochs: int,
@@ -118,20 +117,21 @@ def train_to_target(spec: TrainingSpec, data: TaskData, *, target: float, max_ep
     from components.models import build_model
     from components.training.config import OptimSection
     from components.training.optim import build_optimizer, build_scheduler
-    from components.training.step import StepRunner, classification_loss, detection_loss
+    from components.tasks import get_task
+    from components.training.config import TrainConfig
+    from components.training.step import StepRunner
 
     torch.manual_seed(seed)
     device = torch.device("cpu")
     model = build_model(spec.model, num_classes=data.num_classes, img_size=data.image_size, **spec.overrides)
     amp = autocast_dtype(device, precision, model, train=True)
-    if spec.task == "classification":
-        loss_fn = classification_loss(0.0)
-        metric_name = "top1"
-    else:
-        from components.models.criterion import build_criterion
-
-        loss_fn = detection_loss(build_criterion(data.num_classes, match_repeats=spec.match_repeats))
-        metric_name = "map50"
+    task = get_task(spec.task)
+    # Only the loss settings are read from this config; the data here is in memory.
+    run_cfg = TrainConfig.model_validate({"task": spec.task, "model": {"name": spec.model},
+                                          "data": {"root": "in-memory"},
+                                          "criterion": {"match_repeats": spec.match_repeats}})
+    loss_fn = task.loss(run_cfg, num_classes=data.num_classes, model=model)
+    metric_name = task.target_metric
     steps_per_epoch = len(data.train_epochs[0])
     optim_cfg = OptimSection(lr=spec.lr, weight_decay=spec.weight_decay,
                              warmup_steps=min(20, steps_per_epoch * 2), clip_grad_norm=spec.clip_grad_norm)

@@ -466,12 +466,7 @@ class Ingress:
             self._call(task, "infer", patches, image_size, patch_size, orig_hw)
             for patches, orig_hw in prepared
         ])
-        settings = info["settings"]
-        if task == "classification":
-            outputs = v2.classification_outputs(
-                np.stack([r["probabilities"] for r in results]), settings["top_k"])
-        else:
-            outputs = v2.detection_outputs(results, settings["max_detections"])
+        outputs = v2.batch_outputs(results, info["settings"])
         content, headers = v2.build_response(
             model_name=results[0]["name"], model_version=results[0]["version"],
             request_id=parsed.request_id, outputs=outputs, requested=parsed.requested,

@@ -40,7 +40,7 @@ def attention_png(loaded: LoadedModel, patches: np.ndarray) -> str:
     with loaded.lock, torch.inference_mode():  # fp32: maps are for people, not for speed
         outputs, layers = attention_maps(loaded.model, batch, loaded.grid)
     joint = rollout(layers)[0]
-    if loaded.task == "classification":
+    if isinstance(outputs, torch.Tensor):  # a classifier's logits: the [CLS] token's row
         row = joint[0]
     else:
         scores = outputs["pred_logits"].float().softmax(-1)[0, :, :-1].max(-1).values

@@ -17,11 +17,12 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from ray import serve
 
+from components.core.names import ModelTask
 from components.serving.faults import hang_if_asked
 from components.serving.runtime import InferItem, LoadedModel, load_version
 from components.serving.settings import ModelServerSettings
@@ -33,7 +34,7 @@ class ModelServer:
     """Serve one task's registered model. Called by the ingress through a handle."""
 
     def __init__(self, task: str, tracking_uri: str | None = None) -> None:
-        if task not in ("classification", "detection"):
+        if task not in get_args(ModelTask):
             raise ValueError(f"task must be classification|detection, got {task!r}")
         self._task = task
         self._tracking_uri = tracking_uri

@@ -27,8 +27,10 @@ import numpy as np
 import torch
 
 from components.core.checkpoint import CheckpointMeta
-from components.core.device import autocast_dtype, pick_device
+from components.core.device import autocast, autocast_dtype, pick_device
+from components.data.config import with_boxes
 from components.serving.settings import CACHE_ENV
+from components.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ class LoadedModel:
     @property
     def letterbox(self) -> bool:
         """Trained on letterboxed images (``meta.extra["letterbox"]``): requests are too."""
-        return self.task == "detection" and bool(self.meta.extra.get("letterbox"))
+        return with_boxes(self.task) and bool(self.meta.extra.get("letterbox"))
 
     def valid_hw(self, items: list["InferItem"]) -> torch.Tensor | None:
         """``[B, 2]`` valid regions of letterboxed items (None when not letterboxed)."""
@@ -136,10 +138,7 @@ class LoadedModel:
         batch = torch.from_numpy(np.ascontiguousarray(patches)).to(self.device, non_blocking=True)
         padding = {"valid_hw": valid_hw} if valid_hw is not None and getattr(
             self.model, "takes_pixel_mask", False) else {}
-        with self.lock, torch.inference_mode(), torch.autocast(
-            self.device.type, dtype=self.autocast or torch.float32,
-            enabled=self.autocast is not None,
-        ):
+        with self.lock, torch.inference_mode(), autocast(self.device, self.autocast):
             outputs = self.model(batch, self.grid, **padding)
         if isinstance(outputs, dict):
             return {k: v.float().cpu() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
@@ -152,19 +151,10 @@ class LoadedModel:
         outputs = self.forward(patches, self.valid_hw(items))
         common = {"version": self.version, "name": self.name, "class_names": self.meta.class_names,
                   "image_size": self.meta.image_size, "patch_size": self.meta.patch_size}
-        if self.task == "classification":
-            probabilities = torch.softmax(outputs, dim=-1).numpy()
-            return [{**common, "probabilities": row} for row in probabilities]
-        from components.models.postprocess import detection_settings, detections
-
         orig = torch.tensor([item.orig_hw for item in items], dtype=torch.int64)
-        found = detections(outputs, orig, score_threshold=score_threshold, top_k=max_detections,
-                           **detection_settings(self.model))
-        return [
-            {**common, "boxes": d["boxes"].float().numpy(), "scores": d["scores"].float().numpy(),
-             "labels": d["labels"].numpy()}
-            for d in found
-        ]
+        found = get_task(self.task).postprocess(outputs, model=self.model, orig_hw=orig,
+                                                score_threshold=score_threshold, max_detections=max_detections)
+        return [{**common, **result} for result in found]
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 4)) -> float:
         """Run the forward pass once per batch size (kernel selection, allocator); seconds."""

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 from components.core.config import StrictModel
+from components.core.names import ModelTask
 
 # Environment of every Ray node that serves (set before `ray start`; the k8s ConfigMap, the
 # demo's head and the test cluster carry it): Serve's gRPC data plane between the proxy and
@@ -88,5 +89,5 @@ class ColocatedSettings(IngressSettings):
     :class:`~components.serving.model_server.ModelServer` (``model_uri`` required).
     """
 
-    models: dict[Literal["classification", "detection"], ModelServerSettings] = Field(
+    models: dict[ModelTask, ModelServerSettings] = Field(
         ..., min_length=1, description="task → that model's settings (batching, URI, ...)")

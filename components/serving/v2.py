@@ -245,6 +245,14 @@ def classification_outputs(probabilities: np.ndarray, top_k: int) -> dict[str, n
     }
 
 
+def batch_outputs(results: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A batch's per-image results (a task's ``postprocess``) → the v2 outputs: class
+    probabilities, or boxes."""
+    if "probabilities" in results[0]:
+        return classification_outputs(np.stack([r["probabilities"] for r in results]), settings["top_k"])
+    return detection_outputs(results, settings["max_detections"])
+
+
 def detection_outputs(results: list[dict[str, np.ndarray]], max_detections: int) -> dict[str, np.ndarray]:
     """Per-image ``{boxes [K,4], scores [K], labels [K]}`` → padded v2 detection outputs."""
     batch = len(results)
@@ -271,20 +279,10 @@ def model_metadata(
         {"name": "image", "datatype": "UINT8", "shape": [-1, -1, -1, 3]},
         {"name": "patches", "datatype": "UINT8", "shape": [-1, num_patches, patch_size * patch_size * 3]},
     ]
-    if task == "classification":
-        k = min(top_k, len(class_names))
-        outputs = [
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(class_names)]},
-            {"name": "top_labels", "datatype": "INT64", "shape": [-1, k]},
-            {"name": "top_scores", "datatype": "FP32", "shape": [-1, k]},
-        ]
-    else:
-        outputs = [
-            {"name": "boxes", "datatype": "FP32", "shape": [-1, max_detections, 4]},
-            {"name": "scores", "datatype": "FP32", "shape": [-1, max_detections]},
-            {"name": "labels", "datatype": "INT64", "shape": [-1, max_detections]},
-            {"name": "num_detections", "datatype": "INT32", "shape": [-1]},
-        ]
+    from components.tasks import get_task
+
+    outputs = get_task(task).output_specs(num_classes=len(class_names), top_k=top_k,
+                                          max_detections=max_detections)
     return {
         "name": name, "versions": [version], "platform": f"vitpipe_{task}",
         "inputs": inputs, "outputs": outputs,
@@ -295,6 +293,6 @@ def model_metadata(
 
 __all__ = [
     "RequestError", "InferRequest", "ParsedInfer", "parse_infer", "parse_image_request",
-    "build_response", "classification_outputs", "detection_outputs", "model_metadata",
+    "batch_outputs", "build_response", "classification_outputs", "detection_outputs", "model_metadata",
     "HEADER_LENGTH",
 ]

@@ -25,35 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from components.core.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint
+from components.core.checkpoint import CheckpointMeta
+from components.data.config import with_boxes
+from components.models import model_from_checkpoint
+from components.tasks import get_task
 
 ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")
 CHECKPOINT_ARTIFACT = "checkpoint"
-
-
-def model_from_checkpoint(
-    directory: str | Path, device: str | torch.device = "cpu"
-) -> tuple[torch.nn.Module, CheckpointMeta]:
-    """Rebuild the model of a checkpoint directory (strict weight load), in eval mode."""
-    from components.models import build_model
-
-    state_dict, meta = load_checkpoint(directory)
-    try:
-        model = build_model(meta.model_name, **meta.model_config)
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{directory}: cannot build {meta.model_name!r}: {err}") from None
-    try:
-        missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    except RuntimeError as err:  # shape mismatches
-        raise CheckpointError(
-            f"{directory}: weights do not fit {meta.model_name}: {str(err).splitlines()[-1]}"
-        ) from None
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{directory}: weights do not fit {meta.model_name} "
-            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
-        )
-    return model.to(device).eval(), meta
 
 
 def images_to_batch(images: np.ndarray, meta: CheckpointMeta) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -93,15 +71,13 @@ def letterboxed_batch(images: np.ndarray, meta: CheckpointMeta
 
 def predict_arrays(model: torch.nn.Module, meta: CheckpointMeta, images: np.ndarray):
     """Run ``model`` in fp32 on uint8 images; numpy outputs (see the module docstring)."""
-    if meta.task == "detection" and meta.extra.get("letterbox"):
+    if with_boxes(meta.task) and meta.extra.get("letterbox"):
         patches, grid, padding = letterboxed_batch(images, meta)
     else:
         (patches, grid), padding = images_to_batch(images, meta), {}
     with torch.inference_mode():
         out = model(patches, grid, **padding)
-    if meta.task == "classification":
-        return out.float().numpy()
-    return {k: out[k].float().numpy() for k in ("pred_logits", "pred_boxes")}
+    return get_task(meta.task).outputs_to_numpy(out)
 
 
 def input_example(meta: CheckpointMeta, batch: int = 1, seed: int = 0) -> np.ndarray:
@@ -116,12 +92,12 @@ def signature_for(meta: CheckpointMeta, example_output: Any):
     from mlflow.types.schema import Schema, TensorSpec
 
     inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))])
-    if meta.task == "classification":
+    if isinstance(example_output, np.ndarray):  # one output tensor (a classifier's logits)
         outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, example_output.shape[-1]))])
     else:
         outputs = Schema([
             TensorSpec(np.dtype(np.float32), (-1, *example_output[k].shape[1:]), name=k)
-            for k in ("pred_logits", "pred_boxes")
+            for k in get_task(meta.task).serving_outputs
         ])
     return ModelSignature(inputs=inputs, outputs=outputs)
 

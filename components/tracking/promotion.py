@@ -5,9 +5,9 @@
 1. resolve the candidate version (default: the newest) and the current ``@champion``;
 2. fetch both checkpoints, check they are of the config's task and that their class names
    match the validation data's;
-3. evaluate both **in this run** with the shared evaluator
-   (:mod:`components.training.evaluate`) on the same validation split, each through its own
-   eval transform (its ``image_size``/``patch_size``);
+3. evaluate both **in this run** with the task's evaluation (``components.tasks``, through
+   the shared evaluator :mod:`components.evaluation`) on the same validation split, each
+   through its own eval transform (its ``image_size``/``patch_size``);
 4. decide: the candidate takes ``@champion`` when ``candidate > champion + margin`` on the
    task's metric (``top1`` / ``map`` unless configured), otherwise it gets ``@challenger``;
    with no champion yet the candidate is promoted (``first``);
@@ -32,7 +32,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from components.core.config import StrictModel
-from components.data.config import DataConfig
+from components.core.names import ModelTask
+from components.data.config import DataConfig, with_boxes
 from components.tracking import history
 from components.tracking.registry import (
     CHALLENGER,
@@ -47,13 +48,10 @@ from components.tracking.registry import (
 
 log = logging.getLogger(__name__)
 
-Task = Literal["classification", "detection"]
-
-
 class PromoteConfig(StrictModel):
     """``pipelines/configs/promote.yaml``; every field can be overridden as ``key=value``."""
 
-    task: Task = "classification"
+    task: ModelTask = "classification"
     model: str | None = None  # registered name; default vitpipe-classifier / vitpipe-detector
     candidate: str | None = None  # version to judge; default: the newest version
     metric: str | None = None  # default: top1 (classification) / map (detection)
@@ -170,12 +168,16 @@ def _eval_batches(data_cfg: DataConfig, split: str, task: str, batch_size: int):
 
 
 def coco_ground_truth(bundle) -> Any:
-    """The accepted COCO ground truth of a detection bundle (path, dict or COCO object)."""
+    """The accepted COCO ground truth of a detection bundle (path, dict or COCO object);
+    ``None`` for a split without boxes (the detection task refuses to score without it)."""
     for attr in ("coco_gt", "coco_gt_path"):
-        value = getattr(bundle, attr, None)
+        try:
+            value = getattr(bundle, attr, None)
+        except ValueError:  # a bundle without boxes has no COCO file to write
+            return None
         if value is not None:
             return value() if callable(value) else value
-    raise RegistryError("the data layer gave no COCO ground truth for this detection split")
+    return None
 
 
 def measure(
@@ -183,13 +185,14 @@ def measure(
 ) -> dict[str, Any]:
     """Evaluate one checkpoint on ``cfg``'s validation split with the shared evaluator."""
     from components.core.device import autocast_dtype, pick_device
-    from components.tracking.packaging import model_from_checkpoint
-    from components.training.evaluate import evaluate_classification, evaluate_detection
+    from components.models import model_from_checkpoint
+    from components.tasks import get_task
 
+    task = get_task(cfg.task)
     device = pick_device(prefer_gpu=cfg.device != "cpu")
     model, meta = model_from_checkpoint(checkpoint_dir, device=device)
     # a detector trained letterboxed is measured on letterboxed images (its own eval transform)
-    letterbox = meta.task == "detection" and bool(meta.extra.get("letterbox"))
+    letterbox = with_boxes(meta.task) and bool(meta.extra.get("letterbox"))
     data_cfg = cfg.data.model_copy(
         update={"image_size": meta.image_size, "patch_size": meta.patch_size,
                 "letterbox": letterbox, "multiscale": None}
@@ -197,7 +200,7 @@ def measure(
     key = (meta.image_size, meta.patch_size, letterbox)
     cache = data_cache if data_cache is not None else {}
     if key not in cache:
-        cache[key] = _eval_batches(data_cfg, cfg.split, cfg.task, cfg.batch_size)
+        cache[key] = _eval_batches(data_cfg, cfg.split, task.batch_kind, cfg.batch_size)
     bundle, batches = cache[key]
     if list(bundle.class_names) != list(meta.class_names):
         raise RegistryError(
@@ -205,15 +208,8 @@ def measure(
             f"validation data's {list(bundle.class_names)}: the scores would not be comparable"
         )
     dtype = autocast_dtype(device, cfg.precision, model)
-    if cfg.task == "classification":
-        return evaluate_classification(
-            model, batches(), device=device, autocast_dtype=dtype,
-            num_classes=len(meta.class_names),
-        )
-    return evaluate_detection(
-        model, batches(), coco_ground_truth(bundle), device=device, autocast_dtype=dtype,
-        score_threshold=cfg.score_threshold, class_names=meta.class_names,
-    )
+    return task.evaluate(model, batches(), device=device, amp_dtype=dtype, class_names=meta.class_names,
+                         coco_gt=coco_ground_truth(bundle), score_threshold=cfg.score_threshold)
 
 
 def _score(metrics: dict[str, Any], metric: str) -> float:
@@ -240,11 +236,11 @@ def promote(cfg: PromoteConfig) -> PromotionResult:
 def _promote(cfg: PromoteConfig, tracking_uri: str | None) -> PromotionResult:
     import mlflow
 
-    from components.training.evaluate import primary_metric
+    from components.tasks import get_task
 
     mlf = client(tracking_uri)
     name = cfg.registered_name
-    metric = cfg.metric or primary_metric(cfg.task)
+    metric = cfg.metric or get_task(cfg.task).metric
     cache_dir = Path(cfg.cache_dir).expanduser()
 
     if cfg.candidate:

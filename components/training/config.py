@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from components.core.config import ConfigError, StrictModel
+from components.core.names import TaskName
 from components.data.config import DataConfig
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
@@ -218,7 +219,7 @@ class TrainConfig(StrictModel):
     """
 
     # mae: self-supervised masked-autoencoder pretraining of a ViT encoder (labels unused).
-    task: Literal["classification", "detection", "mae"] = "classification"
+    task: TaskName = "classification"
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataConfig  # required: where the data is and what the model sees
     scaling: ScalingSection = Field(default_factory=ScalingSection)
@@ -253,33 +254,24 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
-        if self.task == "mae":
-            if self.model.init_from:
-                raise ValueError("task 'mae' trains an encoder from scratch: model.init_from is not supported")
-            # In-loop validation is the masked-patch reconstruction loss: lower is better.
-            object.__setattr__(self.checkpoint, "metric", "val_loss")
-            object.__setattr__(self.checkpoint, "mode", "min")
-        if self.task == "detection" and self.checkpoint.metric.startswith("val_top"):
-            # In-loop validation of detectors is the val loss; mAP is the final evaluation.
-            object.__setattr__(self.checkpoint, "metric", "val_loss")
-            object.__setattr__(self.checkpoint, "mode", "min")
+        """The task's own rules, and the in-loop metric that ranks its checkpoints (MAE and
+        detectors validate on the val loss: lower is better)."""
+        from components.tasks import get_task
+
+        task = get_task(self.task)
+        task.check_config(self)
+        metric, mode = task.checkpoint_ranking(self.checkpoint.metric, self.checkpoint.mode)
+        object.__setattr__(self.checkpoint, "metric", metric)
+        object.__setattr__(self.checkpoint, "mode", mode)
         return self
 
 
 def check_model(cfg: TrainConfig) -> None:
-    """The model name is registered and fits the task (MAE: a ViT-family encoder)."""
-    from components.models import get_spec
+    """The model name is registered and fits the task (MAE: a ViT-family encoder), and every
+    ``model.overrides`` key is one its builder accepts (the task's check)."""
+    from components.tasks import get_task
 
-    try:
-        spec = get_spec(cfg.model.name)
-    except KeyError as err:
-        raise ConfigError(f"model.name: {err.args[0]}") from None
-    if cfg.task == "mae" and (spec.task != "classification" or spec.family != "vit"):
-        raise ConfigError(f"task 'mae' needs a ViT-family encoder (e.g. vit_demo, deit_demo, "
-                          f"vit_small_patch16_224); {cfg.model.name!r} is a {spec.family} {spec.task} model")
-    if cfg.task in ("classification", "detection") and spec.task != cfg.task:
-        raise ConfigError(f"model.name: {cfg.model.name!r} is a {spec.task} model; task "
-                          f"{cfg.task!r} needs a {cfg.task} model")
+    get_task(cfg.task).check_model(cfg)
 
 
 def load_train_config(path, overrides: list[str] = (), *,

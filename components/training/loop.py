@@ -1,7 +1,8 @@
 """The per-worker training loop that Ray Train runs on every rank (1 CPU worker here, N GPU
 workers on a cluster: same code, the config decides).
 
-Per rank: build the model (``prepare_model`` wraps it in DDP), restore the last checkpoint
+Per rank: the run's task (``components.tasks``) builds the model and its loss
+(``prepare_model`` wraps the model in DDP), restore the last checkpoint
 if Ray Train hands one over (weights, optimizer, scheduler, data position, RNG), then train
 with :class:`components.training.step.StepRunner` on this rank's dataset shard.
 
@@ -23,9 +24,10 @@ import time
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from components.core.device import autocast_dtype, needs_grad_scaler
+from components.tasks import get_task
+from components.tasks.base import all_reduce_sum
 from components.training.config import TrainConfig, micro_batches_per_step
 from components.training.faults import FaultHooks
 from components.training.optim import build_optimizer, build_scheduler
@@ -33,154 +35,10 @@ from components.training.plan import WorkerPlan
 from components.training.preemption import Preempted, preemption_notice, stop_requested, stop_requests_armed
 from components.training.reporting import CheckpointReporter, restore_from, resumable_checkpoint
 from components.training.state import Progress
-from components.training.step import (
-    StepRunner, batch_grid, classification_loss, detection_loss, model_computes_loss, model_loss,
-)
+from components.training.step import StepRunner
 from components.training.tracking import MetricLogger
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------- model setup
-def build_task_model(cfg: TrainConfig, *, num_classes: int, image_size: int,
-                     init_state: dict[str, torch.Tensor] | None = None,
-                     init_meta: dict | None = None) -> torch.nn.Module:
-    """The model of this run, optionally initialised from a pretrained checkpoint.
-
-    Fine-tuning (classification from a classifier checkpoint): the pretrained architecture
-    at the new ``image_size`` (position embeddings resized by ``load_weights``), then a fresh
-    head of ``cfg.model.head`` kind via ``set_head``. Detection from a ViT checkpoint: the
-    detector is built as configured (YOLOS takes the ViT's ``stem`` unless the config sets
-    one) and its backbone takes the matching weights.
-    """
-    from components.models import build_model
-
-    overrides = dict(cfg.model.overrides)
-    if cfg.task == "mae":  # a fresh ViT encoder inside the masked autoencoder (labels unused)
-        from components.models.mae import build_mae
-
-        return build_mae(cfg.model.name, img_size=image_size, head=cfg.model.head, overrides=overrides,
-                         **cfg.mae.model_dump(), eval_seed=cfg.run.seed)
-    if init_state is None:
-        return build_model(cfg.model.name, num_classes=num_classes, img_size=image_size,
-                           head=cfg.model.head, **overrides) if cfg.task == "classification" \
-            else build_model(cfg.model.name, num_classes=num_classes, img_size=image_size, **overrides)
-    from components.models import load_weights
-
-    if cfg.task == "classification":
-        from components.models import set_head
-
-        pretrained = dict((init_meta or {}).get("model_config") or {})
-        pretrained.pop("img_size", None)
-        pre_classes = pretrained.pop("num_classes", num_classes)
-        arch = {**pretrained, **overrides}
-        model = build_model(cfg.model.name, num_classes=pre_classes, img_size=image_size, **arch)
-        load_weights(model, init_state)
-        set_head(model, num_classes, kind=cfg.model.head)
-        model.build_config = {**model.build_config, "num_classes": num_classes, "head": cfg.model.head}
-        return model
-    from components.models import get_spec
-    from components.models.yolos import Yolos, init_from_classifier
-
-    pretrained_stem = ((init_meta or {}).get("model_config") or {}).get("stem")
-    if get_spec(cfg.model.name).family == "yolos" and pretrained_stem and "stem" not in overrides:
-        overrides["stem"] = pretrained_stem  # the ViT's stem comes with its weights
-    model = build_model(cfg.model.name, num_classes=num_classes, img_size=image_size, **overrides)
-
-    if isinstance(model, Yolos):
-        init_from_classifier(model, init_state)
-    else:
-        missing, _ = load_weights(model, init_state, strict=False)
-        log.info("initialised %s from a checkpoint; %d keys kept their fresh init",
-                 cfg.model.name, len(missing))
-    return model
-
-
-def make_loss(cfg: TrainConfig, num_classes: int, model: torch.nn.Module | None = None):
-    """The run's loss. Detection: our set criterion (``cfg.criterion``), unless the detector
-    computes its own losses (``model.computes_loss``), which ``cfg.criterion`` does not reach."""
-    if cfg.task == "classification":
-        return classification_loss(cfg.optim.label_smoothing)
-    if cfg.task == "mae":
-        return mae_loss()
-    if model is not None and model_computes_loss(model):
-        default = type(cfg.criterion)()
-        changed = sorted(k for k in type(cfg.criterion).model_fields
-                         if getattr(cfg.criterion, k) != getattr(default, k))
-        if changed:
-            log.warning("%s trains with its own losses; criterion settings %s do not apply",
-                        cfg.model.name, changed)
-        return model_loss()
-    from components.models.criterion import build_criterion
-
-    return detection_loss(build_criterion(num_classes, **cfg.criterion.model_dump()))
-
-
-def mae_loss():
-    """``loss_fn(model, batch) -> {"loss_recon"}``: the MAE computes its masked-patch loss
-    in its forward (under DDP the wrapped module must run it); labels/boxes are ignored."""
-
-    def loss_fn(model, batch):
-        return {"loss_recon": model(batch["patches"], batch_grid(batch))["loss_recon"]}
-
-    loss_fn.weight_dict = {"loss_recon": 1.0}
-    return loss_fn
-
-
-def loader_task(cfg: TrainConfig, data_format: str | None) -> str:
-    """The batch contract the loader collates: an MAE reads either format, ignoring labels."""
-    if cfg.task != "mae":
-        return cfg.task
-    from components.data.config import FORMAT_TASK
-
-    return FORMAT_TASK.get(data_format or "", "classification")
-
-
-# ---------------------------------------------------------------------------- validation
-@torch.no_grad()
-def validate(model: torch.nn.Module, batches, *, task: str, loss_fn, device: torch.device,
-             amp_dtype: torch.dtype | None) -> dict[str, float]:
-    """Loss (and top-1 for classifiers) over this rank's val shard, summed over ranks."""
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64)  # loss*n, correct, n
-    ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else _null()
-    for batch in batches:
-        with ctx:
-            if task == "classification":
-                logits = model(batch["patches"], batch_grid(batch)).float()
-                loss = torch.nn.functional.cross_entropy(logits, batch["label"])
-                sums[1] += (logits.argmax(-1) == batch["label"]).sum().item()
-            else:
-                losses = loss_fn(model, batch)
-                loss = sum(losses[k] * w for k, w in loss_fn.weight_dict.items() if k in losses)
-        n = batch["patches"].shape[0]
-        sums[0] += float(loss) * n
-        sums[2] += n
-    model.train(was_training)
-    sums = _all_reduce_sum(sums, device)
-    n = max(1.0, float(sums[2]))
-    out = {"val_loss": float(sums[0]) / n}
-    if task == "classification":
-        out["val_top1"] = float(sums[1]) / n
-    return out
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _all_reduce_sum(values: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        backend_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
-        t = values.to(backend_device)
-        dist.all_reduce(t)
-        return t.cpu()
-    return values
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -205,8 +63,9 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
         torch.set_num_threads(cfg.scaling.torch_threads)
     torch.manual_seed(cfg.run.seed + rank)
 
+    task = get_task(cfg.task)
     init_state = ray.get(plan.init_state_ref) if plan.init_state_ref is not None else None
-    model = build_task_model(cfg, num_classes=len(plan.class_names), image_size=plan.image_size,
+    model = task.build_model(cfg, num_classes=len(plan.class_names), image_size=plan.image_size,
                              init_state=init_state, init_meta=plan.init_meta)
     del init_state
     base = model
@@ -215,7 +74,7 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
     scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(amp, device) else None
     optimizer = build_optimizer(base, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, plan.steps.total_steps)
-    loss_fn = make_loss(cfg, len(plan.class_names), base)
+    loss_fn = task.loss(cfg, num_classes=len(plan.class_names), model=base)
     # The global batch is fixed (batch_size × grad_accum_steps × max workers): a rank of a
     # smaller (elastic) worker group accumulates more micro-batches per optimizer step.
     accum = micro_batches_per_step(cfg.scaling, cfg.optim.grad_accum_steps, world)
@@ -228,7 +87,7 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
     checkpoint = resumable_checkpoint(ray.train.get_checkpoint())
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            progress, best_val = restore_from(ckpt_dir, task=cfg.task, model=base, optimizer=optimizer,
+            progress, best_val = restore_from(ckpt_dir, task=task, model=base, optimizer=optimizer,
                                               scheduler=scheduler, scaler=scaler, rank=rank)
         resumed_world = progress.world_size
         progress.batch_in_epoch = resume_position(progress, cfg, world)
@@ -296,7 +155,7 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
                 # agree on (stop now; send a progress report, itself a collective call).
                 stop_here = stop_requested() or preemption_notice()
                 due = time.monotonic() - last_progress >= cfg.run.progress_every_s or step == total_steps
-                sums = _all_reduce_sum(torch.tensor([window_loss, window_n, stop_here, due],
+                sums = all_reduce_sum(torch.tensor([window_loss, window_n, stop_here, due],
                                                     dtype=torch.float64), device)
                 loss_mean = float(sums[0]) / max(1.0, float(sums[1]))
                 metrics = {"train_loss": loss_mean, "lr": float(out["lr"]),
@@ -326,9 +185,9 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
         val = {}
         if val_shard is not None and (progress.epoch % cfg.eval.every_n_epochs == 0
                                       or progress.global_step >= total_steps):
-            val = validate(base, iter_batches(val_shard, batch_size=cfg.eval.batch_size, task=batch_task,
-                                              drop_last=False, device=device),
-                           task=cfg.task, loss_fn=loss_fn, device=device, amp_dtype=amp)
+            val = task.validate(base, iter_batches(val_shard, batch_size=cfg.eval.batch_size, task=batch_task,
+                                                   drop_last=False, device=device),
+                                loss_fn=loss_fn, device=device, amp_dtype=amp)
             reporter.best_val = dict(val)
             logger.log(val, progress.global_step)
         report(val, with_checkpoint=True, kind=f"epoch{progress.epoch}")

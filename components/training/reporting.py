@@ -2,8 +2,9 @@
 how it restores from the checkpoint Ray Train hands back. One job: checkpoint I/O per rank.
 
 A checkpoint directory (merged by Ray Train from every rank's temporary directory):
-- rank 0: ``model.safetensors`` + ``vitpipe.json`` (the checkpoint contract: for ``task: mae``
-  the ENCODER as a classifier with no classes, and ``mae_decoder.safetensors`` beside it),
+- rank 0: ``model.safetensors`` + ``vitpipe.json`` (the checkpoint contract, its content the
+  task's: for ``task: mae`` the ENCODER as a classifier with no classes, and
+  ``mae_decoder.safetensors`` beside it),
   ``optimizer.safetensors`` + ``train_state.json`` (optimizer, scheduler, scaler, progress);
 - every rank: ``rng_rank<r>.{safetensors,json}``;
 - rank 0, last: ``vitpipe_manifest.json`` (``storage.write_manifest``): a run resumes only
@@ -18,62 +19,30 @@ and MLflow never holds a step that a restart trains again.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 
 import torch
 
 from components.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from components.tasks import Task, get_task
 from components.training import storage
 from components.training.config import TrainConfig
 from components.training.plan import WorkerPlan
 from components.training.state import Progress, load_rng, load_train_state, save_rng, save_train_state
 from components.training.tracking import MetricLogger
 
-MAE_DECODER_FILE = "mae_decoder.safetensors"
 log = logging.getLogger(__name__)
 
 
-def checkpoint_weights(model: torch.nn.Module, task: str) -> dict[str, torch.Tensor]:
-    """The weights saved as ``model.safetensors``: the model's, or an MAE's encoder alone
-    (a classifier in the checkpoint contract, so fine-tuning and YOLOS start from it)."""
-    return model.encoder.state_dict() if task == "mae" else model.state_dict()
-
-
-def save_extra_weights(directory: str, model: torch.nn.Module, task: str) -> None:
-    """MAE: the decoder (and mask token) beside the encoder, for resuming the pretraining."""
-    if task == "mae":
-        from safetensors.torch import save_file
-
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.decoder_state_dict().items()},
-                  os.path.join(directory, MAE_DECODER_FILE))
-
-
-def restore_weights(model: torch.nn.Module, task: str, state_dict: dict[str, torch.Tensor],
-                    directory: str) -> None:
-    """Inverse of :func:`checkpoint_weights` + :func:`save_extra_weights`."""
-    if task != "mae":
-        model.load_state_dict(state_dict)
-        return
-    from safetensors.torch import load_file
-
-    model.encoder.load_state_dict(state_dict)
-    missing, unexpected = model.load_state_dict(load_file(os.path.join(directory, MAE_DECODER_FILE)),
-                                                strict=False)
-    missing = [k for k in missing if not k.startswith("encoder.")]
-    if missing or unexpected:
-        raise RuntimeError(f"MAE decoder state does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
-
-
-def restore_from(checkpoint_dir: str, *, task: str, model: torch.nn.Module, optimizer, scheduler, scaler,
+def restore_from(checkpoint_dir: str, *, task: Task, model: torch.nn.Module, optimizer, scheduler, scaler,
                  rank: int) -> tuple[Progress, dict[str, float]]:
     """Weights, optimizer, scheduler, scaler and this rank's RNG from a checkpoint directory.
 
     Returns the progress to continue from and the checkpoint's validation metrics.
     """
     state_dict, meta = load_checkpoint(checkpoint_dir, map_location="cpu")
-    restore_weights(model, task, state_dict, checkpoint_dir)
+    task.restore_weights(model, state_dict, checkpoint_dir)
     progress = load_train_state(checkpoint_dir, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
     load_rng(checkpoint_dir, rank)
     return progress, {k: v for k, v in meta.metrics.items() if k.startswith("val_")}
@@ -115,21 +84,22 @@ class CheckpointReporter:
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.rank, self.progress, self.logger = rank, progress, logger
         self.best_val = dict(best_val or {})
-        self._mae_extra = {"objective": "mae", "mae": cfg.mae.model_dump(), "decoder_file": MAE_DECODER_FILE} \
-            if cfg.task == "mae" else {}
+        self.task = get_task(cfg.task)
+        self._task_extra = self.task.checkpoint_extra(cfg)
 
     def meta_for(self, metrics: dict[str, float]) -> CheckpointMeta:
         cfg, plan, model, progress = self.cfg, self.plan, self.model, self.progress
-        # MAE: the encoder as a classifier with no classes (task "classification", head unused).
+        # What the checkpoint holds is the task's to say (MAE: the encoder as a classifier
+        # with no classes, head unused).
         return CheckpointMeta(
-            model_name=cfg.model.name, task="classification" if cfg.task == "mae" else cfg.task,
+            model_name=cfg.model.name, task=self.task.model_task,
             model_config=dict(model.build_config),
-            class_names=[] if cfg.task == "mae" else list(plan.class_names), image_size=plan.image_size,
+            class_names=self.task.checkpoint_classes(plan.class_names), image_size=plan.image_size,
             patch_size=int(model.patch_size), mean=tuple(model.mean), std=tuple(model.std),
             data_fingerprint=plan.fingerprint, step=progress.global_step,
             metrics=metrics, extra={"run_name": cfg.run.name, "mlflow_run_id": plan.mlflow_run_id,
                                     "epoch": progress.epoch, "letterbox": bool(cfg.data.letterbox),
-                                    **self._mae_extra},
+                                    **self._task_extra},
         )
 
     def report(self, metrics: dict[str, float], *, with_checkpoint: bool, kind: str = "mid") -> None:
@@ -150,8 +120,8 @@ class CheckpointReporter:
         with tempfile.TemporaryDirectory(prefix="vitpipe-ckpt-") as tmp:
             save_rng(tmp, self.rank)
             if self.rank == 0:
-                save_checkpoint(tmp, checkpoint_weights(self.model, self.cfg.task), self.meta_for(ckpt_metrics))
-                save_extra_weights(tmp, self.model, self.cfg.task)
+                save_checkpoint(tmp, self.task.checkpoint_weights(self.model), self.meta_for(ckpt_metrics))
+                self.task.save_extra_weights(tmp, self.model)
                 save_train_state(tmp, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
                                  progress=progress)
                 storage.write_manifest(tmp, world_size=ray.train.get_context().get_world_size())

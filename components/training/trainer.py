@@ -9,7 +9,7 @@
    resumes) and log the resolved config with it;
 2. :func:`fit` — the ``TorchTrainer`` (Ray Train restores the last checkpoint of the same
    run name by itself; ``FailureConfig`` replaces dead workers);
-3. :func:`finalize` — evaluate the best checkpoint with ``components.training.evaluate`` on
+3. :func:`finalize` — evaluate the best checkpoint with ``components.evaluation`` (the task's evaluation) on
    the val split, log the report and plots, hand the checkpoint to the registry, end the
    MLflow run, return a summary.
 """
@@ -29,10 +29,12 @@ from typing import Any
 import torch
 
 from components.core.config import ConfigError, dump_config, flatten
+from components.data.config import with_boxes
+from components.tasks import get_task
 from components.training import storage
 from components.training.config import TrainConfig, check_model
 from components.training.faults import faults_from_env
-from components.training.loop import loader_task, train_loop_per_worker
+from components.training.loop import train_loop_per_worker
 from components.training.plan import StepPlan, WorkerPlan, steps_plan
 from components.training.tracking import (
     TrackingError, check_tracking_server, log_params_safely, open_run, retry, system_info,
@@ -106,7 +108,7 @@ def check_init_weights(cfg: TrainConfig, state: dict[str, torch.Tensor], meta: d
     from components.models.hub import weight_mismatches
 
     overrides = dict(cfg.model.overrides)
-    if cfg.task == "classification":
+    if not with_boxes(get_task(cfg.task).model_task):  # a classifier
         pretrained = dict(meta.get("model_config") or {})
         pretrained.pop("img_size", None)
         classes = pretrained.pop("num_classes", num_classes)
@@ -182,6 +184,7 @@ def prepare(cfg: TrainConfig, *, config_text: str | None = None,
     pretrained weights and the test hooks, then open (or resume) the run's ONE MLflow run and
     log its params, tags, dataset input and resolved config. Raises before any worker starts."""
     check_model(cfg)
+    task = get_task(cfg.task)
     started = time.monotonic()
     ensure_ray(cfg)
     import ray
@@ -229,7 +232,7 @@ def prepare(cfg: TrainConfig, *, config_text: str | None = None,
                                config_text=config_text, mlflow_tags=mlflow_tags) if uri else None
     plan = WorkerPlan(
         config=cfg, steps=steps, class_names=tuple(train.class_names), image_size=cfg.data.image_size,
-        fingerprint=train.fingerprint, batch_task=loader_task(cfg, cfg.data.format), has_val=True,
+        fingerprint=train.fingerprint, batch_task=task.loader_kind(cfg.data.format), has_val=True,
         tracking_uri=uri, mlflow_run_id=run_id, init_state_ref=init_ref, init_meta=init_meta,
         faults=faults,
     )
@@ -323,6 +326,7 @@ def finalize(run: PreparedRun, result) -> dict[str, Any]:
     (``run_name, task, model, mlflow_run_id, checkpoint, metrics, registered_version, steps,
     seconds``)."""
     cfg, plan = run.cfg, run.plan
+    task = get_task(cfg.task)
     uri, run_id = plan.tracking_uri, plan.mlflow_run_id
     best = _best_checkpoint(result, cfg)
     # The local copy lives only while it is evaluated and registered: the run's checkpoints
@@ -341,15 +345,16 @@ def finalize(run: PreparedRun, result) -> dict[str, Any]:
             retry(lambda: client.log_dict(run_id, report, "eval/report.json"), attempts=3, what="log eval report")
             for png in report.pop("_plots", []):
                 retry(lambda: client.log_artifact(run_id, png, "eval"), attempts=3, what="log plot")
-            if cfg.registry.enabled and cfg.task == "mae":
-                log.info("task mae: the checkpoint is a ViT encoder to fine-tune (pipelines.finetune / "
-                         "pipelines.detect model.init_from=%s), nothing to serve: not registered", best.path)
+            if cfg.registry.enabled and not task.registers:
+                log.info("task %s: the checkpoint is a ViT encoder to fine-tune (pipelines.finetune / "
+                         "pipelines.detect model.init_from=%s), nothing to serve: not registered",
+                         task.name, best.path)
             elif cfg.registry.enabled:
                 from components.tracking.registry import register_checkpoint
 
                 registered_version = register_checkpoint(
-                    local_dir, task=cfg.task, run_id=run_id, registered_name=cfg.registry.registered_name,
-                    tracking_uri=uri, metrics=_primary_metrics(cfg.task, summary_metrics),
+                    local_dir, task=task.model_task, run_id=run_id, registered_name=cfg.registry.registered_name,
+                    tracking_uri=uri, metrics=_primary_metrics(task.metric, summary_metrics),
                     tags={"vitpipe.run_name": cfg.run.name},
                 )
             retry(lambda: client.set_terminated(run_id, status="FINISHED"), attempts=3, what="end run")
@@ -417,10 +422,7 @@ def _as_dict(report: Any) -> dict:
     return asdict(report) if is_dataclass(report) else {"report": str(report)}
 
 
-def _primary_metrics(task: str, metrics: dict[str, float]) -> dict[str, float]:
-    from components.training.evaluate import primary_metric
-
-    key = primary_metric(task)
+def _primary_metrics(key: str, metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k in (key, "top1", "top5", "map", "map50", "map75")}
 
 
@@ -438,51 +440,40 @@ def _best_checkpoint(result, cfg: TrainConfig):
 
 
 def evaluate_checkpoint(checkpoint_dir: Path, val_bundle, cfg: TrainConfig) -> dict[str, Any]:
-    """Evaluate a checkpoint on the val split with the shared evaluator; plots as PNGs."""
+    """Evaluate a checkpoint on the val split with the task's evaluation; plots as PNGs."""
+    from components.core.checkpoint import read_meta
     from components.core.device import autocast_dtype, pick_device
     from components.data.loader import iter_batches
-    from components.tracking.packaging import model_from_checkpoint
-    from components.training import evaluate as ev
+    from components.models import model_from_checkpoint
 
-    if cfg.task == "mae":  # no classes to score: the best val reconstruction loss is the report
-        from components.core.checkpoint import read_meta
-
+    task = get_task(cfg.task)
+    if not task.evaluates:  # no classes to score (MAE): the best val loss is the report
         meta = read_meta(checkpoint_dir)
         return {"val_loss": meta.metrics.get("val_loss"), "step": meta.step,
                 "checkpoint_metrics": meta.metrics, "_plots": []}
     device = pick_device(prefer_gpu=cfg.scaling.use_gpu)
     model, meta = model_from_checkpoint(checkpoint_dir, device=device)
     amp = autocast_dtype(device, cfg.precision, model)
-    batches = iter_batches(val_bundle.dataset, batch_size=cfg.eval.batch_size, task=cfg.task)
-    plots_dir = checkpoint_dir.parent / f"{checkpoint_dir.name}-plots"
-    plots: list[str] = []
-    if cfg.task == "classification":
-        preds = ev.predict_classification(model, batches, device=device, autocast_dtype=amp, keep_samples=8)
-        report = ev.classification_metrics(preds.logits, preds.labels, num_classes=len(meta.class_names))
-        report["class_names"] = meta.class_names
-        plots.append(str(ev.plot_confusion_matrix(report["confusion"], meta.class_names,
-                                                  plots_dir / "confusion_matrix.png")))
-    else:
-        coco_gt = _coco_gt(val_bundle)
-        preds = ev.predict_detections(model, batches, coco_gt, device=device, autocast_dtype=amp,
-                                      score_threshold=cfg.eval.score_threshold, keep_samples=8)
-        report = ev.coco_metrics(preds.results, coco_gt, image_ids=preds.image_ids,
-                                 class_names=meta.class_names)
-    if preds.samples:
-        plots.append(str(ev.plot_sample_predictions(preds.samples, meta.class_names,
-                                                    plots_dir / "sample_predictions.png")))
+    batches = iter_batches(val_bundle.dataset, batch_size=cfg.eval.batch_size, task=task.batch_kind)
+    report = task.evaluate(model, batches, device=device, amp_dtype=amp, class_names=meta.class_names,
+                           coco_gt=_coco_gt(val_bundle),
+                           score_threshold=cfg.eval.score_threshold,
+                           plots_dir=checkpoint_dir.parent / f"{checkpoint_dir.name}-plots")
     report["step"] = meta.step
     report["checkpoint_metrics"] = meta.metrics
-    report["_plots"] = plots
     return report
 
 
 def _coco_gt(bundle):
+    """The val bundle's COCO ground truth (``None`` for a split without boxes)."""
     for attr in ("coco_gt", "coco_gt_path", "coco"):
-        value = getattr(bundle, attr, None)
+        try:
+            value = getattr(bundle, attr, None)
+        except ValueError:  # a bundle without boxes has no COCO file to write
+            return None
         if value is not None:
             return value() if callable(value) else value
-    raise TrainingError("the val dataset bundle exposes no COCO ground truth for evaluation")
+    return None
 
 
 def summary_line(summary: dict[str, Any]) -> str:

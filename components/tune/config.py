@@ -23,17 +23,15 @@ from components.training.config import TrainConfig, check_model
 DOMAIN_KINDS = ("choice", "uniform", "loguniform", "randint")
 # Set per trial (or by the search itself): never part of a search space.
 FIXED_PREFIXES = ("task", "run.name", "run.storage_path", "mlflow.", "registry.")
-# The metric of each task that the training loop reports at every validation, and its direction.
-OBJECTIVES: dict[str, tuple[str, str]] = {
-    "classification": ("val_top1", "max"),
-    "detection": ("val_loss", "min"),
-    "mae": ("val_loss", "min"),
-}
 
 
 def default_objective(task: str) -> tuple[str, str]:
-    """``(metric, mode)`` a search of ``task`` ranks trials by unless ``search.metric`` says."""
-    return OBJECTIVES[task]
+    """``(metric, mode)`` a search of ``task`` ranks trials by unless ``search.metric`` says:
+    the task's in-loop validation metric, reported at every validation, and its direction."""
+    from components.tasks import get_task
+
+    t = get_task(task)
+    return t.val_metric, t.val_direction
 
 
 def reported_metrics(task: str) -> set[str]:
@@ -237,11 +235,11 @@ def _check_builds(cfg: TrainConfig) -> None:
     """The trial's model (name, head, overrides) builds, on the meta device: no memory, no weights."""
     import torch
 
-    from components.training.loop import build_task_model
+    from components.tasks import get_task
 
     try:
         with torch.device("meta"):
-            build_task_model(cfg, num_classes=2, image_size=cfg.data.image_size)
+            get_task(cfg.task).build_model(cfg, num_classes=2, image_size=cfg.data.image_size)
     except (TypeError, ValueError, KeyError, AssertionError) as err:
         raise ConfigError(f"model {cfg.model.name!r} does not build: {err}") from None
 

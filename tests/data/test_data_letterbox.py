@@ -47,7 +47,7 @@ class GroundTruthOracle(torch.nn.Module):
 
 def coco_map_of_ground_truth(batches: list[dict[str, torch.Tensor]], coco_gt: dict) -> dict:
     """The real evaluator (predict + COCOeval) run on the oracle's answers."""
-    from components.training.evaluate import coco_metrics, predict_detections
+    from components.evaluation import coco_metrics, predict_detections
 
     oracle = GroundTruthOracle(batches, num_classes=len(coco_gt["categories"]))
     preds = predict_detections(oracle, [dict(b) for b in batches], coco_gt, device="cpu")

@@ -221,7 +221,7 @@ def test_malformed_objects_are_skipped_and_counted_never_fatal(tmp_path_factory,
 
 
 def test_difficult_boxes_neither_help_nor_hurt_map(bad_voc):
-    from components.training.evaluate import coco_metrics
+    from components.evaluation import coco_metrics
 
     source = read_voc(str(bad_voc), image_set=str(bad_voc / "ImageSets/Main/one.txt"))
     gt = source.gt
@@ -289,14 +289,13 @@ def test_bccd_on_object_storage_matches_local(s3_server, bccd_small):
 def test_voc_is_a_detection_format_everywhere(tmp_path):
     from components.data.config import DataConfig
     from components.data.dataset import task_of
-    from components.training.config import TrainConfig
-    from components.training.loop import loader_task
+    from components.tasks import get_task
 
     cfg = DataConfig(format="voc", root=str(tmp_path))
     assert task_of(cfg) == "detection"
     assert cfg.split_paths("val").image_set == str(tmp_path / "ImageSets" / "Main" / "val.txt")
-    assert loader_task(TrainConfig(task="mae", data=cfg), "voc") == "detection"  # MAE on VOC images
-    assert loader_task(TrainConfig(task="mae", data=cfg), "imagefolder") == "classification"
+    assert get_task("mae").loader_kind("voc") == "detection"  # MAE on VOC images
+    assert get_task("mae").loader_kind("imagefolder") == "classification"
     with pytest.raises(ValueError, match="annotations is for format 'coco'"):
         DataConfig(format="voc", splits={"train": {"annotations": "a.json", "images": "x"}})
     with pytest.raises(ValueError, match="image_set is for format 'voc'"):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from components.models import build_model, get_spec, list_models
-from components.models.criterion import batch_targets, build_criterion, total_loss
+from components.models.criterion import batch_targets, build_criterion, loss_weight, total_loss
 from components.models.matcher import HungarianMatcher
 from components.models.postprocess import detections
 from components.models.yolos import init_from_classifier
@@ -57,7 +57,12 @@ def test_detr_has_aux_losses_for_every_decoder_layer():
     criterion = build_criterion(3)
     losses = criterion(out, random_batch(b=1))
     assert {"loss_ce_0", "loss_bbox_0", "loss_giou_0"} <= set(losses)
-    assert all(k in criterion.weight_dict for k in losses)
+    # Weights are fixed at construction: auxiliary terms take their base term's.
+    assert set(criterion.weight_dict) == {"loss_ce", "loss_bbox", "loss_giou"}
+    assert all(loss_weight(criterion.weight_dict, k) == criterion.weight_dict[k.rsplit("_", 1)[0]]
+               for k in losses if k[-1].isdigit())
+    criterion(out, random_batch(b=1))
+    assert set(criterion.weight_dict) == {"loss_ce", "loss_bbox", "loss_giou"}  # forward leaves it alone
 
 
 def _brute_force_cost(cost: torch.Tensor) -> float:

@@ -13,9 +13,10 @@ from components.models.hf_detectors import FAMILIES
 from components.models.postprocess import detection_settings, detections
 from components.models.summary import count_params
 from components.training.config import OptimSection, TrainConfig
-from components.training.loop import make_loss
+from components.tasks import get_task
 from components.training.optim import build_optimizer, build_scheduler
-from components.training.step import StepRunner, model_computes_loss
+from components.tasks.losses import model_computes_loss
+from components.training.step import StepRunner
 from detection_helpers import random_batch
 
 HF_NAMES = [n for n in list_models("detection") if get_spec(n).family in FAMILIES]
@@ -82,7 +83,7 @@ def test_forward_backward_every_hf_detector(name, one_thread):
     gh, gw = model.grid_size
     patches = torch.randint(0, 256, (2, gh * gw, 768), dtype=torch.uint8)
     cfg = TrainConfig.model_validate({"data": {"root": "unused"}, "task": "detection", "model": {"name": name}})
-    loss_fn = make_loss(cfg, 3, model)
+    loss_fn = get_task(cfg.task).loss(cfg, num_classes=3, model=model)
     model.train()
     losses = loss_fn(model, {**random_batch(), "patches": patches, "grid": torch.tensor([[gh, gw]] * 2)})
     assert set(loss_fn.weight_dict) == {"loss_total"} and torch.isfinite(losses["loss_total"])
@@ -114,11 +115,12 @@ def test_criterion_settings_do_not_reach_these_models(caplog):
                                       "model": {"name": "dfine_demo"}, "criterion": {"match_repeats": 3}})
     model = build_model("dfine_demo", num_classes=3)
     with caplog.at_level("WARNING"):
-        loss_fn = make_loss(cfg, 3, model)
+        loss_fn = get_task(cfg.task).loss(cfg, num_classes=3, model=model)
     assert loss_fn.weight_dict == {"loss_total": 1.0}
     assert "match_repeats" in caplog.text
     # our own detectors still get the set criterion
-    assert "loss_giou" in make_loss(cfg, 3, build_model("detr_demo", num_classes=3)).weight_dict
+    detr = build_model("detr_demo", num_classes=3)
+    assert "loss_giou" in get_task(cfg.task).loss(cfg, num_classes=3, model=detr).weight_dict
 
 
 def test_sigmoid_postprocessing_equals_the_library():
@@ -179,7 +181,8 @@ def test_overfit_one_batch(family, one_thread):
     optim = OptimSection(lr=5e-3, weight_decay=0.0, warmup_steps=3, schedule="constant", clip_grad_norm=0.5)
     optimizer = build_optimizer(model, optim)
     runner = StepRunner(model=model, optimizer=optimizer, scheduler=build_scheduler(optimizer, optim, 140),
-                        loss_fn=make_loss(cfg, 3, model), device=torch.device("cpu"), clip_grad_norm=0.5)
+                        loss_fn=get_task(cfg.task).loss(cfg, num_classes=3, model=model),
+                        device=torch.device("cpu"), clip_grad_norm=0.5)
     losses = [float(runner.micro_step(batch, step=s)["loss"]) for s in range(140)]
     # the total keeps the denoising groups' terms (noised boxes), so it does not reach 0:
     # measured ×0.2-0.3 after 140 steps, boxes recovered from ~100 steps on

@@ -85,7 +85,7 @@ def classification_cfg(ref: str):
 
 def test_timm_name_loads_the_cached_weights_offline(tmp_path):
     from components.models.hub import weight_mismatches
-    from components.training.loop import build_task_model
+    from components.tasks import get_task
     from components.training.trainer import check_init_weights
 
     saved = tiny_timm_state()
@@ -102,7 +102,7 @@ def test_timm_name_loads_the_cached_weights_offline(tmp_path):
     # the driver's check passes and the weights land in the model the workers build
     cfg = classification_cfg(ref)
     check_init_weights(cfg, loaded, meta, num_classes=3, image_size=64)
-    model = build_task_model(cfg, num_classes=3, image_size=64, init_state=loaded, init_meta=meta)
+    model = get_task(cfg.task).build_model(cfg, num_classes=3, image_size=64, init_state=loaded, init_meta=meta)
     own = model.state_dict()
     assert torch.equal(own["backbone.blocks.3.mlp.fc2.weight"], saved["blocks.3.mlp.fc2.weight"])
     assert torch.equal(own["backbone.pos_embed"], saved["pos_embed"])

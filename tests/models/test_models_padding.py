@@ -14,7 +14,7 @@ from components.data.patchify import patchify
 from components.data.transforms import ImageTransform
 from components.models import build_model
 from components.training.config import OptimSection, TrainConfig
-from components.training.loop import make_loss
+from components.tasks import get_task
 from components.training.optim import build_optimizer, build_scheduler
 from components.training.step import StepRunner
 
@@ -65,7 +65,7 @@ def test_detector_trains_on_letterboxed_multiscale_batches(name, one_thread):
     optim = OptimSection(lr=1e-3, weight_decay=0.0, warmup_steps=1, schedule="constant")
     optimizer = build_optimizer(model, optim)
     runner = StepRunner(model=model, optimizer=optimizer, scheduler=build_scheduler(optimizer, optim, 4),
-                        loss_fn=make_loss(cfg, 2, model), device=torch.device("cpu"))
+                        loss_fn=get_task(cfg.task).loss(cfg, num_classes=2, model=model), device=torch.device("cpu"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for step, target in enumerate((96, 64, 128)):  # three canvas sizes, one model
         out = runner.micro_step(rescale_batch(batch, target, PATCH), step=step)

@@ -1,7 +1,7 @@
 """Labelled splits: predictions scored with the training evaluator, models from the registry.
 
 The expected metrics come from the evaluation path training uses: the data layer's eval
-dataset (``build_dataset(..., training=False)``) through ``components.training.evaluate``.
+dataset (``build_dataset(..., training=False)``) through ``components.evaluation``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from components.data.config import DataConfig
 from components.data.dataset import build_dataset
 from components.data.loader import iter_batches
 from components.tracking.packaging import model_from_checkpoint
-from components.training.evaluate import (coco_metrics, evaluate_classification,
+from components.evaluation import (coco_metrics, evaluate_classification,
                                           predict_detections)
 from tests.predict.conftest import run_cli
 

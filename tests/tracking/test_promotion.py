@@ -18,7 +18,7 @@ from components.tracking import registry
 from components.tracking.history import read_history
 from components.tracking.promotion import PromoteConfig, promote
 from components.tracking.registry import RegistryError, register_checkpoint, resolve_uri
-from components.training.evaluate import evaluate_classification
+from components.evaluation import evaluate_classification
 
 from tracking_helpers import make_checkpoint
 

@@ -11,8 +11,8 @@ from components.core.config import ConfigError
 from components.models import build_model
 from components.models.criterion import build_criterion
 from components.training.config import load_train_config
-from components.training.loop import make_loss
-from components.training.step import detection_loss
+from components.tasks import get_task
+from components.tasks.losses import detection_loss
 
 torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parents[2] / "pipelines" / "configs"
@@ -27,7 +27,7 @@ def test_defaults_are_detrs():
 def test_make_loss_passes_the_section():
     cfg = load_train_config(CONFIGS / "detect_ci.yaml", ["criterion.match_repeats=3", "criterion.bbox_weight=4",
                                                          "criterion.eos_coef=0.2"])
-    loss_fn = make_loss(cfg, 3)
+    loss_fn = get_task(cfg.task).loss(cfg, num_classes=3)
     assert loss_fn.weight_dict == {"loss_ce": 1.0, "loss_bbox": 4.0, "loss_giou": 2.0}
     torch.manual_seed(0)
     model = build_model("detr_demo", num_classes=3, img_size=64).eval()

@@ -13,10 +13,11 @@ from components.data.dataset import build_dataset
 from components.data.loader import iter_batches
 from components.models import build_model
 from components.models.criterion import build_criterion
-from components.training import evaluate as ev
+import components.evaluation as ev
 from components.training.config import OptimSection
 from components.training.optim import build_optimizer, build_scheduler
-from components.training.step import StepRunner, detection_loss
+from components.tasks.losses import detection_loss
+from components.training.step import StepRunner
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.training.evaluate import (
+from components.evaluation import (
     classification_metrics,
     coco_metrics,
     evaluate_classification,
@@ -219,7 +219,7 @@ def _det_batches(gt, model, *, shift=0.0, p=8, grid=(2, 2)):
 
 
 def test_evaluate_detection_maps_back_to_pixels_and_coco_ids(tmp_path):
-    from components.training.evaluate import evaluate_detection, predict_detections
+    from components.evaluation import evaluate_detection, predict_detections
 
     gt = _coco_gt()
     model = _OracleDetector({})
@@ -243,7 +243,7 @@ def test_evaluate_detection_maps_back_to_pixels_and_coco_ids(tmp_path):
 
 
 def test_detection_sample_plot(tmp_path):
-    from components.training.evaluate import predict_detections
+    from components.evaluation import predict_detections
 
     gt = _coco_gt()
     model = _OracleDetector({})

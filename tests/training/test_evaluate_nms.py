@@ -7,7 +7,7 @@ import torch
 from components.core.checkpoint import CheckpointMeta
 from components.models import build_model
 from components.models.postprocess import detections
-from components.training.evaluate import evaluate_detection, predict_detections
+from components.evaluation import evaluate_detection, predict_detections
 
 torch.set_num_threads(1)
 

@@ -8,7 +8,7 @@ import torch
 
 from components.models import build_model
 from components.training.config import TrainConfig
-from components.training.loop import build_task_model
+from components.tasks import get_task
 
 DATA = {"root": "unused"}  # model building reads no data
 
@@ -21,9 +21,8 @@ def _pretrained():
 
 def test_finetune_at_higher_resolution_with_a_linear_head():
     state, meta = _pretrained()
-    cfg = TrainConfig.model_validate({
-        "data": DATA, "model": {"name": "vit_demo", "head": "linear", "init_from": "x"}})
-    model = build_task_model(cfg, num_classes=3, image_size=96, init_state=state, init_meta=meta)
+    cfg = TrainConfig.model_validate({"data": DATA, "model": {"name": "vit_demo", "head": "linear", "init_from": "x"}})
+    model = get_task(cfg.task).build_model(cfg, num_classes=3, image_size=96, init_state=state, init_meta=meta)
     own = model.state_dict()
     block = "backbone.blocks.0.attn.qkv.weight"
     torch.testing.assert_close(own[block], state[block])  # backbone weights arrived
@@ -36,9 +35,8 @@ def test_finetune_at_higher_resolution_with_a_linear_head():
 
 def test_yolos_backbone_initialised_from_a_vit_checkpoint():
     state, meta = _pretrained()
-    cfg = TrainConfig.model_validate({
-        "data": DATA, "task": "detection", "model": {"name": "yolos_demo", "init_from": "x"}})
-    model = build_task_model(cfg, num_classes=5, image_size=64, init_state=state, init_meta=meta)
+    cfg = TrainConfig.model_validate({"data": DATA, "task": "detection", "model": {"name": "yolos_demo", "init_from": "x"}})
+    model = get_task(cfg.task).build_model(cfg, num_classes=5, image_size=64, init_state=state, init_meta=meta)
     own = model.state_dict()
     shared = [k for k in state if k.startswith("backbone.blocks.") and k in own]
     assert shared, "the detector shares no backbone keys with the classifier"
@@ -51,14 +49,12 @@ def test_conv_stem_travels_from_pretraining_to_fine_tuning_and_yolos():
     vit = build_model("vit_demo", num_classes=5, img_size=64, head="mlp", stem="conv")
     state, meta = vit.state_dict(), {"model_config": dict(vit.build_config)}
     stem_conv = "backbone.patch_embed.backbone.0.weight"
-    finetune = TrainConfig.model_validate({
-        "data": DATA, "model": {"name": "vit_demo", "head": "linear", "init_from": "x"}})
-    model = build_task_model(finetune, num_classes=3, image_size=96, init_state=state, init_meta=meta)
+    finetune = TrainConfig.model_validate({"data": DATA, "model": {"name": "vit_demo", "head": "linear", "init_from": "x"}})
+    model = get_task(finetune.task).build_model(finetune, num_classes=3, image_size=96, init_state=state, init_meta=meta)
     assert model.build_config["stem"] == "conv"
     torch.testing.assert_close(model.state_dict()[stem_conv], state[stem_conv])
     # YOLOS takes the ViT's stem without being told (the weights would not fit another stem).
-    detect = TrainConfig.model_validate({
-        "data": DATA, "task": "detection", "model": {"name": "yolos_demo", "init_from": "x"}})
-    detector = build_task_model(detect, num_classes=5, image_size=96, init_state=state, init_meta=meta)
+    detect = TrainConfig.model_validate({"data": DATA, "task": "detection", "model": {"name": "yolos_demo", "init_from": "x"}})
+    detector = get_task(detect.task).build_model(detect, num_classes=5, image_size=96, init_state=state, init_meta=meta)
     assert detector.build_config["stem"] == "conv"
     torch.testing.assert_close(detector.state_dict()[stem_conv], state[stem_conv])

@@ -14,8 +14,8 @@ from components.core.checkpoint import load_checkpoint, read_meta
 from components.core.config import ConfigError
 from components.models.mae import MaeConfigError, build_mae, masked_patch_loss
 from components.training.config import load_train_config
-from components.training.loop import build_task_model
-from components.training.reporting import MAE_DECODER_FILE
+from components.tasks import get_task
+from components.tasks.mae import MAE_DECODER_FILE
 from components.training.trainer import run_training
 
 CONFIGS = Path(__file__).resolve().parents[2] / "pipelines" / "configs"
@@ -130,7 +130,7 @@ def test_finetune_and_yolos_start_from_the_mae_encoder(mae_sigterm_run, synth_da
     overrides = [f"data.root={synth_dataset}", f"run.storage_path={tmp_path}", "run.name=ft-from-mae",
                  f"model.init_from={ckpt}", "model.head=linear", "max_steps=6", "epochs=1"]
     cfg = load_train_config(CONFIGS / "pretrain_ci.yaml", overrides)
-    model = build_task_model(cfg, num_classes=5, image_size=64, init_state=state, init_meta=asdict(meta))
+    model = get_task(cfg.task).build_model(cfg, num_classes=5, image_size=64, init_state=state, init_meta=asdict(meta))
     own = model.state_dict()
     encoder_keys = [k for k in state if k.startswith("backbone.")]
     assert encoder_keys and all(torch.equal(own[k], state[k]) for k in encoder_keys)  # every encoder weight
@@ -154,7 +154,7 @@ def test_mae_checkpoint_round_trip_restores_encoder_and_decoder(tmp_path):
     """What the loop saves for an MAE (encoder in the contract + decoder file) restores the
     whole autoencoder, so a stopped/restarted MAE pretraining resumes with its decoder."""
     from components.core.checkpoint import CheckpointMeta, save_checkpoint
-    from components.training.reporting import checkpoint_weights, restore_weights, save_extra_weights
+    task = get_task("mae")
 
     kwargs = dict(img_size=64, decoder_dim=32, decoder_depth=1, decoder_heads=2)
     torch.manual_seed(0)
@@ -164,9 +164,9 @@ def test_mae_checkpoint_round_trip_restores_encoder_and_decoder(tmp_path):
     meta = CheckpointMeta(model_name="vit_demo", task="classification", model_config=saved.build_config,
                           class_names=[], image_size=64, patch_size=16, mean=saved.mean, std=saved.std,
                           data_fingerprint="", step=3, metrics={}, extra={"objective": "mae"})
-    save_checkpoint(tmp_path, checkpoint_weights(saved, "mae"), meta)
-    save_extra_weights(str(tmp_path), saved, "mae")
+    save_checkpoint(tmp_path, task.checkpoint_weights(saved), meta)
+    task.save_extra_weights(str(tmp_path), saved)
     state, _ = load_checkpoint(tmp_path)
-    restore_weights(fresh, "mae", state, str(tmp_path))
+    task.restore_weights(fresh, state, str(tmp_path))
     a, b = saved.state_dict(), fresh.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

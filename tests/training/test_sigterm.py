@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from components.core.checkpoint import read_meta
-from components.training.reporting import MAE_DECODER_FILE
+from components.tasks.mae import MAE_DECODER_FILE
 
 
 @pytest.mark.slow

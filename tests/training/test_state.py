@@ -13,7 +13,8 @@ from components.training.optim import build_optimizer, build_scheduler, layer_id
 from components.training.state import (
     Progress, load_rng, load_train_state, save_rng, save_train_state,
 )
-from components.training.step import NonFiniteLossError, StepRunner, classification_loss
+from components.tasks.losses import classification_loss
+from components.training.step import NonFiniteLossError, StepRunner
 
 
 class TinyVit(nn.Module):

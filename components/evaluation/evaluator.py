@@ -1,4 +1,5 @@
-"""The one evaluator: training, promotion and the report all measure models here.
+"""The one evaluator: training, promotion, the report, export parity and batch inference
+all measure models here (task-agnostic: top-k accuracy and COCO mAP).
 
 Two halves, so each can be tested (and reused) on its own:
 
@@ -9,7 +10,7 @@ Two halves, so each can be tested (and reused) on its own:
   :func:`coco_metrics` (pycocotools ``COCOeval``: mAP, mAP50, mAP75, per-class AP).
 
 :func:`evaluate_classification` / :func:`evaluate_detection` chain the two. Plots (confusion
-matrix, sample predictions) are PNGs drawn with matplotlib's Agg backend.
+matrix, sample predictions) are PNGs drawn by :mod:`components.evaluation.plots`.
 
 Batches follow the batch contract (``components.data.loader.iter_batches``): ``patches``
 uint8 ``[B, N, P*P*3]``, ``grid`` int64 ``[B, 2]``; classification adds ``label`` ``[B]``;
@@ -24,7 +25,6 @@ import contextlib
 import copy
 import io
 import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,25 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from components.core.batch import batch_grid
+from components.core.device import autocast
+
 Batch = dict[str, torch.Tensor]
 
 
 # ----------------------------------------------------------------------------- helpers
-def _grid(batch: Batch) -> tuple[int, int]:
-    """The batch's patch grid ``(gh, gw)``: one for all rows (``grid`` is ``[B, 2]``)."""
-    grid = batch["grid"]
-    if isinstance(grid, torch.Tensor):
-        row = grid[0] if grid.ndim == 2 else grid
-        return int(row[0]), int(row[1])
-    return int(grid[0]), int(grid[1])
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 @contextlib.contextmanager
 def _eval_mode(model: torch.nn.Module):
     was_training = model.training
@@ -72,7 +60,7 @@ def _batch_images(batch: Batch, patch_size: int) -> np.ndarray:
     """``[B, H, W, 3]`` uint8 images at model resolution, rebuilt from the patches."""
     from components.data.patchify import unpatchify
 
-    images = unpatchify(batch["patches"].detach().cpu(), _grid(batch), patch_size)
+    images = unpatchify(batch["patches"].detach().cpu(), batch_grid(batch), patch_size)
     return images.to(torch.uint8).numpy()
 
 
@@ -102,8 +90,8 @@ def predict_classification(
     with _eval_mode(model):
         for batch in batches:
             patches = batch["patches"].to(device, non_blocking=True)
-            with _autocast(device, autocast_dtype):
-                logits = model(patches, _grid(batch))
+            with autocast(device, autocast_dtype):
+                logits = model(patches, batch_grid(batch))
             logits = logits.float().cpu()
             labels = batch["label"].detach().cpu().long()
             logits_all.append(logits)
@@ -230,8 +218,8 @@ def predict_detections(
     with _eval_mode(model):
         for batch in batches:
             patches = batch["patches"].to(device, non_blocking=True)
-            with _autocast(device, autocast_dtype):
-                outputs = model(patches, _grid(batch), **padding_kwargs(batch))
+            with autocast(device, autocast_dtype):
+                outputs = model(patches, batch_grid(batch), **padding_kwargs(batch))
             outputs = {
                 k: v.float().cpu() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")
             }
@@ -339,101 +327,3 @@ def evaluate_detection(
     )
     return coco_metrics(preds.results, coco_gt, image_ids=preds.image_ids, class_names=class_names)
 
-
-def primary_metric(task: str) -> str:
-    """The metric that ranks models of ``task``: ``top1`` or ``map``."""
-    if task == "classification":
-        return "top1"
-    if task == "detection":
-        return "map"
-    raise ValueError(f"unknown task {task!r}")
-
-
-# ---------------------------------------------------------------------------- plots
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_confusion_matrix(
-    confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path
-) -> Path:
-    """Confusion matrix (rows true, columns predicted), row-normalised colours, counts as text."""
-    plt = _pyplot()
-    matrix = np.asarray(confusion, dtype=np.float64)
-    norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    size = max(4.0, 0.5 * len(class_names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ticks = range(len(class_names))
-    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
-    ax.set_yticks(ticks, class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if len(class_names) <= 30:
-        for i in ticks:
-            for j in ticks:
-                ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
-                        color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def plot_sample_predictions(
-    samples: Sequence[dict[str, Any]], class_names: Sequence[str], path: str | Path,
-    *, score_threshold: float = 0.3,
-) -> Path:
-    """A grid of sample images with predictions: ``samples`` from ``predict_classification``
-    (title: predicted vs true class) or ``predict_detections`` (green true boxes, red
-    predicted boxes above ``score_threshold``)."""
-    from matplotlib.patches import Rectangle
-
-    plt = _pyplot()
-    if not samples:
-        raise ValueError("no samples to plot: pass keep_samples > 0 to the predict function")
-    cols = min(4, len(samples))
-    rows = math.ceil(len(samples) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
-
-    def name(idx: int) -> str:
-        return class_names[idx] if 0 <= idx < len(class_names) else str(idx)
-
-    for ax, sample in zip(axes.flat, samples):
-        image = sample["image"]
-        h, w = image.shape[:2]
-        ax.imshow(image)
-        if "logits" in sample:
-            pred = int(np.argmax(sample["logits"]))
-            ok = pred == sample["label"]
-            ax.set_title(f"{name(pred)} / {name(sample['label'])}", fontsize=8,
-                         color="green" if ok else "red")
-        else:
-            for (cx, cy, bw, bh), label in zip(sample["gt_boxes_cxcywh"], sample["gt_labels"]):
-                ax.add_patch(Rectangle(((cx - bw / 2) * w, (cy - bh / 2) * h), bw * w, bh * h,
-                                       fill=False, edgecolor="lime", linewidth=1.5))
-            for (x0, y0, x1, y1), label, score in zip(
-                sample["pred_boxes_xyxy"], sample["pred_labels"], sample["pred_scores"]
-            ):
-                if score < score_threshold:
-                    continue
-                ax.add_patch(Rectangle((x0 * w, y0 * h), (x1 - x0) * w, (y1 - y0) * h,
-                                       fill=False, edgecolor="red", linewidth=1))
-                ax.text(x0 * w, y0 * h, f"{name(int(label))} {score:.2f}", color="red",
-                        fontsize=6, va="bottom")
-        ax.axis("off")
-    for ax in list(axes.flat)[len(samples):]:
-        ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
