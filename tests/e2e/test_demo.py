@@ -108,11 +108,11 @@ def test_chain_hands_the_pretrained_checkpoint_forward(tmp_path):
     assert load_stage(cfg, "pretrain", "t", init_from=None).model.init_from is None
     # Data tasks: at most one per core of this machine (the head's logical CPUs oversubscribe it).
     cores = max(1, os.cpu_count() or 1)
-    assert load_stage(cfg, "detect", "t", pretrain.checkpoint).data["concurrency"] == cores
+    assert load_stage(cfg, "detect", "t", pretrain.checkpoint).data.concurrency == cores
     gate = load_config(PromoteConfig, REPO / cfg.promote.config,
                        gate_overrides(cfg, "classification", "imagefolder", pretrain.registered_version))
     assert str(gate.candidate) == "1" and gate.data.concurrency == cores
-    assert load_stage(_chain_cfg(tmp_path, "data_concurrency=3"), "pretrain", "t", None).data["concurrency"] == 3
+    assert load_stage(_chain_cfg(tmp_path, "data_concurrency=3"), "pretrain", "t", None).data.concurrency == 3
     # The results JSON keeps the keys of each stage's own summary line.
     assert pretrain.to_dict() == {"run_name": "demo-pretrain-t", "task": "classification", "model": "vit_demo",
                                   "mlflow_run_id": "r1", "checkpoint": str(tmp_path / "ckpt"),
