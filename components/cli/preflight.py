@@ -242,20 +242,15 @@ def check_versions(nodes: list[dict], expected: dict[str, str], timeout_s: float
 
 def _storage_location(storage_path: str) -> tuple[str, bool]:
     """(normalised path, is a URI). Local paths are made absolute on this machine."""
-    import os
+    from components.core.fs import is_uri, normalize
 
-    if "://" in storage_path and not storage_path.startswith("file://"):
-        return storage_path.rstrip("/"), True
-    path = storage_path[len("file://"):] if storage_path.startswith("file://") else storage_path
-    return os.path.abspath(os.path.expanduser(path)), False
+    return normalize(storage_path), is_uri(storage_path)
 
 
 def _fs(path: str, is_uri: bool):
-    import pyarrow.fs as pafs
+    from components.core.fs import filesystem
 
-    if is_uri:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), path
+    return filesystem(path)
 
 
 def _storage_write(base: str, is_uri: bool, name: str) -> str:

@@ -18,13 +18,14 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from components.core.fs import has_scheme, read_bytes
+
+__all__ = ["Location", "PathEscapeError", "has_scheme", "join_uri", "read_bytes", "read_uri",
+           "resolve", "safe_join", "uri_is_dir"]
+
 
 class PathEscapeError(ValueError):
     """A file name that is absolute, a URI, or climbs out of its root with ``..``."""
-
-
-def has_scheme(uri: str) -> bool:
-    return "://" in uri
 
 
 def _s3_from_env(path: str) -> pafs.FileSystem | None:
@@ -77,14 +78,6 @@ def read_uri(uri: str) -> bytes:
     """All bytes of one file; ``FileNotFoundError`` if it is missing."""
     fs, path = resolve(uri)
     return read_bytes(fs, path)
-
-
-def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
-    info = fs.get_file_info(path)
-    if info.type != pafs.FileType.File:
-        raise FileNotFoundError(path)
-    with fs.open_input_stream(path) as f:
-        return f.read()
 
 
 def safe_join(root: str, file_name: str) -> str:

@@ -16,12 +16,14 @@ short (an upload cut off midway) is never resumed from (:func:`checkpoint_comple
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
+
+from components.core import fs as fs_
+from components.core.fs import is_uri, join, normalize  # noqa: F401 - part of this module's API
 
 
 class StorageError(ValueError):
@@ -34,27 +36,12 @@ CHECKPOINT_PREFIX = "checkpoint_step"
 STORAGE_MAX_ATTEMPTS = 10  # per S3 request; the delay between attempts grows up to 20 s
 
 
-def is_uri(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
-def normalize(path: str) -> str:
-    """Local paths → absolute (``~`` expanded); URIs unchanged."""
-    if is_uri(path):
-        return path.rstrip("/")
-    if path.startswith("file://"):
-        path = path[len("file://"):]
-    return str(Path(os.path.expanduser(path)).resolve())
-
-
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     """``(pyarrow filesystem, path inside it)`` for a normalised storage path."""
-    if is_uri(path):
-        try:
-            return pafs.FileSystem.from_uri(path)
-        except Exception as err:  # pyarrow raises several types for bad URIs
-            raise StorageError(f"storage_path {path!r} is not a usable URI: {err}") from err
-    return pafs.LocalFileSystem(), path
+    try:
+        return fs_.filesystem(path)
+    except Exception as err:  # pyarrow raises several types for bad URIs
+        raise StorageError(f"storage_path {path!r} is not a usable URI: {err}") from err
 
 
 def in_storage(storage_path: str, path: str) -> str:
@@ -63,10 +50,6 @@ def in_storage(storage_path: str, path: str) -> str:
     if is_uri(storage_path) and "://" not in path:
         return f"{storage_path.split('://', 1)[0]}://{path.lstrip('/')}"
     return path
-
-
-def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
 
 
 def write_text(path: str, text: str) -> None:
