@@ -55,7 +55,7 @@ class TrialRecord:
         """The record at ``exp_dir`` (a resumed search), else a new one with freshly drawn trials.
 
         A record written for a different search section (space, seed or ``num_samples``) is
-        a :class:`ConfigError`: the trials it holds were not drawn from this config.
+        a :class:`ConfigError`: its trials were sampled from another search.
         """
         text = storage.read_text(storage.join(exp_dir, RECORD_FILE))
         if text:
