@@ -21,7 +21,10 @@ other processes hits every side alike; each side's images/s is its median over t
 Ray is reported twice: end to end (the goal: ``goal_ratio`` x the loop) and steady (after
 the first answered batch, for diagnosis). Peak memory is the summed PSS
 (proportional set size) of the driver and its Ray worker processes (Ray's daemons apart),
-sampled every 0.1 s (``bench_data.PeakMemory``).
+sampled every 0.1 s (``bench_data.PeakMemory``). Beside them, the ceiling: the largest
+ratio any pipeline could reach over the loop on these cores, from the measured per-image
+decode and forward costs (``ceiling``): the loop already runs the forward pass on every
+core, so only the decode time can be hidden.
 
 Image sets, the goal stated for each:
 
@@ -182,6 +185,47 @@ def bf16_speedup(checkpoint: Path, batch_size: int, reps: int = 3) -> float:
     return times["fp32"] / times["bf16"]
 
 
+def ceiling(checkpoint: Path, folder: Path, batch_size: int, precision: str,
+            sample: int = 64) -> dict:
+    """The most any pipeline can gain over the loop on this machine's cores, from measured
+    per-image costs: decode ``d`` (one core) and forward ``f1`` with one thread, ``fn`` with
+    all of them. The loop spends ``d + fn`` per image; a pipeline that keeps all ``n`` cores
+    busy with one-thread work (the best case: no start-up, no copies, no scheduling) spends
+    ``(d + f1) / n``, so the ceiling ratio is ``n (d + fn) / (d + f1)``."""
+    import contextlib
+
+    import torch
+
+    from components.predict.stages import load_model, model_input
+
+    model, meta = load_model(checkpoint, torch.device("cpu"))
+    grid = (meta.image_size // meta.patch_size,) * 2
+    files = sorted(folder.iterdir())[:sample]
+    start = time.perf_counter()
+    patches = [model_input(f.read_bytes(), image_size=meta.image_size, patch_size=meta.patch_size,
+                           max_pixels=40_000_000)[0] for f in files]
+    decode = (time.perf_counter() - start) / len(files)
+    batch = torch.from_numpy(np.stack(patches[:batch_size]))
+    cast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
+            else contextlib.nullcontext())
+    threads, forward = torch.get_num_threads(), {}
+    for n in (1, threads):
+        torch.set_num_threads(n)
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            with torch.inference_mode(), cast:
+                model(batch, grid)
+            best = min(best, time.perf_counter() - t)
+        forward[n] = best / len(batch)
+    torch.set_num_threads(threads)
+    cores = os.cpu_count() or 1
+    return {"decode_ms_per_image": round(decode * 1e3, 2),
+            "forward_ms_per_image_1_thread": round(forward[1] * 1e3, 2),
+            f"forward_ms_per_image_{threads}_threads": round(forward[threads] * 1e3, 2),
+            "ceiling_ratio": round(cores * (decode + forward[threads]) / (decode + forward[1]), 3)}
+
+
 def measure(checkpoint: Path, folder: Path, work: Path, configs: list[str], rounds: int,
             batch_size: int, precision: str) -> dict:
     loop, ray_runs = [], {c: [] for c in configs}
@@ -204,7 +248,8 @@ def measure(checkpoint: Path, folder: Path, work: Path, configs: list[str], roun
            "goal": f"pipelines.predict end to end >= {GOAL}x the loop's images/s",
            "statistic": f"median of {rounds} alternating rounds",
            "loop_images_per_s": round(base, 2),
-           "loop_peak_pss_mib": round(mem.peak["dataloader"], 1), "ray": []}
+           "loop_peak_pss_mib": round(mem.peak["dataloader"], 1),
+           "ceiling": ceiling(checkpoint, folder, batch_size, precision), "ray": []}
     for c, runs in ray_runs.items():
         e2e = statistics.median(r["images_per_s"] for r in runs)
         steady = statistics.median(r["steady_images_per_s"] or 0.0 for r in runs)  # 0: one batch
