@@ -24,6 +24,7 @@ its result; ``--out`` also writes all results as JSON. Exit 2 on a config or use
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -238,7 +239,7 @@ def run_bccd(cfg: ChainConfig, tag: str, *, say=print) -> BccdResult:
     run, _ = STAGE_FUNCTIONS[BCCD]
     stage_cfg = load_stage(cfg, BCCD, tag, init_from=None)
     say(f"[chain] {BCCD}: {stage_cfg.run.name} started")
-    trained = run(stage_cfg, config_text=Path(cfg.stages[BCCD].config).read_text())
+    trained = dataclasses.replace(run(stage_cfg, config_text=Path(cfg.stages[BCCD].config).read_text()), stage=BCCD)
     say(f"[chain] {BCCD}: {trained.describe()}")
     if trained.registered_version is None:
         raise ConfigError(f"promote-{BCCD}: the {BCCD} stage registered no model (registry.enabled)")

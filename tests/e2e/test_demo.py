@@ -124,7 +124,7 @@ def test_tiny_demo_runs_every_step_end_to_end(tmp_path):
                      proc.stdout, re.M)
 
     # The terminal: each stage's progress and result; Ray's and the stages' logging went to the log.
-    for stage, steps in (("pretrain", 3), ("finetune", 2), ("detect", 2), ("bccd", 4)):
+    for stage, steps in (("pretrain", 3), ("finetune", 2), ("detect", 2), ("bccd", 2)):
         assert re.search(rf"^    \[demo-{stage}-\S+\] step {steps}/{steps} \(100%\)", proc.stdout, re.M), stage
         assert re.search(rf"^    \[chain\] {stage}: .* registered v\d+", proc.stdout, re.M), stage
     assert "[chain] promote-classification: " in proc.stdout
@@ -263,7 +263,7 @@ def test_chain_bccd_stage_reads_its_own_data_and_is_gated_under_its_own_name(tmp
     stage = load_stage(cfg, "bccd", "t", init_from=str(tmp_path / "ckpt"))
     assert stage.data.root == str(root) and stage.data.format == "voc" and stage.task == "detection"
     assert stage.model.init_from is None  # random weights: the pretrained ViT is no hand-off here
-    assert stage.run.name == "demo-bccd-t" and stage.max_steps == 4
+    assert stage.run.name == "demo-bccd-t" and stage.max_steps == 2
     assert stage.registry.enabled and stage.registry.registered_name == "bccd-detector"
     gate = bccd_gate_config(cfg, stage.registry.registered_name, "2")
     assert (gate.registered_name, gate.task, gate.data.format, gate.data.root, gate.split, gate.candidate) == (
