@@ -129,7 +129,8 @@ def test_tiny_demo_runs_every_step_end_to_end(tmp_path):
         assert re.search(rf"^    \[chain\] {stage}: .* registered v\d+", proc.stdout, re.M), stage
     assert "[chain] promote-classification: " in proc.stdout
     assert re.search(r"^    \[chain\] bccd: bccd-detector v1 test mAP50 [01]\.\d{4}", proc.stdout, re.M)
-    job_out = proc.stdout.split("[demo] ray job submit:", 1)[1].split("[demo] serve deploy:", 1)[0]
+    job_out, after = proc.stdout.split("[demo] ray job submit:", 1)[1].split("\n[demo] ", 1)
+    assert after.startswith("BCCD test mAP50: ")  # the demo's next line: the bccd stage's headline
     shown = job_out.splitlines()[1:]
     assert shown and all(re.match(r"    (\[chain\] |\[demo-\w+-\S+\] step )", line) for line in shown), shown
     job_log = (workdir / "demo.log").read_text()
