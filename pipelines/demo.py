@@ -9,12 +9,16 @@
 3. checks the cluster with ``vitpipe preflight`` (through the dashboard, as a Ray job);
 4. submits the chain with ``ray job submit --working-dir .``: one job, ``python -m
    pipelines.chain`` (:mod:`pipelines.chain`), runs pretrain (ViT) → fine-tune → YOLOS
-   detection, each registering its model, then the promotion gate for each of them; the
-   terminal shows one progress line per stage (redrawn in place on a TTY) and each stage's
-   result, the rest of the job's output goes to ``<workdir>/demo.log``;
+   detection, each registering its model, then the promotion gate for each of them, then
+   the BCCD stage (an RT-DETRv2 detector on real microscope photographs at ``bccd_root``:
+   trained, gated as ``bccd-detector``, scored on BCCD's test list; skipped with one line
+   when that folder is missing); the terminal shows one progress line per stage (redrawn in
+   place on a TTY) and each stage's result, the rest of the job's output goes to
+   ``<workdir>/demo.log``;
 5. deploys Serve from the registry with ``serve deploy`` (the repository's serve.yaml, bound
-   to 127.0.0.1 on a free port), sends real images to ``/v1/classify`` and ``/v1/detect`` and
-   prints the answers;
+   to 127.0.0.1 on a free port, plus a ``bccd`` application under ``/bccd`` serving
+   ``bccd-detector@champion``), sends real images to ``/v1/classify`` and ``/v1/detect``
+   and one BCCD test photograph to ``/bccd/v1/detect``, and prints the answers;
 6. writes the quick production-readiness report (logged to MLflow) and prints where to look;
 7. stops Ray and MLflow (their own process groups only) unless ``KEEP=1`` / ``--keep``
    (``python -m pipelines.demo stop`` stops them later).
@@ -48,6 +52,8 @@ DEFAULT_CONFIG = REPO / "pipelines" / "configs" / "demo.yaml"
 TINY_CONFIG = REPO / "pipelines" / "configs" / "demo_tiny.yaml"
 # A progress line of the chain's output (components.training.progress.Tick.line)
 PROGRESS_LINE = re.compile(r"^\[[^\]\s]+\] step \d+/\d+")
+BCCD_ROOT_ENV = "VITPIPE_BCCD_ROOT"  # overrides the demo's bccd_root
+BCCD_PREFIX = "/bccd"                # the Serve application of the BCCD detector
 
 
 # ----------------------------------------------------------------------------- config
@@ -73,6 +79,7 @@ class RaySection(StrictModel):
 class ServeSection(StrictModel):
     config: str = "pipelines/configs/serve.yaml"
     ready_timeout_s: float = Field(420.0, gt=0)
+    bccd_score_threshold: float = Field(0.3, ge=0, le=1)  # the BCCD detector's lowest box score
 
 
 class ReportSection(StrictModel):
@@ -89,6 +96,13 @@ class DemoConfig(StrictModel):
     serve: ServeSection = Field(default_factory=ServeSection)
     requests_per_task: int = Field(3, ge=1)
     report: ReportSection = Field(default_factory=ReportSection)
+    # The BCCD photographs (Pascal VOC folder) of the chain's bccd stage; relative to the
+    # repository; $VITPIPE_BCCD_ROOT wins when set. Missing: the stage is skipped.
+    bccd_root: str = "../shared/data/bccd/BCCD"
+
+    def bccd_path(self) -> Path:
+        path = Path(os.environ.get(BCCD_ROOT_ENV) or self.bccd_root).expanduser()
+        return path if path.is_absolute() else (REPO / path).resolve()
 
 
 class DemoError(RuntimeError):
@@ -198,7 +212,7 @@ def chain_command(cfg: DemoConfig, *, data: Path, storage: Path, tag: str, out: 
     return ["python", "-m", "pipelines.chain", "--config", cfg.chain, "--out", str(out / f"chain-{tag}.json"),
             f"data_root={data}", f"storage_path={storage}", f"tag={tag}",
             f"data_concurrency={cfg.ray.stage_data_concurrency()}", f"cache_dir={out / 'model-cache'}",
-            *cfg.chain_overrides]
+            f"bccd_root={cfg.bccd_path()}", *cfg.chain_overrides]
 
 
 def submit_chain(head: dict, command: list[str], env_vars: dict[str, str], tag: str, log: Path) -> dict:
@@ -216,9 +230,27 @@ def submit_chain(head: dict, command: list[str], env_vars: dict[str, str], tag: 
     return json.loads(Path(command[command.index("--out") + 1]).read_text())
 
 
-def demo_serve_config(src: Path, *, port: int, grpc_port: int, env_vars: dict[str, str]) -> dict:
-    """serve.yaml as the repository keeps it, bound to 127.0.0.1:port, with the demo's env."""
+def bccd_application(registered_name: str, base: dict, score_threshold: float) -> dict:
+    """A Serve application under ``/bccd``: ``build_app`` with only a detector,
+    ``registered_name@champion`` (one replica each), its model and ingress settings those of
+    ``base`` (serve.yaml's application) but for the boxes' ``score_threshold``."""
+    user = {d.get("name"): dict(d.get("user_config") or {}) for d in base.get("deployments", [])}
+    model = {k: v for k, v in user.get("detector", {}).items() if k != "model_uri"}
+    return {"name": "bccd", "route_prefix": BCCD_PREFIX, "import_path": "components.serving.app:build_app",
+            "runtime_env": dict(base.get("runtime_env") or {}),
+            "args": {"classifier_uri": None, "detector_uri": f"models:/{registered_name}@champion",
+                     "replicas": 1, "model_settings": {**model, "score_threshold": score_threshold},
+                     "ingress_settings": user.get("ingress", {})}}
+
+
+def demo_serve_config(src: Path, *, port: int, grpc_port: int, env_vars: dict[str, str],
+                      bccd_model: str | None = None, bccd_score_threshold: float = 0.3) -> dict:
+    """serve.yaml as the repository keeps it, bound to 127.0.0.1:port, with the demo's env;
+    with ``bccd_model`` (a registered name) also the ``/bccd`` application serving it."""
     config = yaml.safe_load(src.read_text())
+    if bccd_model is not None and config.get("applications"):
+        config["applications"].append(bccd_application(bccd_model, config["applications"][0],
+                                                       bccd_score_threshold))
     config["http_options"] = {**(config.get("http_options") or {}), "host": "127.0.0.1", "port": port}
     if "grpc_options" in config:
         config["grpc_options"] = {**config["grpc_options"], "port": grpc_port}
@@ -233,11 +265,13 @@ def demo_serve_config(src: Path, *, port: int, grpc_port: int, env_vars: dict[st
     return config
 
 
-def deploy_serve(services: Services, head: dict, cfg: ServeSection, env_vars: dict[str, str], log: Path) -> str:
+def deploy_serve(services: Services, head: dict, cfg: ServeSection, env_vars: dict[str, str], log: Path,
+                 bccd_model: str | None = None) -> str:
     rec = services.state.get("serve") or {}
     port = rec.get("port") or free_port()
     config = demo_serve_config(REPO / cfg.config, port=port, grpc_port=rec.get("grpc_port") or free_port(),
-                               env_vars=env_vars)
+                               env_vars=env_vars, bccd_model=bccd_model,
+                               bccd_score_threshold=cfg.bccd_score_threshold)
     path = services.workdir / "serve.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     services.state["serve"] = {"port": port, "grpc_port": config.get("grpc_options", {}).get("port")}
@@ -246,9 +280,10 @@ def deploy_serve(services: Services, head: dict, cfg: ServeSection, env_vars: di
                what="serve deploy", timeout_s=300)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + cfg.ready_timeout_s
+    probes = [f"{url}/healthz"] + ([f"{url}{BCCD_PREFIX}/healthz"] if bccd_model else [])
     while True:
         try:
-            if requests.get(f"{url}/healthz", timeout=10).status_code == 200:
+            if all(requests.get(probe, timeout=10).status_code == 200 for probe in probes):
                 return url
         except requests.RequestException:
             pass
@@ -281,6 +316,36 @@ def query_serve(url: str, data: Path, n: int) -> dict[str, Any]:
             answers[route].append({"image": str(image.relative_to(data)), "answer": body})
             say(f"POST /v1/{route} {image.relative_to(data)} -> {_summarize(route, body)}")
     return answers
+
+
+def bccd_test_photo(root: Path) -> Path:
+    """The first photograph of BCCD's test list."""
+    first = (root / "ImageSets" / "Main" / "test.txt").read_text().split()[0]
+    return root / "JPEGImages" / f"{first}.jpg"
+
+
+def query_bccd(url: str, root: Path) -> dict[str, Any]:
+    """Send one BCCD test photograph to the BCCD detector; print its boxes (class, score,
+    xyxy in the photograph's own pixels) and the count per class; return the answer."""
+    photo = bccd_test_photo(root)
+    resp = requests.post(f"{url}{BCCD_PREFIX}/v1/detect", data=photo.read_bytes(),
+                         headers={"Content-Type": _content_type(photo)}, timeout=120)
+    if resp.status_code != 200:
+        raise DemoError(f"POST {BCCD_PREFIX}/v1/detect {photo.name}: HTTP {resp.status_code} {resp.text[:300]}")
+    body = resp.json()
+    dets = body["detections"]
+    counts: dict[str, int] = {}
+    for det in dets:
+        counts[det["label"]] = counts.get(det["label"], 0) + 1
+    size = body["image"]
+    say(f"POST {BCCD_PREFIX}/v1/detect {photo.name} ({size['width']}x{size['height']}) -> "
+        f"{body['model']['name']} v{body['model']['version']}: {len(dets)} box(es)"
+        f"{': ' + ', '.join(f'{n} {label}' for label, n in sorted(counts.items())) if counts else ''}")
+    for det in sorted(dets, key=lambda d: -d["score"])[:10]:
+        say(f"    {det['label']:<9} {det['score']:.2f}  [{', '.join(f'{v:.0f}' for v in det['box'])}]")
+    if len(dets) > 10:
+        say(f"    ... {len(dets) - 10} more")
+    return {"image": str(photo), "answer": body, "counts": counts}
 
 
 def _summarize(route: str, body: dict) -> str:
@@ -339,20 +404,28 @@ def run_demo(cfg: DemoConfig, *, keep: bool) -> dict[str, Any]:
         tag = time.strftime("%Y%m%d-%H%M%S")
         command = chain_command(cfg, data=data, storage=storage, tag=tag, out=workdir)
         say("ray job submit: pretrain -> finetune -> detect -> promote (pretrained and fine-tuned classifier, "
-            f"detector); job output in {log}")
+            f"detector) -> bccd (train, promote, test); job output in {log}")
         t0 = time.monotonic()
         chain = submit_chain(head, command, env_vars, tag, log)
         summary["pipeline_s"] = round(time.monotonic() - t0, 1)
         summary["pipeline"] = {name: {k: v for k, v in res.items() if k in (
-            "registered_version", "metrics", "seconds", "decision", "candidate", "champion", "alias")}
+            "registered_version", "metrics", "seconds", "decision", "candidate", "champion", "alias",
+            "model", "test_split", "test_metrics", "skipped")}
             for name, res in chain.items()}
+        bccd = chain.get("promote-bccd")  # the gate ran: bccd-detector@champion exists
+        if "bccd" in chain and "test_metrics" in chain["bccd"]:
+            say(f"BCCD test mAP50: {float(chain['bccd']['test_metrics']['map50']):.4f} "
+                f"({chain['bccd']['test_metrics'].get('num_images')} test photos)")
 
-        say("serve deploy: the @champion models from the registry")
+        say("serve deploy: the @champion models from the registry"
+            + (f" (and {bccd['model']}@champion under {BCCD_PREFIX})" if bccd else ""))
         t0 = time.monotonic()
-        url = deploy_serve(services, head, cfg.serve, env_vars, log)
+        url = deploy_serve(services, head, cfg.serve, env_vars, log, bccd_model=bccd["model"] if bccd else None)
         summary["serve_ready_s"] = round(time.monotonic() - t0, 1)
         summary["serve_url"] = url
         summary["answers"] = query_serve(url, data, cfg.requests_per_task)
+        if bccd:
+            summary["answers"]["bccd"] = query_bccd(url, cfg.bccd_path())
 
         if cfg.report.enabled:
             say("report: production-readiness comparison (logged to MLflow)")
@@ -364,7 +437,8 @@ def run_demo(cfg: DemoConfig, *, keep: bool) -> dict[str, Any]:
         print()
         say(f"done in {summary['seconds']:.0f}s. Where to look:")
         say(f"  MLflow UI (runs, registry, @champion): {mlflow_uri}")
-        say(f"  Serve: {url}/v1/classify, {url}/v1/detect, {url}/v1/models, {url}/v2")
+        say(f"  Serve: {url}/v1/classify, {url}/v1/detect, {url}/v1/models, {url}/v2"
+            + (f", {url}{BCCD_PREFIX}/v1/detect" if bccd else ""))
         say(f"  Ray dashboard: {head['dashboard']}")
         if "report" in summary:
             say(f"  report: {summary['report']} (and {Path(summary['report']).with_suffix('.md')})")

@@ -7,8 +7,10 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,9 +18,34 @@ import yaml
 from components.core.config import ConfigError, load_config
 from components.tracking.promotion import PromoteConfig
 from pipelines._common import TrainResult
-from pipelines.chain import ChainConfig, gate_overrides, load_stage, validate
-from pipelines.demo import REPO, TINY_CONFIG, DemoConfig, JobConsole, chain_command, demo_serve_config, synthesize_data
+from pipelines.chain import (BccdResult, ChainConfig, ChainResult, bccd_gate_config, bccd_missing, gate_overrides,
+                             load_stage, validate)
+from pipelines.demo import (BCCD_ROOT_ENV, REPO, TINY_CONFIG, DemoConfig, JobConsole, bccd_test_photo, chain_command,
+                            demo_serve_config, synthesize_data)
 from pipelines.dev_services import Services
+
+
+def _bccd_voc() -> Path:
+    """The real BCCD photographs (Pascal VOC): ``$VITPIPE_BCCD/BCCD``, the shared data folder
+    beside the checkout, or /work/shared/data/bccd/BCCD."""
+    if os.environ.get("VITPIPE_BCCD"):
+        return Path(os.environ["VITPIPE_BCCD"]) / "BCCD"
+    beside = REPO.parent / "shared" / "data" / "bccd"
+    return (beside if beside.is_dir() else Path("/work/shared/data/bccd")) / "BCCD"
+
+
+def _copy_bccd(dest: Path, splits: dict[str, int]) -> Path:
+    """The first ``n`` ids of each BCCD list copied into a VOC folder under ``dest``."""
+    src, root = _bccd_voc(), dest / "BCCD"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for split, n in splits.items():
+        ids = (src / "ImageSets" / "Main" / f"{split}.txt").read_text().split()[:n]
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+        for i in ids:
+            shutil.copy(src / "Annotations" / f"{i}.xml", root / "Annotations")
+            shutil.copy(src / "JPEGImages" / f"{i}.jpg", root / "JPEGImages")
+    return root
 
 
 def _alive(pid: int) -> bool:
@@ -33,17 +60,21 @@ def _alive(pid: int) -> bool:
 @pytest.mark.timeout(1800)  # the subprocess has its own 1500 s limit; measured 684 s under heavy load
 def test_tiny_demo_runs_every_step_end_to_end(tmp_path):
     """ray start → mlflow → synth → preflight → ray job submit of the chain (pretrain, finetune,
-    detect, promote x3) → serve deploy → real requests → services stopped."""
+    detect, promote x3, bccd: train, promote, test) → serve deploy → real requests (a real
+    BCCD photograph among them) → services stopped."""
     workdir = tmp_path / "demo"
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "KEEP")}
-    proc = subprocess.run([sys.executable, "-m", "pipelines.demo", "--tiny", f"workdir={workdir}"],
+    # A few real photographs of each BCCD list: the stage, its gate and Serve on real data.
+    bccd_root = _copy_bccd(tmp_path / "bccd", {"train": 8, "val": 4, "test": 3})
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "KEEP", BCCD_ROOT_ENV)}
+    proc = subprocess.run([sys.executable, "-m", "pipelines.demo", "--tiny", f"workdir={workdir}",
+                           f"bccd_root={bccd_root}"],
                           capture_output=True, text=True, timeout=1500, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     summary = json.loads((workdir / "demo-summary.json").read_text())
 
     pipeline = summary["pipeline"]
     assert list(pipeline) == ["pretrain", "finetune", "detect", "promote-pretrained", "promote-classification",
-                              "promote-detection"]
+                              "promote-detection", "bccd", "promote-bccd"]
     pretrained, finetuned = pipeline["pretrain"]["registered_version"], pipeline["finetune"]["registered_version"]
     assert pretrained and finetuned and pipeline["detect"]["registered_version"]
     # A fresh registry: the first promotion of each model sets @champion; the fine-tuned
@@ -56,6 +87,13 @@ def test_tiny_demo_runs_every_step_end_to_end(tmp_path):
     champion = finetuned if gate["decision"] == "promoted" else pretrained
     assert pipeline["promote-detection"]["decision"] == "first"
     assert pipeline["promote-detection"]["candidate"] == pipeline["detect"]["registered_version"]
+    # BCCD: its own registered name, so its first version takes @champion; scored on the test list.
+    bccd, bccd_gate = pipeline["bccd"], pipeline["promote-bccd"]
+    assert bccd["registered_version"] == "1" and bccd["test_split"] == "test"
+    assert bccd["test_metrics"]["num_images"] == 3 and 0.0 <= bccd["test_metrics"]["map50"] <= 1.0
+    assert bccd_gate["model"] == "bccd-detector" and bccd_gate["decision"] == "first"
+    assert bccd_gate["candidate"] == bccd["registered_version"]
+    assert re.search(r"^\[demo\] BCCD test mAP50: [01]\.\d{4} \(3 test photos\)$", proc.stdout, re.M)
 
     answers = summary["answers"]
     served = answers["models"]["models"]
@@ -69,13 +107,30 @@ def test_tiny_demo_runs_every_step_end_to_end(tmp_path):
         assert abs(sum(p["score"] for p in preds) - 1.0) < 0.05 or len(preds) < len(class_names)
     for item in answers["detect"]:
         assert isinstance(item["answer"]["detections"], list)
+    # The BCCD detector answers on a real 640x480 test photograph, in that photograph's pixels.
+    photo = answers["bccd"]
+    assert photo["image"] == str(bccd_test_photo(bccd_root))
+    body = photo["answer"]
+    assert body["model"]["name"] == "bccd-detector" and body["model"]["version"] == "1"
+    assert body["image"] == {"height": 480, "width": 640}
+    dets = body["detections"]
+    assert dets, "the BCCD detector returned no boxes"
+    for det in dets:
+        x0, y0, x1, y1 = det["box"]
+        assert 0 <= x0 <= x1 <= 640 and 0 <= y0 <= y1 <= 480, det
+        assert det["label"] in ("RBC", "WBC", "Platelets") and 0.0 <= det["score"] <= 1.0
+    assert sum(photo["counts"].values()) == len(dets)
+    assert re.search(r"^\[demo\] POST /bccd/v1/detect \S+\.jpg \(640x480\) -> bccd-detector v1: \d+ box",
+                     proc.stdout, re.M)
 
     # The terminal: each stage's progress and result; Ray's and the stages' logging went to the log.
-    for stage, steps in (("pretrain", 3), ("finetune", 2), ("detect", 2)):
+    for stage, steps in (("pretrain", 3), ("finetune", 2), ("detect", 2), ("bccd", 2)):
         assert re.search(rf"^    \[demo-{stage}-\S+\] step {steps}/{steps} \(100%\)", proc.stdout, re.M), stage
         assert re.search(rf"^    \[chain\] {stage}: .* registered v\d+", proc.stdout, re.M), stage
     assert "[chain] promote-classification: " in proc.stdout
-    job_out = proc.stdout.split("[demo] ray job submit:", 1)[1].split("[demo] serve deploy:", 1)[0]
+    assert re.search(r"^    \[chain\] bccd: bccd-detector v1 test mAP50 [01]\.\d{4}", proc.stdout, re.M)
+    job_out, after = proc.stdout.split("[demo] ray job submit:", 1)[1].split("\n[demo] ", 1)
+    assert after.startswith("BCCD test mAP50: ")  # the demo's next line: the bccd stage's headline
     shown = job_out.splitlines()[1:]
     assert shown and all(re.match(r"    (\[chain\] |\[demo-\w+-\S+\] step )", line) for line in shown), shown
     job_log = (workdir / "demo.log").read_text()
@@ -194,3 +249,90 @@ def test_second_run_reuses_the_mlflow_server_and_the_dataset(tmp_path):
     synthesize_data(cfg.synth, tmp_path / "synth")
     assert (root / "vitpipe-synth.json").stat().st_mtime_ns == stamp
     assert len(list((root / "images" / "val").iterdir())) == 4
+
+
+def test_chain_bccd_stage_reads_its_own_data_and_is_gated_under_its_own_name(tmp_path):
+    missing = _chain_cfg(tmp_path, f"bccd_root={tmp_path / 'nowhere'}")
+    reason = bccd_missing(missing)
+    assert reason is not None and str(tmp_path / "nowhere") in reason and "bccd_root=" in reason
+    validate(missing, "t")  # a missing BCCD folder skips that stage; the others still validate
+    root = tmp_path / "BCCD"
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    cfg = _chain_cfg(tmp_path, f"bccd_root={root}")
+    assert bccd_missing(cfg) is None
+    validate(cfg, "t")
+    stage = load_stage(cfg, "bccd", "t", init_from=str(tmp_path / "ckpt"))
+    assert stage.data.root == str(root) and stage.data.format == "voc" and stage.task == "detection"
+    assert stage.model.init_from is None  # random weights: the pretrained ViT is no hand-off here
+    assert stage.run.name == "demo-bccd-t" and stage.max_steps == 2
+    assert stage.registry.enabled and stage.registry.registered_name == "bccd-detector"
+    gate = bccd_gate_config(cfg, stage.registry.registered_name, "2")
+    assert (gate.registered_name, gate.task, gate.data.format, gate.data.root, gate.split, gate.candidate) == (
+        "bccd-detector", "detection", "voc", str(root), "val", "2")
+    # the YOLOS gate keeps the chain's synthetic data and the task's default name
+    yolos = load_config(PromoteConfig, REPO / cfg.promote.config, gate_overrides(cfg, "detection", "coco", "1"))
+    assert yolos.registered_name == "vitpipe-detector" and yolos.data.root == str(tmp_path / "synth")
+
+    # The shipped demo: RT-DETRv2-S on BCCD, time-boxed by steps, from random weights.
+    demo = load_config(ChainConfig, REPO / load_config(DemoConfig, REPO / "pipelines/configs/demo.yaml").chain,
+                       [f"bccd_root={root}"])
+    shipped = load_stage(demo, "bccd", "t", init_from=None)
+    assert shipped.model.name == "rtdetr_v2_r18" and shipped.data.letterbox and 0 < (shipped.max_steps or 0) <= 200
+
+
+def test_chain_result_carries_the_bccd_stage():
+    from components.tracking.promotion import PromotionResult
+
+    def trained(stage: str, model: str, version: str) -> TrainResult:
+        return TrainResult(stage=stage, run_name=f"demo-{stage}-t", task="detection", model=model, run_id="r",
+                           checkpoint="c", registered_version=version, metrics={"map50": 0.1})
+
+    base = dict(pretrain=trained("pretrain", "vit_demo", "1"), finetune=trained("finetune", "vit_demo", "2"),
+                detect=trained("detect", "yolos_demo", "1"), gates=(), seconds=1.0)
+    skipped = ChainResult(**base, bccd_skipped="no BCCD data at X")
+    assert list(skipped.to_dict()) == ["pretrain", "finetune", "detect", "bccd"]
+    assert skipped.to_dict()["bccd"] == {"skipped": "no BCCD data at X"}
+    gate = PromotionResult("bccd-detector", "3", None, "map", 0.0, 0.2, None, "first", "champion", "run")
+    bccd = BccdResult(trained("bccd", "rtdetr_v2_r18", "3"), gate,
+                      {"map": 0.1, "map50": 0.25, "num_images": 72, "per_class_ap": {"RBC": 0.3, "WBC": None}})
+    out = ChainResult(**base, bccd=bccd).to_dict()
+    assert list(out)[-2:] == ["bccd", "promote-bccd"]
+    assert out["bccd"]["test_metrics"]["map50"] == 0.25 and out["bccd"]["test_split"] == "test"
+    assert out["bccd"]["registered_version"] == "3" and out["promote-bccd"]["decision"] == "first"
+    assert bccd.test_map50 == 0.25
+    assert bccd.describe().startswith("bccd-detector v3 test mAP50 0.2500  mAP 0.1000  on 72 test photos  AP RBC 0.3000")
+
+
+def test_demo_hands_the_chain_its_bccd_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv(BCCD_ROOT_ENV, raising=False)
+    cfg = load_config(DemoConfig, TINY_CONFIG)
+    assert cfg.bccd_path() == (REPO / "../shared/data/bccd/BCCD").resolve()  # beside the checkout
+    command = chain_command(cfg, data=tmp_path / "synth", storage=tmp_path / "runs", tag="t", out=tmp_path)
+    chain = load_config(ChainConfig, REPO / cfg.chain, command[7:])
+    assert chain.bccd_root == str(cfg.bccd_path())  # absolute: the job runs in a copy of the repo
+    monkeypatch.setenv(BCCD_ROOT_ENV, str(tmp_path / "elsewhere"))
+    assert cfg.bccd_path() == tmp_path / "elsewhere"
+    monkeypatch.delenv(BCCD_ROOT_ENV)
+    assert load_config(DemoConfig, TINY_CONFIG, ["bccd_root=data/bccd"]).bccd_path() == REPO / "data" / "bccd"
+
+    root = _copy_bccd(tmp_path, {"test": 2})
+    first = (root / "ImageSets" / "Main" / "test.txt").read_text().split()[0]
+    assert bccd_test_photo(root) == root / "JPEGImages" / f"{first}.jpg" and bccd_test_photo(root).is_file()
+
+
+def test_demo_serve_config_adds_the_bccd_detector_application():
+    from ray.serve.schema import ServeDeploySchema
+
+    from components.serving.app import AppArgs
+
+    src = REPO / "pipelines" / "configs" / "serve.yaml"
+    config = demo_serve_config(src, port=18123, grpc_port=18124, env_vars={"MLFLOW_TRACKING_URI": "http://x"},
+                               bccd_model="bccd-detector", bccd_score_threshold=0.1)
+    ServeDeploySchema.model_validate(config)
+    main_app, bccd = config["applications"]
+    assert main_app == demo_serve_config(src, port=18123, grpc_port=18124,
+                                         env_vars={"MLFLOW_TRACKING_URI": "http://x"})["applications"][0]
+    assert bccd["route_prefix"] == "/bccd" and bccd["runtime_env"]["env_vars"]["MLFLOW_TRACKING_URI"] == "http://x"
+    args = AppArgs.model_validate(bccd["args"])  # what components.serving.app:build_app is given
+    assert args.classifier_uri is None and args.detector_uri == "models:/bccd-detector@champion"
+    assert args.model_settings["score_threshold"] == 0.1 and args.replicas == 1
