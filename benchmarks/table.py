@@ -292,6 +292,51 @@ def autoscale_table(d: dict) -> list[str]:
     return rows
 
 
+def bccd_contest_table(d: dict) -> list[str]:
+    """The BCCD contest: test mAP50 / mAP at the budget per contender, the goal, the curve plot."""
+    st, goal = d["settings"], d["goal"]
+    rows = [f"**BCCD contest** (`bench_bccd.py`; random weights, {st['image_size']} px, batch {st['batch']}, "
+            f"{st['budget_s']:.0f} s of training each on {st['torch_threads']} torch threads (scoring excluded), "
+            f"seeds {st['seeds']}, scored on the {st['split_scored']} split; {_machine(d['machine'])})", "",
+            "| contender | test mAP50 | test mAP | mAP50 per seed | optimizer steps | seconds |",
+            "|---|---|---|---|---|---|"]
+    for name, c in d["contenders"].items():
+        f = c["final"]
+        rows.append(f"| {c['label']} | {f['map50']} | {f['map']} | {f['map50_per_seed']} | {f['steps']} | "
+                    f"{f['seconds']} |")
+    if goal.get("met") is None:
+        verdict = "not decided (not every contender ran)"
+    else:
+        verdict = (f"{'met' if goal['met'] else '**not met**'}: vitpipe {goal['vitpipe_map50']} / "
+                   f"{goal['best_peer']} {goal['best_peer_map50']} = {goal['ratio']}×")
+    rows += ["", f"Goal: {goal['statement']}. {verdict}."]
+    if (IMG / "bench_bccd_contest.png").is_file():  # drawn by render()
+        rows += ["", "![test mAP50 against seconds of training, BCCD contest](img/bench_bccd_contest.png)"]
+    return rows
+
+
+def _plot_bccd_contest(d: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    for k, c in enumerate(d["contenders"].values()):
+        for i, run in enumerate(c["runs"]):
+            ax.plot([p["seconds"] for p in run["curve"]], [p["map50"] for p in run["curve"]], marker=".",
+                    color=f"C{k}", alpha=1.0 if i == 0 else 0.5, label=c["label"] if i == 0 else None)
+    ax.set_xlabel("seconds of training")
+    ax.set_ylabel("test mAP50")
+    ax.set_title(f"BCCD, random weights, {d['settings']['budget_s']:.0f} s each", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def generic_table(d: dict, title: str | None = None) -> list[str]:
     """Any result file: its scalar fields as one line, each list of rows as a table."""
     title = title or d.get("what") or d.get("benchmark", "results")
@@ -425,6 +470,11 @@ PAGE = [
         ("detect_demo_nms", "nms_sweep.py CHECKPOINT --data-root .demo/synth", nms_table, "table"),
         ("tune_yolos", "bench_tune.py", generic_table, "table"),
     ]),
+    ("Real photographs: the BCCD contest", "Our best detector against torchvision's detectors, every one "
+     "from random weights and trained for the same seconds on the same cores, scored on BCCD's test photos. "
+     "Seconds are the measure, so a result measured under load is not published.", [
+        ("bccd_contest", "bench_bccd.py", bccd_contest_table, "speed"),
+    ]),
     ("Inference", "Offline batch inference, exported models and the model registry.", [
         ("predict", "bench_predict.py", predict_table, "speed"),
         ("export", "bench_export.py",
@@ -460,6 +510,8 @@ def render(write_images: bool) -> str:
                 missing.append(f"`{name}` (`python benchmarks/{script}`): measured with {why}; "
                                "to be re-measured on a quiet machine")
                 continue
+            if name == "bccd_contest" and write_images:
+                _plot_bccd_contest(d, IMG / "bench_bccd_contest.png")
             body += fmt(d) + [""]
             if name == "readiness" and write_images:
                 write_report_page(d)

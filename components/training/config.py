@@ -137,6 +137,12 @@ class RunSection(StrictModel):
     # Train V2 holds one unconsumed report per worker and its controller takes it once per
     # poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s): reporting more often blocks the loop.
     progress_every_s: float = Field(3.0, ge=0)
+    # A training time budget: stop at the first optimizer-step boundary after this many
+    # seconds of fitting, then finish as usual (validation, final checkpoint, evaluation,
+    # registration). The clock starts when the first step starts (dataset and worker
+    # start-up are not counted) and pauses while validating and writing checkpoints; a
+    # resumed run goes on from the seconds its checkpoint recorded. None: no budget.
+    max_seconds: float | None = Field(None, gt=0)
 
     @field_validator("name")
     @classmethod

@@ -15,6 +15,11 @@ checkpoint covering it is committed, so a restarted run never logs a step twice.
 A stop request (SIGTERM from a node drain or spot preemption, or Ray Train's preemption
 notice; :mod:`components.training.preemption`) makes every rank write a checkpoint at the
 next log boundary, then raise ``Preempted``.
+
+A time budget (``run.max_seconds``) ends training at the first optimizer step after that many
+seconds of fitting, on every rank at the same step; the run then validates, writes its final
+checkpoint and finishes as usual. Each checkpoint records the seconds of fitting so far
+(``train_seconds``).
 """
 
 from __future__ import annotations
@@ -123,8 +128,15 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
     batch_task = plan.batch_task
     hooks = FaultHooks(plan.faults, rank=rank, started_at_step=progress.global_step, world_size=world)
     last_progress = time.monotonic()
+    # The time budget (run.max_seconds): seconds of fitting, counted from the first step's
+    # start and paused while validating and writing checkpoints (``fit_clock`` is reset
+    # after them); rank 0's clock decides, every rank stops after the same step.
+    budget = cfg.run.max_seconds
+    fit_clock: float | None = None  # perf_counter at the last accounted moment; None: not started
+    out_of_time = False
 
-    while progress.global_step < total_steps and progress.epoch < plan.steps.epochs:
+    while (progress.global_step < total_steps and progress.epoch < plan.steps.epochs
+           and not out_of_time):
         skip = progress.batch_in_epoch
         last_ckpt_step = progress.global_step
         window_loss, window_n = 0.0, 0
@@ -139,6 +151,8 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
             # a trailing remainder shorter than one optimizer step is not trained on.
             if micro < skip or micro >= micro_per_epoch or progress.global_step >= total_steps:
                 continue
+            if fit_clock is None:
+                fit_clock = time.perf_counter()
             out = runner.micro_step(batch, step=progress.global_step)
             progress.batch_in_epoch = micro + 1
             if not bool(out["stepped"]):
@@ -148,13 +162,19 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
             window_loss += float(out["loss"])
             window_n += 1
             step = progress.global_step
+            now = time.perf_counter()
+            progress.train_seconds += now - fit_clock
+            fit_clock = now
+            if budget is not None:
+                out_of_time = _budget_spent(progress.train_seconds >= budget and rank == 0, world, device)
+            last_step = step == total_steps or out_of_time
             hooks.at_step(step)
-            if step % cfg.run.log_every_n_steps == 0 or step == total_steps:
+            if step % cfg.run.log_every_n_steps == 0 or last_step:
                 elapsed = time.perf_counter() - t_window
                 # One collective per log window: the loss sums, and two flags every rank must
                 # agree on (stop now; send a progress report, itself a collective call).
                 stop_here = stop_requested() or preemption_notice()
-                due = time.monotonic() - last_progress >= cfg.run.progress_every_s or step == total_steps
+                due = time.monotonic() - last_progress >= cfg.run.progress_every_s or last_step
                 sums = all_reduce_sum(torch.tensor([window_loss, window_n, stop_here, due],
                                                     dtype=torch.float64), device)
                 loss_mean = float(sums[0]) / max(1.0, float(sums[1]))
@@ -175,23 +195,39 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
                     report(metrics, with_checkpoint=False)
                     last_progress = time.monotonic()
             # Mid-epoch checkpoint, unless the epoch ends here (its end-of-epoch one follows).
-            if (every and step % every == 0 and step != last_ckpt_step and step < total_steps
+            if (every and step % every == 0 and step != last_ckpt_step and not last_step
                     and progress.batch_in_epoch < micro_per_epoch):
                 report({}, with_checkpoint=True)
                 last_ckpt_step = step
+                fit_clock = time.perf_counter()
+            if out_of_time:
+                if rank == 0:
+                    log.info("time budget of %.0f s spent at step %d (%.1f s of fitting): finishing",
+                             budget, step, progress.train_seconds)
+                break
         # End of an epoch (or of the run): validate, checkpoint, go on with the next epoch.
         progress.epoch += 1
         progress.batch_in_epoch = 0
         val = {}
         if val_shard is not None and (progress.epoch % cfg.eval.every_n_epochs == 0
-                                      or progress.global_step >= total_steps):
+                                      or progress.global_step >= total_steps or out_of_time):
             val = task.validate(base, iter_batches(val_shard, batch_size=cfg.eval.batch_size, task=batch_task,
                                                    drop_last=False, device=device),
                                 loss_fn=loss_fn, device=device, amp_dtype=amp)
             reporter.best_val = dict(val)
             logger.log(val, progress.global_step)
         report(val, with_checkpoint=True, kind=f"epoch{progress.epoch}")
+        if fit_clock is not None:
+            fit_clock = time.perf_counter()
     logger.close()  # what the sender still holds (the server away): up to mlflow.drain_timeout_s
+
+
+def _budget_spent(rank0_says: bool, world: int, device: torch.device) -> bool:
+    """Rank 0's verdict on the time budget, the same on every rank: one 1-element all-reduce
+    a step when several ranks train (each rank's own clock could otherwise disagree by a step)."""
+    if world == 1:
+        return rank0_says
+    return bool(all_reduce_sum(torch.tensor([float(rank0_says)], dtype=torch.float64), device)[0] > 0)
 
 
 def resume_position(progress: Progress, cfg: TrainConfig, world_size: int) -> int:

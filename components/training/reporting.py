@@ -99,6 +99,7 @@ class CheckpointReporter:
             data_fingerprint=plan.fingerprint, step=progress.global_step,
             metrics=metrics, extra={"run_name": cfg.run.name, "mlflow_run_id": plan.mlflow_run_id,
                                     "epoch": progress.epoch, "letterbox": bool(cfg.data.letterbox),
+                                    "train_seconds": round(progress.train_seconds, 3),
                                     **self._task_extra},
         )
 

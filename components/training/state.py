@@ -6,7 +6,7 @@ Files written into a checkpoint directory (next to ``model.safetensors`` + ``vit
   tensors, flattened to ``state.<param_id>.<key>``; the JSON holds the optimizer's
   skeleton (param groups, scalar state), the scheduler and grad-scaler state and the
   progress (``global_step``, ``epoch``, ``batch_in_epoch``, ``samples_seen``,
-  ``world_size``).
+  ``world_size``, ``train_seconds``).
 - ``rng_rank<r>.safetensors`` + ``rng_rank<r>.json`` (every rank): torch CPU/CUDA, numpy
   and Python RNG states. Ray Train merges the ranks' directories into one checkpoint.
 """
@@ -36,6 +36,7 @@ class Progress:
     batch_in_epoch: int = 0  # micro-batches this rank consumed in ``epoch``
     samples_seen: int = 0  # over all ranks
     world_size: int = 0  # workers that wrote this progress (0: not recorded)
+    train_seconds: float = 0.0  # seconds of fitting so far (rank 0's clock; validation and checkpoints excluded)
 
 
 def flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:

@@ -363,7 +363,9 @@ def finalize(run: PreparedRun, result) -> dict[str, Any]:
         "run_name": cfg.run.name, "task": cfg.task, "model": cfg.model.name,
         "mlflow_run_id": run_id, "checkpoint": storage.in_storage(run.storage_path, best.path),
         "metrics": summary_metrics, "registered_version": registered_version,
-        "steps": plan.steps.total_steps, "seconds": round(time.monotonic() - run.started, 1),
+        # the steps trained: fewer than planned when run.max_seconds ran out first
+        "steps": int((result.metrics or {}).get("step", plan.steps.total_steps)),
+        "seconds": round(time.monotonic() - run.started, 1),
     }
 
 
