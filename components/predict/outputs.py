@@ -8,9 +8,10 @@ file's schema.
 - classification: ``logits [B, C]`` → ``label``, ``score`` (softmax probability) and the
   ``top_k`` best as ``top_labels``, ``top_ids``, ``top_scores``; with ``keep_logits``
   also ``logits`` (for scoring against ground truth, not written to the Parquet file);
-- detection: ``{"pred_logits": [B, Q, C+1], "pred_boxes": [B, Q, 4]}`` → ``boxes``
+- detection: ``{"pred_logits": [B, Q, C(+1)], "pred_boxes": [B, Q, 4]}`` → ``boxes``
   (``[K, 4]`` xyxy in pixels of the original image), ``scores``, ``label_ids``, ``labels``,
-  through the evaluator's post-processing (score threshold, the model's NMS, top-k).
+  through the detection task's post-processing (the one Serve and the evaluator use: the
+  model's class scores, softmax or sigmoid, its NMS; score threshold, top-k).
 """
 
 from __future__ import annotations
@@ -56,12 +57,10 @@ class ClassificationOutputs:
 class DetectionOutputs:
     def __init__(self, meta: CheckpointMeta, *, model: torch.nn.Module, score_threshold: float,
                  max_detections: int, **_: Any):
-        from components.models.postprocess import model_nms_iou
-
         self.names = np.asarray(meta.class_names, dtype=object)
+        self.model = model  # its own postprocessing settings: class scores, NMS
         self.score_threshold = score_threshold
         self.max_detections = max_detections
-        self.nms_iou = model_nms_iou(model)
 
     def fields(self) -> list[pa.Field]:
         return [pa.field("boxes", pa.list_(pa.list_(pa.float32(), 4))),
@@ -71,16 +70,17 @@ class DetectionOutputs:
 
     def columns(self, outputs: dict[str, torch.Tensor], orig_hw: torch.Tensor) -> dict[str, list]:
         """Detector outputs + ``orig_hw [B, 2]`` (h, w) → one value per image of :meth:`fields`."""
-        from components.models.postprocess import detections
+        from components.tasks import get_task
 
         outputs = {k: outputs[k].float().cpu() for k in ("pred_logits", "pred_boxes")}
-        per_image = detections(outputs, orig_hw, score_threshold=self.score_threshold,
-                               top_k=self.max_detections, nms_iou=self.nms_iou)
+        per_image = get_task("detection").postprocess(
+            outputs, model=self.model, orig_hw=orig_hw, score_threshold=self.score_threshold,
+            max_detections=self.max_detections)
         out: dict[str, list] = {"boxes": [], "scores": [], "label_ids": [], "labels": []}
         for det in per_image:
-            labels = det["labels"].numpy().astype(np.int32)
-            out["boxes"].append([list(b) for b in det["boxes"].numpy().astype(np.float32)])
-            out["scores"].append(list(det["scores"].numpy().astype(np.float32)))
+            labels = det["labels"].astype(np.int32)
+            out["boxes"].append([list(b) for b in det["boxes"].astype(np.float32)])
+            out["scores"].append(list(det["scores"].astype(np.float32)))
             out["label_ids"].append(list(labels))
             out["labels"].append(list(self.names[labels]))
         return out
