@@ -79,7 +79,7 @@ class RaySection(StrictModel):
 class ServeSection(StrictModel):
     config: str = "pipelines/configs/serve.yaml"
     ready_timeout_s: float = Field(420.0, gt=0)
-    bccd_score_threshold: float = Field(0.3, ge=0, le=1)  # the BCCD detector's lowest box score
+    bccd_score_threshold: float = Field(0.15, ge=0, le=1)  # the BCCD detector's lowest box score
 
 
 class ReportSection(StrictModel):
@@ -130,6 +130,16 @@ def echo(line: str) -> None:
     print(f"    {line}", end="", flush=True)
 
 
+# Lines of Ray's, MLflow's and the logging module's own records: the log file keeps them.
+_LOG_RECORD = re.compile(r"^\s*(\d{4}-\d\d-\d\d[ T]\d\d:\d\d|\[\d{4}-\d\d-\d\d |\(\w+ pid=|🏃|🧪)")
+
+
+def echo_results(line: str) -> None:
+    """Echo a line unless it is a log record (timestamped Ray/MLflow/logging output)."""
+    if line.strip() and not _LOG_RECORD.match(line):
+        echo(line)
+
+
 def run_logged(cmd: list[str], *, env: dict[str, str], log_path: Path, what: str,
                timeout_s: float = 3600, show=echo) -> str:
     """Run ``cmd``, keep its output in ``log_path`` and ``show`` each line (default: echo it);
@@ -163,7 +173,7 @@ def preflight(head: dict, storage: Path, serve_config: Path, log: Path) -> None:
     code = "import sys; from components.cli.main import main; sys.exit(main())"
     run_logged([sys.executable, "-c", code, "preflight", "--address", head["dashboard"],
                 "--storage-path", str(storage), "--serve-config", str(serve_config), "--timeout", "120"],
-               env=ray_env(), log_path=log, what="preflight", timeout_s=600)
+               env=ray_env(), log_path=log, what="preflight", timeout_s=600, show=echo_results)
 
 
 class JobConsole:
@@ -244,7 +254,7 @@ def bccd_application(registered_name: str, base: dict, score_threshold: float) -
 
 
 def demo_serve_config(src: Path, *, port: int, grpc_port: int, env_vars: dict[str, str],
-                      bccd_model: str | None = None, bccd_score_threshold: float = 0.3) -> dict:
+                      bccd_model: str | None = None, bccd_score_threshold: float = 0.15) -> dict:
     """serve.yaml as the repository keeps it, bound to 127.0.0.1:port, with the demo's env;
     with ``bccd_model`` (a registered name) also the ``/bccd`` application serving it."""
     config = yaml.safe_load(src.read_text())
@@ -277,7 +287,7 @@ def deploy_serve(services: Services, head: dict, cfg: ServeSection, env_vars: di
     services.state["serve"] = {"port": port, "grpc_port": config.get("grpc_options", {}).get("port")}
     services.save()
     run_logged(serve_cli("deploy", str(path), "--address", head["dashboard"]), env=ray_env(), log_path=log,
-               what="serve deploy", timeout_s=300)
+               what="serve deploy", timeout_s=300, show=lambda line: None)  # readiness is shown next
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + cfg.ready_timeout_s
     probes = [f"{url}/healthz"] + ([f"{url}{BCCD_PREFIX}/healthz"] if bccd_model else [])
@@ -370,7 +380,7 @@ def write_report(data: Path, out: Path, tracking_uri: str, head: dict, quick: bo
     args = [sys.executable, "-c", code, "report", "--out", str(out), "--tracking-uri", tracking_uri]
     args += ["--quick"] if quick else ["--data-root", str(data)]
     run_logged(args, env=ray_env({"RAY_ADDRESS": head["gcs_address"]}), log_path=log, what="the report",
-               timeout_s=1800)
+               timeout_s=1800, show=echo_results)
     return out / "report.html"
 
 
