@@ -315,6 +315,18 @@ def bccd_contest_table(d: dict) -> list[str]:
     return rows
 
 
+def _save_plot(fig, ax, path: Path) -> None:
+    """Grid, legend, tight layout; write ``path`` (its folder made) and close the figure."""
+    import matplotlib.pyplot as plt
+
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def _plot_bccd_contest(d: dict, path: Path) -> None:
     import matplotlib
 
@@ -329,12 +341,7 @@ def _plot_bccd_contest(d: dict, path: Path) -> None:
     ax.set_xlabel("seconds of training")
     ax.set_ylabel("test mAP50")
     ax.set_title(f"BCCD, random weights, {d['settings']['budget_s']:.0f} s each", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    _save_plot(fig, ax, path)
 
 
 def generic_table(d: dict, title: str | None = None) -> list[str]:
@@ -426,12 +433,7 @@ def plot_curves(d: dict, key: str, label: str, path: Path, title: str) -> bool:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(label)
     ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    _save_plot(fig, ax, path)
     return True
 
 

@@ -7,10 +7,8 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -23,29 +21,7 @@ from pipelines.chain import (BccdResult, ChainConfig, ChainResult, bccd_gate_con
 from pipelines.demo import (BCCD_ROOT_ENV, REPO, TINY_CONFIG, DemoConfig, JobConsole, bccd_test_photo, chain_command,
                             demo_serve_config, synthesize_data)
 from pipelines.dev_services import Services
-
-
-def _bccd_voc() -> Path:
-    """The real BCCD photographs (Pascal VOC): ``$VITPIPE_BCCD/BCCD``, the shared data folder
-    beside the checkout, or /work/shared/data/bccd/BCCD."""
-    if os.environ.get("VITPIPE_BCCD"):
-        return Path(os.environ["VITPIPE_BCCD"]) / "BCCD"
-    beside = REPO.parent / "shared" / "data" / "bccd"
-    return (beside if beside.is_dir() else Path("/work/shared/data/bccd")) / "BCCD"
-
-
-def _copy_bccd(dest: Path, splits: dict[str, int]) -> Path:
-    """The first ``n`` ids of each BCCD list copied into a VOC folder under ``dest``."""
-    src, root = _bccd_voc(), dest / "BCCD"
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    for split, n in splits.items():
-        ids = (src / "ImageSets" / "Main" / f"{split}.txt").read_text().split()[:n]
-        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
-        for i in ids:
-            shutil.copy(src / "Annotations" / f"{i}.xml", root / "Annotations")
-            shutil.copy(src / "JPEGImages" / f"{i}.jpg", root / "JPEGImages")
-    return root
+from tests.data.conftest import copy_bccd
 
 
 def _alive(pid: int) -> bool:
@@ -64,7 +40,7 @@ def test_tiny_demo_runs_every_step_end_to_end(tmp_path):
     BCCD photograph among them) → services stopped."""
     workdir = tmp_path / "demo"
     # A few real photographs of each BCCD list: the stage, its gate and Serve on real data.
-    bccd_root = _copy_bccd(tmp_path / "bccd", {"train": 8, "val": 4, "test": 3})
+    bccd_root = copy_bccd(tmp_path / "bccd", {"train": 8, "val": 4, "test": 3})
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "KEEP", BCCD_ROOT_ENV)}
     proc = subprocess.run([sys.executable, "-m", "pipelines.demo", "--tiny", f"workdir={workdir}",
                            f"bccd_root={bccd_root}"],
@@ -315,7 +291,7 @@ def test_demo_hands_the_chain_its_bccd_folder(tmp_path, monkeypatch):
     monkeypatch.delenv(BCCD_ROOT_ENV)
     assert load_config(DemoConfig, TINY_CONFIG, ["bccd_root=data/bccd"]).bccd_path() == REPO / "data" / "bccd"
 
-    root = _copy_bccd(tmp_path, {"test": 2})
+    root = copy_bccd(tmp_path, {"test": 2})
     first = (root / "ImageSets" / "Main" / "test.txt").read_text().split()[0]
     assert bccd_test_photo(root) == root / "JPEGImages" / f"{first}.jpg" and bccd_test_photo(root).is_file()
 
