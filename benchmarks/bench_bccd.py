@@ -2,6 +2,9 @@
 
     python benchmarks/bench_bccd.py                       # 480 s each, seed 0, every contender
     python benchmarks/bench_bccd.py --budget 20 --seeds 0 --contenders frcnn --out /tmp/smoke.json
+    # another vitpipe recipe against the peers of an earlier run on the same machine:
+    python benchmarks/bench_bccd.py --set model.name=dfine_n --peers-from benchmarks/results/bccd_contest.json \
+        --out /tmp/dfine_n.json
 
 Real photographs (BCCD, Pascal VOC: 205 train / 87 val / 72 test, 640x480, RBC/WBC/Platelets),
 every model from random weights, the same seconds of training on the same cores (2 torch
@@ -179,9 +182,10 @@ def _mean(values: list[float]) -> float | None:
 
 
 # ----------------------------------------------------------------------------- vitpipe
-def run_vitpipe(*, budget: float, seed: int, ckpt_every: int, storage: Path, data_root: Path) -> dict[str, Any]:
-    """``detect_bccd.yaml`` through ``run_training`` with ``run.max_seconds``; every checkpoint
-    is scored on the test split afterwards."""
+def run_vitpipe(*, budget: float, seed: int, ckpt_every: int, storage: Path, data_root: Path,
+                config: Path = CONFIG, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``config`` (``detect_bccd.yaml``) with ``overrides`` through ``run_training`` with
+    ``run.max_seconds``; every checkpoint is scored on the test split afterwards."""
     from components.core.checkpoint import read_meta
     from components.core.device import autocast_dtype
     from components.data.dataset import build_dataset
@@ -192,7 +196,7 @@ def run_vitpipe(*, budget: float, seed: int, ckpt_every: int, storage: Path, dat
     from components.training.trainer import run_training
 
     name = f"bccd-contest-s{seed}"
-    cfg = load_train_config(CONFIG, [
+    cfg = load_train_config(config, [*overrides,
         f"data.root={data_root}", f"run.storage_path={storage}", f"run.name={name}", f"run.seed={seed}",
         "epochs=200", f"run.max_seconds={budget}", f"checkpoint.every_n_steps={ckpt_every}",
         "checkpoint.keep_best_k=100000", "eval.every_n_epochs=100000",  # validate once, at the end
@@ -257,7 +261,17 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 LABELS = {"frcnn": "Faster R-CNN MobileNetV3-L FPN (torchvision)", "fcos": "FCOS ResNet-50 FPN (torchvision)",
-          "vitpipe": "RT-DETRv2-S (vitpipe detect_bccd.yaml)"}
+          "vitpipe": "vitpipe"}
+
+
+def vitpipe_label(config: Path, overrides: list[str]) -> str:
+    """``"<model description> (vitpipe <config>[, overrides])"``."""
+    from components.models.registry import get_spec
+    from components.training.config import load_train_config
+
+    cfg = load_train_config(config, overrides)
+    extra = f", {' '.join(overrides)}" if overrides else ""
+    return f"{get_spec(cfg.model.name).description.split(' (')[0]} (vitpipe {config.name}{extra})"
 
 
 def main() -> int:
@@ -269,6 +283,11 @@ def main() -> int:
     ap.add_argument("--ckpt-every", type=int, default=15, help="vitpipe: a checkpoint every this many steps")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--data-root", type=Path, default=DATA)
+    ap.add_argument("--config", type=Path, default=CONFIG, help="vitpipe: the training config")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="vitpipe: config overrides")
+    ap.add_argument("--peers-from", type=Path, default=None,
+                    help="take the peers' runs from this earlier result (same machine and settings) "
+                         "instead of training them again")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bccd_contest.json")
     args = ap.parse_args()
 
@@ -276,6 +295,11 @@ def main() -> int:
     load_start = os.getloadavg()
     started = time.perf_counter()
     contenders: dict[str, Any] = {}
+    reused = json.loads(args.peers_from.read_text()) if args.peers_from else None
+    if reused is not None:
+        contenders.update({n: {**c, "from": str(args.peers_from.name)}
+                           for n, c in reused["contenders"].items() if n in PEERS})
+        args.contenders = [c for c in args.contenders if c not in PEERS]
     peers = [c for c in args.contenders if c in PEERS]
     if peers:
         train, _ = read_split(args.data_root, "train")
@@ -295,9 +319,11 @@ def main() -> int:
                              log_to_driver=False)
                 with tempfile.TemporaryDirectory(prefix="bccd-contest-") as storage:
                     run = run_vitpipe(budget=args.budget, seed=seed, ckpt_every=args.ckpt_every,
-                                      storage=Path(storage), data_root=args.data_root)
+                                      storage=Path(storage), data_root=args.data_root,
+                                      config=args.config, overrides=tuple(args.set))
             runs.append({"seed": seed, **run})
-        contenders[name] = {"label": LABELS[name], "runs": runs, "final": summarise(runs)}
+        label = vitpipe_label(args.config, args.set) if name == "vitpipe" else LABELS[name]
+        contenders[name] = {"label": label, "runs": runs, "final": summarise(runs)}
 
     finals = {n: c["final"]["map50"] for n, c in contenders.items()}
     best_peer = max((v, n) for n, v in finals.items() if n in PEERS) if any(n in PEERS for n in finals) else None
@@ -319,7 +345,9 @@ def main() -> int:
         "settings": {"budget_s": args.budget, "seeds": args.seeds, "batch": args.batch, "image_size": 320,
                      "torch_threads": THREADS, "peer_eval_every_s": args.eval_every,
                      "vitpipe_ckpt_every_steps": args.ckpt_every, "split_scored": "test",
-                     "data": "BCCD VOC (205 train / 87 val / 72 test)", "weights": "random"},
+                     "data": "BCCD VOC (205 train / 87 val / 72 test)", "weights": "random",
+                     "vitpipe_config": args.config.name, "vitpipe_overrides": args.set,
+                     "peers_from": args.peers_from.name if args.peers_from else None},
         "contenders": contenders,
         "goal": goal,
         "wall_s": round(time.perf_counter() - started, 1),
