@@ -297,6 +297,10 @@ def main() -> int:
     contenders: dict[str, Any] = {}
     reused = json.loads(args.peers_from.read_text()) if args.peers_from else None
     if reused is not None:
+        theirs = reused["settings"]
+        if (theirs["budget_s"], theirs["batch"]) != (args.budget, args.batch):
+            ap.error(f"--peers-from ran {theirs['budget_s']:.0f} s at batch {theirs['batch']}; "
+                     f"this run asks for {args.budget:.0f} s at batch {args.batch}")
         contenders.update({n: {**c, "from": str(args.peers_from.name)}
                            for n, c in reused["contenders"].items() if n in PEERS})
         args.contenders = [c for c in args.contenders if c not in PEERS]
