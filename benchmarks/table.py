@@ -30,7 +30,8 @@ def _load(name: str) -> dict | None:
 
 
 def _machine(info: dict) -> str:
-    parts = [f"{k}={v}" for k, v in info.items() if not isinstance(v, (dict, list))]
+    parts = [f"{k}={round(v, 2) if isinstance(v, float) else v}" for k, v in info.items()
+             if not isinstance(v, (dict, list))]
     return ", ".join(parts)
 
 
