@@ -109,6 +109,7 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
         # (a worker killed right after reporting), and those steps are then retrained.
         from components.training.tracking import last_logged_step
 
+        record_precision(plan, cfg.precision, amp)
         last = max(progress.global_step,
                    last_logged_step(plan.tracking_uri, plan.mlflow_run_id, "train_loss"))
         logger = MetricLogger(plan.tracking_uri, plan.mlflow_run_id,
@@ -243,3 +244,17 @@ def resume_position(progress: Progress, cfg: TrainConfig, world_size: int) -> in
     accum = cfg.optim.grad_accum_steps
     steps_in_epoch = progress.batch_in_epoch // micro_batches_per_step(cfg.scaling, accum, written_by)
     return steps_in_epoch * micro_batches_per_step(cfg.scaling, accum, world_size)
+
+
+def record_precision(plan: WorkerPlan, requested: str, amp: torch.dtype | None) -> None:
+    """The precision this run trains in, as the MLflow param ``precision_used`` (``auto``
+    decides by a measurement on the machine: the param says what it chose). A tracking
+    failure here is logged, never fatal; a resumed run keeps the param it first logged."""
+    from components.training.tracking import log_params_safely
+
+    used = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
+    log.info("precision: %s (%s requested)", used, requested)
+    try:
+        log_params_safely(plan.tracking_uri, plan.mlflow_run_id, {"precision_used": used}, attempts=3)
+    except Exception as err:  # noqa: BLE001  (the run goes on without the param)
+        log.warning("precision_used not logged: %s", err)

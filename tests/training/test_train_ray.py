@@ -74,6 +74,7 @@ def test_ddp_run_learns_survives_a_killed_worker_and_logs_each_step_once(
     assert sorted(steps) == list(range(1, total + 1)), steps  # each step once, none missing
     assert run.data.params["optim.lr"] == "0.002"
     assert run.data.params["scaling.num_workers"] == "2"
+    assert run.data.params["precision_used"] in {"fp32", "bf16"}  # what `precision: auto` chose
     assert run.data.metrics["eval_top1"] == pytest.approx(summary["metrics"]["top1"])
     assert run.data.tags["vitpipe.data_fingerprint"]
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["train"]
