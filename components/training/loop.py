@@ -248,13 +248,21 @@ def resume_position(progress: Progress, cfg: TrainConfig, world_size: int) -> in
 
 def record_precision(plan: WorkerPlan, requested: str, amp: torch.dtype | None) -> None:
     """The precision this run trains in, as the MLflow param ``precision_used`` (``auto``
-    decides by a measurement on the machine: the param says what it chose). A tracking
-    failure here is logged, never fatal; a resumed run keeps the param it first logged."""
+    decides by a measurement on the machine: the param says what it chose). Sent from a
+    daemon thread: an MLflow server that is away neither delays nor fails training (the
+    param is then missing, and a warning logged); a resumed run keeps the param it first
+    logged."""
+    import threading
+
     from components.training.tracking import log_params_safely
 
     used = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
     log.info("precision: %s (%s requested)", used, requested)
-    try:
-        log_params_safely(plan.tracking_uri, plan.mlflow_run_id, {"precision_used": used}, attempts=3)
-    except Exception as err:  # noqa: BLE001  (the run goes on without the param)
-        log.warning("precision_used not logged: %s", err)
+
+    def send() -> None:
+        try:
+            log_params_safely(plan.tracking_uri, plan.mlflow_run_id, {"precision_used": used}, attempts=3)
+        except Exception as err:  # noqa: BLE001  (the run goes on without the param)
+            log.warning("precision_used not logged: %s", err)
+
+    threading.Thread(target=send, name="mlflow-precision", daemon=True).start()
