@@ -15,3 +15,27 @@ def test_the_bccd_detector_reads_the_data_sections_patch_size():
     model = get_task(cfg.task).build_model(cfg, num_classes=3, image_size=cfg.data.image_size)
     # the model rejects patches of any other size at its first forward (normalize_patches)
     assert int(model.patch_size) == cfg.data.patch_size
+
+
+def test_the_bccd_yolos_takes_every_weight_of_the_bccd_mae_encoder():
+    """``pretrain_mae_bccd.yaml``'s encoder initialises ``detect_bccd_yolos.yaml``'s YOLOS-Ti:
+    every block weight arrives unchanged, the 14x14 position embeddings resized to the
+    detector's grid; only the [DET] tokens and the heads stay new."""
+    import torch
+
+    mae_cfg = load_train_config(CONFIGS / "pretrain_mae_bccd.yaml", [])
+    det_cfg = load_train_config(CONFIGS / "detect_bccd_yolos.yaml", [])
+    assert mae_cfg.data.split_paths("train").image_set.endswith("trainval.txt")  # no test photo
+    mae_task, det_task = get_task(mae_cfg.task), get_task(det_cfg.task)
+    torch.manual_seed(0)
+    mae = mae_task.build_model(mae_cfg, num_classes=0, image_size=mae_cfg.data.image_size)
+    encoder = mae_task.checkpoint_weights(mae)  # what the MAE checkpoint holds
+    detector = det_task.build_model(det_cfg, num_classes=3, image_size=det_cfg.data.image_size,
+                                    init_state=encoder, init_meta={})
+    state = detector.state_dict()
+    blocks = [k for k in encoder if ".blocks." in k]
+    assert blocks and all(torch.equal(state[k], encoder[k]) for k in blocks)
+    assert torch.equal(state["backbone.patch_embed.proj.weight"], encoder["backbone.patch_embed.proj.weight"])
+    grid = det_cfg.data.image_size // det_cfg.data.patch_size
+    assert encoder["backbone.pos_embed"].shape[1] == 1 + 14 * 14
+    assert state["backbone.pos_embed"].shape[1] == 1 + grid * grid
