@@ -24,6 +24,17 @@ def gemm_peak(dtype: torch.dtype, seconds: float, n: int = 2048) -> float:
     return best
 
 
+def bf16_isa() -> str | None:
+    """The CPU's bf16 matrix instructions: ``"amx"`` (tile units, bf16 several times fp32),
+    ``"avx512_bf16"`` (vector dot products only), or None."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return None
+    flags = set(next((line.split(":")[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return "amx" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else None
+
+
 # fp32 FLOPs per cycle per core by vector ISA (two FMA ports: 2 × lanes × 2).
 _FLOPS_PER_CYCLE = (("avx512f", 64), ("avx2", 32), ("sse2", 16))
 # A measured GEMM peak below this share of the nominal rate means other work held the cores.

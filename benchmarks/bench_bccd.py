@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _machine import cpu_name  # noqa: E402  (benchmarks/, the script's own folder)
+from _machine import bf16_isa, cpu_name  # noqa: E402  (benchmarks/, the script's own folder)
 
 CONFIG = ROOT / "pipelines" / "configs" / "detect_bccd.yaml"
 DATA = Path("/work/shared/data/bccd/BCCD")
@@ -122,8 +122,10 @@ def peer_metrics(model: torch.nn.Module, test: list[dict[str, Any]], coco_gt: di
 
 # ----------------------------------------------------------------------------- peers
 def run_peer(name: str, *, budget: float, seed: int, batch: int, eval_every: float,
-             train: list[dict[str, Any]], test: list[dict[str, Any]], coco_gt: dict[str, Any]) -> dict[str, Any]:
-    """A plain torchvision training loop for ``budget`` seconds of training (scoring excluded)."""
+             train: list[dict[str, Any]], test: list[dict[str, Any]], coco_gt: dict[str, Any],
+             bf16: bool = False) -> dict[str, Any]:
+    """A plain torchvision training loop for ``budget`` seconds of training (scoring excluded);
+    ``bf16``: its forward pass under CPU bf16 autocast (scored in fp32)."""
     import torchvision.models.detection as tvd
 
     builder, lr = PEERS[name]
@@ -155,8 +157,9 @@ def run_peer(name: str, *, budget: float, seed: int, batch: int, eval_every: flo
                 image, boxes = flip(train[i]["image"], train[i]["boxes"], rng)
                 images.append(image)
                 targets.append({"boxes": boxes, "labels": train[i]["labels"]})
-            loss_dict = model(images, targets)
-            loss = sum(loss_dict.values())
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss_dict = model(images, targets)
+            loss = sum(v.float() for v in loss_dict.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -182,32 +185,55 @@ def _mean(values: list[float]) -> float | None:
 
 
 # ----------------------------------------------------------------------------- vitpipe
-def run_vitpipe(*, budget: float, seed: int, ckpt_every: int, storage: Path, data_root: Path,
-                config: Path = CONFIG, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
-    """``config`` (``detect_bccd.yaml``) with ``overrides`` through ``run_training`` with
-    ``run.max_seconds``; every checkpoint is scored on the test split afterwards."""
+def run_vitpipe(*, budget: float | None = None, max_steps: int | None = None, seed: int, ckpt_every: int,
+                storage: Path, data_root: Path, config: Path = CONFIG, overrides: tuple[str, ...] = (),
+                name: str | None = None) -> dict[str, Any]:
+    """``config`` (``detect_bccd.yaml``) with ``overrides`` through ``run_training``, boxed by
+    ``budget`` seconds of fitting (``run.max_seconds``) or ``max_steps``; every checkpoint is
+    scored on the test split afterwards (:func:`score_checkpoints`)."""
+    from components.training.config import load_train_config
+    from components.training.trainer import run_training
+
+    name = name or f"bccd-contest-s{seed}"
+    box = [f"run.max_seconds={budget}"] if budget is not None else [f"max_steps={max_steps}"]
+    cfg = load_train_config(config, [*overrides,
+        f"data.root={data_root}", f"run.storage_path={storage}", f"run.name={name}", f"run.seed={seed}",
+        "epochs=200", *box, f"checkpoint.every_n_steps={ckpt_every}",
+        "checkpoint.keep_best_k=100000", "eval.every_n_epochs=100000",  # validate once, at the end
+        "mlflow.enabled=false", "registry.enabled=false", f"scaling.torch_threads={THREADS}"])
+    started = time.perf_counter()
+    summary = run_training(cfg)
+    wall = time.perf_counter() - started
+    curve = score_checkpoints(cfg, storage / name, label=f"{name}")
+    return {"curve": curve, "steps": summary["steps"], "run_wall_s": round(wall, 1),
+            "val_map50_at_end": summary["metrics"].get("map50"), "precision": trained_precision(cfg)}
+
+
+def trained_precision(cfg: Any) -> str:
+    """What ``cfg.precision`` trains the model in on this CPU (``auto``: the cached measurement
+    the training worker made)."""
+    from components.core.device import autocast_dtype
+    from components.tasks import get_task
+
+    model = get_task(cfg.task).build_model(cfg, num_classes=3, image_size=cfg.data.image_size)
+    amp = autocast_dtype(torch.device("cpu"), cfg.precision, model, train=True)
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
+
+
+def score_checkpoints(cfg: Any, run_dir: Path, *, label: str) -> list[dict[str, Any]]:
+    """Test mAP50 / mAP of every checkpoint in ``run_dir``, in step order, each placed at the
+    seconds of fitting it records (``train_seconds``)."""
     from components.core.checkpoint import read_meta
     from components.core.device import autocast_dtype
     from components.data.dataset import build_dataset
     from components.data.loader import iter_batches
     from components.models import model_from_checkpoint
     from components.tasks import get_task
-    from components.training.config import load_train_config
-    from components.training.trainer import run_training
 
-    name = f"bccd-contest-s{seed}"
-    cfg = load_train_config(config, [*overrides,
-        f"data.root={data_root}", f"run.storage_path={storage}", f"run.name={name}", f"run.seed={seed}",
-        "epochs=200", f"run.max_seconds={budget}", f"checkpoint.every_n_steps={ckpt_every}",
-        "checkpoint.keep_best_k=100000", "eval.every_n_epochs=100000",  # validate once, at the end
-        "mlflow.enabled=false", "registry.enabled=false", f"scaling.torch_threads={THREADS}"])
-    started = time.perf_counter()
-    summary = run_training(cfg)
-    wall = time.perf_counter() - started
     task = get_task("detection")
     test = build_dataset(cfg.data, "test", training=False)
     curve = []
-    for ckpt in sorted((storage / name).glob("checkpoint_step*")):
+    for ckpt in sorted(run_dir.glob("checkpoint_step*")):
         if not (ckpt / "vitpipe.json").is_file():
             continue
         meta = read_meta(ckpt)
@@ -221,10 +247,9 @@ def run_vitpipe(*, budget: float, seed: int, ckpt_every: int, storage: Path, dat
         curve.append({"seconds": round(float(meta.extra.get("train_seconds", float("nan"))), 1),
                       "steps": meta.step, "images": meta.step * cfg.batch_size,
                       "map50": round(report["map50"], 4), "map": round(report["map"], 4)})
-        print(f"  vitpipe seed {seed}: {curve[-1]}", flush=True)
+        print(f"  {label}: {curve[-1]}", flush=True)
     curve.sort(key=lambda p: p["steps"])
-    return {"curve": curve, "steps": summary["steps"], "run_wall_s": round(wall, 1),
-            "val_map50_at_end": summary["metrics"].get("map50")}
+    return curve
 
 
 # ----------------------------------------------------------------------------- results
@@ -282,6 +307,9 @@ def main() -> int:
     ap.add_argument("--eval-every", type=float, default=60.0, help="peers: score every this many seconds")
     ap.add_argument("--ckpt-every", type=int, default=15, help="vitpipe: a checkpoint every this many steps")
     ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--peer-precision", choices=["fp32", "bf16"], default="fp32",
+                    help="peers: the plain loop in fp32, or its forward pass under bf16 autocast (on CPUs "
+                         "where bf16 is fast, e.g. with AMX, the peers then run as fast as the CPU allows)")
     ap.add_argument("--data-root", type=Path, default=DATA)
     ap.add_argument("--config", type=Path, default=CONFIG, help="vitpipe: the training config")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="vitpipe: config overrides")
@@ -298,9 +326,11 @@ def main() -> int:
     reused = json.loads(args.peers_from.read_text()) if args.peers_from else None
     if reused is not None:
         theirs = reused["settings"]
-        if (theirs["budget_s"], theirs["batch"]) != (args.budget, args.batch):
-            ap.error(f"--peers-from ran {theirs['budget_s']:.0f} s at batch {theirs['batch']}; "
-                     f"this run asks for {args.budget:.0f} s at batch {args.batch}")
+        if (theirs["budget_s"], theirs["batch"], theirs.get("peer_precision", "fp32")) != (
+                args.budget, args.batch, args.peer_precision):
+            ap.error(f"--peers-from ran {theirs['budget_s']:.0f} s at batch {theirs['batch']} in "
+                     f"{theirs.get('peer_precision', 'fp32')}; this run asks for {args.budget:.0f} s at batch "
+                     f"{args.batch} in {args.peer_precision}")
         contenders.update({n: {**c, "from": str(args.peers_from.name)}
                            for n, c in reused["contenders"].items() if n in PEERS})
         args.contenders = [c for c in args.contenders if c not in PEERS]
@@ -314,7 +344,7 @@ def main() -> int:
             print(f"{name} seed {seed}: {args.budget:.0f} s", flush=True)
             if name in PEERS:
                 run = run_peer(name, budget=args.budget, seed=seed, batch=args.batch, eval_every=args.eval_every,
-                               train=train, test=test, coco_gt=coco_gt)
+                               train=train, test=test, coco_gt=coco_gt, bf16=args.peer_precision == "bf16")
             else:
                 import ray
 
@@ -341,13 +371,14 @@ def main() -> int:
         goal["met"] = None  # not every side ran
     result = {
         "benchmark": "bccd_contest",
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "machine": {"cpu": cpu_name(), "bf16_isa": bf16_isa(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__, "torch_threads": THREADS,
                     "load_average_1m_at_start": round(load_start[0], 2),
                     "load_average_at_start": [round(v, 2) for v in load_start],
                     "load_average_1m_at_end": round(os.getloadavg()[0], 2), "gpu": None},
         "settings": {"budget_s": args.budget, "seeds": args.seeds, "batch": args.batch, "image_size": 320,
                      "torch_threads": THREADS, "peer_eval_every_s": args.eval_every,
+                     "peer_precision": args.peer_precision,
                      "vitpipe_ckpt_every_steps": args.ckpt_every, "split_scored": "test",
                      "data": "BCCD VOC (205 train / 87 val / 72 test)", "weights": "random",
                      "vitpipe_config": args.config.name, "vitpipe_overrides": args.set,

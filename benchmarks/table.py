@@ -302,12 +302,16 @@ def autoscale_table(d: dict) -> list[str]:
     return rows
 
 
-def bccd_contest_table(d: dict) -> list[str]:
+def bccd_contest_table(d: dict, image: str = "bench_bccd_contest.png") -> list[str]:
     """The BCCD contest: test mAP50 / mAP at the budget per contender, the goal, the curve plot."""
     st, goal = d["settings"], d["goal"]
+    peers = st.get("peer_precision", "fp32")
+    vitpipe = next((r.get("precision") for r in d["contenders"].get("vitpipe", {}).get("runs", [])), None)
+    precision = f"peers in {peers}" + (f", vitpipe in {vitpipe} (`precision: auto`)" if vitpipe else "")
     rows = [f"**BCCD contest** (`bench_bccd.py`; random weights, {st['image_size']} px, batch {st['batch']}, "
             f"{st['budget_s']:.0f} s of training each on {st['torch_threads']} torch threads (scoring excluded), "
-            f"seeds {st['seeds']}, scored on the {st['split_scored']} split; {_machine(d['machine'])})", "",
+            f"{precision}, seeds {st['seeds']}, scored on the {st['split_scored']} split; "
+            f"{_machine(d['machine'])})", "",
             "| contender | test mAP50 | test mAP | mAP50 per seed | optimizer steps | seconds |",
             "|---|---|---|---|---|---|"]
     for name, c in d["contenders"].items():
@@ -320,8 +324,42 @@ def bccd_contest_table(d: dict) -> list[str]:
         verdict = (f"{'met' if goal['met'] else '**not met**'}: vitpipe {goal['vitpipe_map50']} / "
                    f"{goal['best_peer']} {goal['best_peer_map50']} = {goal['ratio']}×")
     rows += ["", f"Goal: {goal['statement']}. {verdict}."]
-    if (IMG / "bench_bccd_contest.png").is_file():  # drawn by render()
-        rows += ["", "![test mAP50 against seconds of training, BCCD contest](img/bench_bccd_contest.png)"]
+    if (IMG / image).is_file():  # drawn by render()
+        rows += ["", f"![test mAP50 against seconds of training, BCCD contest](img/{image})"]
+    return rows
+
+
+def transfer_table(d: dict) -> list[str]:
+    """MAE on BCCD's photos -> YOLOS against YOLOS from random weights: final test mAP50 per arm
+    and seed, the two goals, the curves (drawn by the benchmark beside its JSON)."""
+    st = d["settings"]
+    arms = list(d["seeds"][0]["arms"])
+    names = {"scratch": f"random weights, {st['det_steps']} steps",
+             "pretrained": f"from MAE, {st['det_steps']} steps, layer decay {st['layer_decay']}",
+             "pretrained_flat_lr": f"from MAE, {st['det_steps']} steps, one learning rate",
+             "scratch_equal": "random weights, the MAE's seconds as extra steps"}
+    rows = [f"**Pretraining on the photos themselves** (`bench_transfer.py`; YOLOS-Ti at 320 px, batch 8; MAE "
+            f"{st['mae_steps']} steps of 32 crops on BCCD's train + val photos, labels unused; {st['precision']}; "
+            f"scored on the {st['split_scored']} split; {_machine(d['machine'])})", "",
+            "| seed | MAE seconds | " + " | ".join(names.get(a, a) for a in arms) + " |",
+            "|---|---|" + "---|" * len(arms)]
+    for s in d["seeds"]:
+        cells = []
+        for a in arms:
+            if a not in s["arms"]:
+                cells.append("—")
+                continue
+            f = s["arms"][a]["final"]
+            seconds = f["seconds"] + (s["mae"]["seconds"] if a.startswith("pretrained") else 0.0)
+            cells.append(f"{f['map50']} ({f['steps']} steps, {seconds:.0f} s)")
+        rows.append(f"| {s['seed']} | {s['mae']['seconds']:.0f} | " + " | ".join(cells) + " |")
+    rows += ["", "Cells: test mAP50 at the end (detection steps, seconds of fitting with the MAE's included)."]
+    for goal in d["goals"].values():
+        rows.append(f"Goal: {goal['statement']}: {'met' if goal['met'] else '**not met**'} "
+                    f"(per seed {goal['per_seed']}).")
+    if (RESULTS / "transfer.png").is_file():
+        rows += ["", "![test mAP50 by detection step and by seconds, MAE vs random weights]"
+                     "(../benchmarks/results/transfer.png)"]
     return rows
 
 
@@ -410,6 +448,7 @@ def overloaded(d: dict) -> str | None:
     # Load at the start is other work; load at the end also counts the benchmark's own
     # processes (Ray workers, replicas), so it is held to a looser bound.
     for key, bound in (("loadavg_at_start", 1.5), ("load_avg_at_start", 1.5), ("load_average_1m_at_start", 1.5),
+                       ("load_average_at_start", 1.5),
                        ("loadavg_at_end", 4), ("load_avg_1m_at_end", 4), ("load_average_1m_at_end", 4)):
         value = m.get(key)
         load = value[0] if isinstance(value, list) else value
@@ -482,10 +521,15 @@ PAGE = [
         ("detect_demo_nms", "nms_sweep.py CHECKPOINT --data-root .demo/synth", nms_table, "table"),
         ("tune_yolos", "bench_tune.py", generic_table, "table"),
     ]),
-    ("Real photographs: the BCCD contest", "Our best detector against torchvision's detectors, every one "
-     "from random weights and trained for the same seconds on the same cores, scored on BCCD's test photos. "
-     "Seconds are the measure, so a result measured under load is not published.", [
+    ("Real photographs (BCCD)", "Our best detector against torchvision's detectors, every one "
+     "from random weights and trained for the same seconds on the same cores, scored on BCCD's test photos; "
+     "and what our own pretraining on the photos buys a ViT detector. Seconds are part of the measure, so a "
+     "result measured under load is not published.", [
         ("bccd_contest", "bench_bccd.py", bccd_contest_table, "speed"),
+        ("bccd_contest_bf16", "bench_bccd.py --peer-precision bf16 --ckpt-every 40 "
+         "--out benchmarks/results/bccd_contest_bf16.json",
+         lambda d: bccd_contest_table(d, "bench_bccd_contest_bf16.png"), "speed"),
+        ("transfer", "bench_transfer.py", transfer_table, "speed"),
     ]),
     ("Inference", "Offline batch inference, exported models and the model registry.", [
         ("predict", "bench_predict.py", predict_table, "speed"),
@@ -522,8 +566,8 @@ def render(write_images: bool) -> str:
                 missing.append(f"`{name}` (`python benchmarks/{script}`): measured with {why}; "
                                "to be re-measured on a quiet machine")
                 continue
-            if name == "bccd_contest" and write_images:
-                _plot_bccd_contest(d, IMG / "bench_bccd_contest.png")
+            if name.startswith("bccd_contest") and write_images:
+                _plot_bccd_contest(d, IMG / f"bench_{name}.png")
             body += fmt(d) + [""]
             if name == "readiness" and write_images:
                 write_report_page(d)
