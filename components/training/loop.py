@@ -251,8 +251,12 @@ def record_precision(plan: WorkerPlan, requested: str, amp: torch.dtype | None) 
     decides by a measurement on the machine: the param says what it chose). Sent from a
     daemon thread: an MLflow server that is away neither delays nor fails training (the
     param is then missing, and a warning logged); a resumed run keeps the param it first
-    logged."""
+    logged. MLflow's client modules are imported here, before the thread starts: importing
+    them from two threads at once leaves ``mlflow.tracking`` half initialised."""
     import threading
+
+    import mlflow.entities  # noqa: F401  (see above)
+    import mlflow.tracking  # noqa: F401
 
     from components.training.tracking import log_params_safely
 
