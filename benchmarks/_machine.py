@@ -6,8 +6,8 @@ import time
 
 import torch
 
-from components.core.device import cpu_name  # noqa: F401  (re-exported for the scripts)
-
+from components.core.device import cpu_bf16_isa as bf16_isa  # noqa: F401  (re-exported for the scripts)
+from components.core.device import cpu_name  # noqa: F401
 
 def gemm_peak(dtype: torch.dtype, seconds: float, n: int = 2048) -> float:
     """Best FLOP/s of ``n×n @ n×n`` matmuls in ``dtype`` over ``seconds`` (current threads):
@@ -22,17 +22,6 @@ def gemm_peak(dtype: torch.dtype, seconds: float, n: int = 2048) -> float:
         a @ b
         best = max(best, 2 * n**3 / (time.perf_counter() - t))
     return best
-
-
-def bf16_isa() -> str | None:
-    """The CPU's bf16 matrix instructions: ``"amx"`` (tile units, bf16 several times fp32),
-    ``"avx512_bf16"`` (vector dot products only), or None."""
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return None
-    flags = set(next((line.split(":")[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    return "amx" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else None
 
 
 # fp32 FLOPs per cycle per core by vector ISA (two FMA ports: 2 × lanes × 2).

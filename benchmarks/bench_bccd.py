@@ -212,12 +212,11 @@ def run_vitpipe(*, budget: float | None = None, max_steps: int | None = None, se
 def trained_precision(cfg: Any) -> str:
     """What ``cfg.precision`` trains the model in on this CPU (``auto``: the cached measurement
     the training worker made)."""
-    from components.core.device import autocast_dtype
+    from components.core.device import autocast_dtype, precision_name
     from components.tasks import get_task
 
     model = get_task(cfg.task).build_model(cfg, num_classes=3, image_size=cfg.data.image_size)
-    amp = autocast_dtype(torch.device("cpu"), cfg.precision, model, train=True)
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
+    return precision_name(autocast_dtype(torch.device("cpu"), cfg.precision, model, train=True))
 
 
 def score_checkpoints(cfg: Any, run_dir: Path, *, label: str) -> list[dict[str, Any]]:

@@ -48,11 +48,24 @@ def cpu_has_fast_bf16() -> bool:
         capability = ""
     if "AMX" in capability.upper():
         return True
+    return cpu_bf16_isa() is not None
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_isa() -> str | None:
+    """The CPU's bf16 matrix instructions from ``/proc/cpuinfo``: ``"amx"`` (tile units, bf16
+    several times fp32), ``"avx512_bf16"`` (vector dot products only), or None."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return any(flag in flags for flag in ("amx_bf16", "avx512_bf16"))
+        return None
+    flags = set(next((line.split(":")[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return "amx" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else None
+
+
+def precision_name(amp: torch.dtype | None) -> str:
+    """``"fp32"``, ``"bf16"`` or ``"fp16"`` for an autocast dtype from :func:`autocast_dtype`."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
 
 
 @functools.lru_cache(maxsize=None)

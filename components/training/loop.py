@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from components.core.device import autocast_dtype, needs_grad_scaler
+from components.core.device import autocast_dtype, needs_grad_scaler, precision_name
 from components.tasks import get_task
 from components.tasks.base import all_reduce_sum
 from components.training.config import TrainConfig, micro_batches_per_step
@@ -260,7 +260,7 @@ def record_precision(plan: WorkerPlan, requested: str, amp: torch.dtype | None) 
 
     from components.training.tracking import log_params_safely
 
-    used = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
+    used = precision_name(amp)
     log.info("precision: %s (%s requested)", used, requested)
 
     def send() -> None:
