@@ -120,7 +120,7 @@ def synthesize_data(cfg: SynthSection, root: Path) -> Path:
         return root
     if root.exists():
         shutil.rmtree(root)
-    synthesize(root, SynthConfig(**wanted))
+    synthesize(root, SynthConfig(**wanted), workers=os.cpu_count() or 1)
     stamp.write_text(json.dumps(wanted))
     say(f"wrote {cfg.num_train} train + {cfg.num_val} val synthetic images to {root}")
     return root

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -32,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--num-train", type=int, default=None)
     synth.add_argument("--num-val", type=int, default=None)
     synth.add_argument("--image-size", type=int, default=None)
+    synth.add_argument("--workers", type=int, default=None,
+                       help="processes that render images (default: one per CPU; same files either way)")
     synth.set_defaults(handler=_synth)
 
     inspect = sub.add_parser("inspect", help="validate a COCO or VOC dataset and report what was accepted")
@@ -77,7 +80,10 @@ def _synth(args: argparse.Namespace) -> int:
         cfg = SynthConfig(**{k: v for k, v in given.items() if v is not None})
     except ValueError as err:
         raise UserError(str(err)) from None
-    out = synthesize(args.out, cfg, progress=True)
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    out = synthesize(args.out, cfg, progress=True, workers=workers)
     print(f"wrote {cfg.num_train} train + {cfg.num_val} val images to {out}")
     return 0
 

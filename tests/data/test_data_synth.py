@@ -29,6 +29,15 @@ def test_same_seed_byte_identical_other_seed_differs(tmp_path):
     assert a != c
 
 
+def test_worker_processes_write_the_same_bytes(tmp_path):
+    """Rendering in several processes (chunks of images each) changes no file and no id."""
+    cfg = SynthConfig(seed=5, num_train=260, num_val=3, image_size=48)  # two chunks of train
+    one = _digests(synthesize(tmp_path / "one", cfg))
+    two = _digests(synthesize(tmp_path / "two", cfg, workers=2))
+    assert one == two
+    assert sum(name.startswith("images/train/") for name in one) == 260
+
+
 def test_layout_and_coco_validity(synth_dataset):
     for split, n in (("train", 48), ("val", 16)):
         ann = synth_dataset / "annotations" / f"instances_{split}.json"
