@@ -245,8 +245,9 @@ def synthesize(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), *, progres
     crop_size = cfg.crop_size or cfg.image_size
     categories = [{"id": i + 1, "name": n, "supercategory": "shape"}
                   for i, n in enumerate(CLASS_NAMES)]
+    chunk = 250  # images per task
     pool = None
-    if workers > 1:
+    if min(workers, max(-(-_num(cfg, split) // chunk) for split in SPLITS)) > 1:
         import concurrent.futures
         import multiprocessing
 
@@ -257,7 +258,6 @@ def synthesize(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), *, progres
             for name in CLASS_NAMES:
                 (out / "imagefolder" / split / name).mkdir(parents=True, exist_ok=True)
             count = _num(cfg, split)
-            chunk = 250
             ranges = [(start, min(start + chunk, count)) for start in range(0, count, chunk)]
             if pool is None:
                 results = (_write_range(out, cfg, split, a, b, crop_size) for a, b in ranges)
