@@ -17,6 +17,7 @@ grid; the others only the grid they are built for.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -120,6 +121,19 @@ class VisionModel(nn.Module):
     def forward_images(self, images: torch.Tensor) -> Any:  # pragma: no cover - abstract
         """Normalised images ``[B, 3, H, W]`` → outputs (see subclasses)."""
         raise NotImplementedError
+
+    def pretrained_state(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``state`` (another model's checkpoint) in this model's names: as it is, unless a
+        subclass knows a translation (LW-DETR takes a ViT classifier's encoder)."""
+        return dict(state)
+
+    def init_from_pretrained(self, state: Mapping[str, torch.Tensor]) -> list[str]:
+        """Load the weights of ``state`` that this model has (a detector from a classifier:
+        its backbone), position embeddings resized; returns the keys left at their init."""
+        from components.models.posembed import load_weights
+
+        missing, _ = load_weights(self, self.pretrained_state(state), strict=False)
+        return missing
 
 
 def padding_kwargs(batch: dict[str, Any]) -> dict[str, Any]:

@@ -114,6 +114,15 @@ class HFDetector(VisionModel):
                                 strict=False)
         self.num_classes = int(num_classes)
 
+    def pretrained_state(self, state):
+        """A vitpipe ViT classifier's (or MAE encoder's) weights in LW-DETR's backbone names
+        (:mod:`components.models.vit_transfer`); any other state as it is."""
+        from components.models.vit_transfer import is_vit_classifier_state, vit_to_lwdetr
+
+        if self.family == "lwdetr" and is_vit_classifier_state(state):
+            return vit_to_lwdetr(state, self.state_dict())
+        return dict(state)
+
     def forward(self, patches: torch.Tensor, grid: tuple[int, int] | torch.Tensor,
                 valid_hw: torch.Tensor | None = None,
                 targets: list[dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
@@ -255,6 +264,11 @@ _register("lwdetr_large", "lwdetr", "LW-DETR-large (ViT 10 × 384, two scales, d
           **_lwdetr(384, 10, _W10, _O10, scales=(2.0, 0.5), heads=(12, 24), points=4, d_model=384))
 _register("lwdetr_xlarge", "lwdetr", "LW-DETR-xlarge (ViT 10 × 768, two scales, d=384)",
           **_lwdetr(768, 10, _W10, _O10, scales=(2.0, 0.5), heads=(12, 24), points=4, d_model=384))
+# ViT-Ti/16's shape (12 × 192, 3 heads; vit_tiny_patch16_224 and the MAE encoder of
+# pretrain_mae_bccd.yaml): a checkpoint of ours loads into its backbone (model.init_from).
+# Global attention every third block, as ViTDet spaces it; those blocks feed the projector.
+_register("lwdetr_vit_ti", "lwdetr", "LW-DETR with a ViT-Ti/16 backbone (12 × 192, 3 heads, 100 queries)",
+          **_lwdetr(192, 12, [0, 1, 3, 4, 6, 7, 9, 10], [2, 5, 8, 11], vit_heads=3, num_queries=100))
 _register("lwdetr_demo", "lwdetr", "tiny LW-DETR (ViT 2 × 48, d=64, 10 queries, 3 groups)", img_size=64,
           **_lwdetr(48, 2, [0], [0, 1], vit_heads=3, num_windows=4, heads=(4, 4), d_model=64, num_queries=10,
                     decoder_ffn_dim=128, group_detr=3))

@@ -80,6 +80,10 @@ class Yolos(VisionModel):
             layout["mid_pos_embed"] = (1, self.grid_size)
         return layout
 
+    def init_from_pretrained(self, state) -> list[str]:
+        """From a ViT classifier of the same width and depth: :func:`init_from_classifier`."""
+        return init_from_classifier(self, state)
+
     def reset_classes(self, num_classes: int) -> None:
         """A new class head's last layer for ``num_classes`` (fine-tuning to another label set)."""
         last = self.class_embed.layers[-1]

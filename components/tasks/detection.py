@@ -34,19 +34,14 @@ class DetectionTask(Task):
         overrides = dict(cfg.model.overrides)
         if init_state is None:
             return build_model(cfg.model.name, num_classes=num_classes, img_size=image_size, **overrides)
-        from components.models import get_spec, load_weights
-        from components.models.yolos import Yolos, init_from_classifier
+        from components.models import get_spec
 
         pretrained_stem = ((init_meta or {}).get("model_config") or {}).get("stem")
         if get_spec(cfg.model.name).family == "yolos" and pretrained_stem and "stem" not in overrides:
             overrides["stem"] = pretrained_stem  # the ViT's stem comes with its weights
         model = build_model(cfg.model.name, num_classes=num_classes, img_size=image_size, **overrides)
-        if isinstance(model, Yolos):
-            init_from_classifier(model, init_state)
-        else:
-            missing, _ = load_weights(model, init_state, strict=False)
-            log.info("initialised %s from a checkpoint; %d keys kept their fresh init",
-                     cfg.model.name, len(missing))
+        missing = model.init_from_pretrained(init_state)
+        log.info("initialised %s from a checkpoint; %d keys kept their fresh init", cfg.model.name, len(missing))
         return model
 
     def loss(self, cfg, *, num_classes, model=None) -> LossFn:

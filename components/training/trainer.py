@@ -118,7 +118,11 @@ def check_init_weights(cfg: TrainConfig, state: dict[str, torch.Tensor], meta: d
     else:
         model = build_model(cfg.model.name, num_classes=num_classes, img_size=image_size,
                             **overrides)
-        problems = weight_mismatches(model, state, allow_missing=True, ignore_prefixes=("head.",))
+        try:
+            adapted = model.pretrained_state(state)
+        except ValueError as err:  # a translation that does not fit says why
+            raise ConfigError(f"model.init_from={cfg.model.init_from} does not fit {cfg.model.name}: {err}") from None
+        problems = weight_mismatches(model, adapted, allow_missing=True, ignore_prefixes=("head.",))
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""

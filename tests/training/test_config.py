@@ -54,8 +54,8 @@ def test_data_section_is_typed_and_required(tmp_path):
 
 
 TRAINING_CONFIGS = ["pretrain", "pretrain_ci", "pretrain_mae", "pretrain_mae_ci", "pretrain_mae_bccd", "finetune",
-                    "detect", "detect_ci", "detect_hf_ci", "detect_bccd", "detect_bccd_yolos", "tune_ci",
-                    "tune_yolos"]
+                    "detect", "detect_ci", "detect_hf_ci", "detect_bccd", "detect_bccd_yolos", "detect_bccd_lwdetr",
+                    "tune_ci", "tune_yolos"]
 
 
 @pytest.mark.parametrize("name", TRAINING_CONFIGS)
