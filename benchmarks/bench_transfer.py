@@ -1,20 +1,24 @@
-"""Does our own pretraining help a ViT detector on real photographs? MAE on BCCD, then YOLOS.
+"""Does our own pretraining help a ViT detector on real photographs? MAE on BCCD, then detection.
 
-    python benchmarks/bench_transfer.py                  # seeds 0 and 1, every arm
+    python benchmarks/bench_transfer.py                  # YOLOS-Ti, seeds 0 and 1, every arm
+    python benchmarks/bench_transfer.py --detector lwdetr --precision bf16   # LW-DETR on ViT-Ti
     python benchmarks/bench_transfer.py --seeds 0 --mae-steps 20 --det-steps 20 --out /tmp/smoke.json
 
-BCCD (Pascal VOC, 205 train / 87 val / 72 test photographs of blood cells, 640x480), the
-detector YOLOS-Ti (a plain ViT-Ti/16 with [DET] tokens, ``detect_bccd_yolos.yaml``), every
-run through the real entry point (``run_training`` on a local Ray cluster, MLflow off,
-fp32 so that no run depends on a timing probe), scored on the **test** split with the
-detection task's evaluation (pycocotools, boxes in the photos' pixels). Per seed:
+BCCD (Pascal VOC, 205 train / 87 val / 72 test photographs of blood cells, 640x480), a
+detector whose backbone is a plain ViT-Ti/16: YOLOS-Ti ([DET] tokens,
+``detect_bccd_yolos.yaml``) or LW-DETR (windowed ViT-Ti + a deformable decoder,
+``detect_bccd_lwdetr.yaml``); every run through the real entry point (``run_training`` on a
+local Ray cluster, MLflow off, the precision fixed by ``--precision`` so that no run depends
+on a timing probe), scored on the **test** split with the detection task's evaluation
+(pycocotools, boxes in the photos' pixels). Per seed:
 
 - ``mae``: masked-autoencoder pretraining of the ViT-Ti encoder on the train + val
   photographs without their labels (``pretrain_mae_bccd.yaml``, ``--mae-steps``);
-- ``scratch``: YOLOS-Ti from random weights, ``--det-steps`` steps;
-- ``pretrained``: the same detector and steps, its ViT from the MAE checkpoint (position
-  embeddings resized from 14x14 to the 20x15 grid), layer decay ``--layer-decay`` so the
-  pretrained blocks learn slower than the new [DET] tokens and heads;
+- ``scratch``: the detector from random weights, ``--det-steps`` steps;
+- ``pretrained``: the same detector and steps, its ViT from the MAE checkpoint (YOLOS: position
+  embeddings resized from 14x14 to the 20x15 grid, layer decay ``--layer-decay`` so the
+  pretrained blocks learn slower than the new [DET] tokens and heads; LW-DETR: the blocks in
+  its backbone's names, every parameter at one learning rate);
 - ``pretrained_flat_lr`` (with ``--flat-lr``, first seed): the same without layer decay, every
   parameter at the new heads' learning rate (the question of why a hand-off can learn
   slower than scratch);
@@ -48,12 +52,12 @@ import torch  # noqa: E402
 from _machine import bf16_isa, cpu_name  # noqa: E402
 from bench_bccd import DATA, THREADS, run_vitpipe  # noqa: E402
 
-DETECT = ROOT / "pipelines" / "configs" / "detect_bccd_yolos.yaml"
-MAE = ROOT / "pipelines" / "configs" / "pretrain_mae_bccd.yaml"
-FIXED = ("precision=fp32",)  # every arm, both configs: no timing-probe precision choice
+CONFIGS = ROOT / "pipelines" / "configs"
+DETECTORS = {"yolos": CONFIGS / "detect_bccd_yolos.yaml", "lwdetr": CONFIGS / "detect_bccd_lwdetr.yaml"}
+MAE = CONFIGS / "pretrain_mae_bccd.yaml"
 
 
-def run_mae(*, steps: int, seed: int, storage: Path, data_root: Path) -> dict[str, Any]:
+def run_mae(*, steps: int, seed: int, storage: Path, data_root: Path, fixed: tuple[str, ...]) -> dict[str, Any]:
     """MAE pretraining on the train + val photographs (labels unused); its checkpoint and
     seconds of fitting."""
     from components.core.checkpoint import read_meta
@@ -63,7 +67,7 @@ def run_mae(*, steps: int, seed: int, storage: Path, data_root: Path) -> dict[st
     name = f"mae-bccd-s{seed}"
     sets = data_root / "ImageSets" / "Main"
     cfg = load_train_config(MAE, [
-        *FIXED, f"data.root={data_root}",
+        *fixed, f"data.root={data_root}",
         f"data.splits.train.images={data_root}", f"data.splits.train.image_set={sets / 'trainval.txt'}",
         f"data.splits.val.images={data_root}", f"data.splits.val.image_set={sets / 'val.txt'}",
         f"run.storage_path={storage}", f"run.name={name}", f"run.seed={seed}", f"data.seed={seed}",
@@ -82,10 +86,10 @@ def run_mae(*, steps: int, seed: int, storage: Path, data_root: Path) -> dict[st
             "run_wall_s": round(time.perf_counter() - started, 1)}
 
 
-def detect(arm: str, *, steps: int, seed: int, storage: Path, data_root: Path, ckpt_every: int,
-           extra: tuple[str, ...] = ()) -> dict[str, Any]:
+def detect(arm: str, *, steps: int, seed: int, storage: Path, data_root: Path, ckpt_every: int, config: Path,
+           fixed: tuple[str, ...], extra: tuple[str, ...] = ()) -> dict[str, Any]:
     run = run_vitpipe(max_steps=steps, seed=seed, ckpt_every=ckpt_every, storage=storage, data_root=data_root,
-                      config=DETECT, overrides=(*FIXED, f"data.seed={seed}", *extra), name=f"{arm}-s{seed}")
+                      config=config, overrides=(*fixed, f"data.seed={seed}", *extra), name=f"{arm}-s{seed}")
     end = run["curve"][-1]
     return {**run, "final": {"map50": end["map50"], "map": end["map"], "steps": end["steps"],
                              "seconds": end["seconds"]}}
@@ -112,14 +116,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
             if arm != "pretrained_flat_lr":
                 by_time.plot(seconds, maps, marker=".", color=colors[arm], alpha=alpha, label=label)
         by_time.axvline(mae_s, color="C1", alpha=0.3 * alpha, linestyle=":")
-    by_steps.set_xlabel("detection steps (batch 8)")
+    by_steps.set_xlabel(f"detection steps (batch {result['settings']['batch_size']})")
     by_time.set_xlabel("seconds of fitting, MAE pretraining included (dotted: its end)")
     for ax in (by_steps, by_time):
         ax.set_ylabel("BCCD test mAP50")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    fig.suptitle("YOLOS-Ti on BCCD: from random weights vs from MAE on BCCD's own photos "
-                 f"({result['machine']['cores']} cores)", fontsize=9)
+    fig.suptitle(f"{result['settings']['detector_name']} on BCCD: from random weights vs from MAE on BCCD's "
+                 f"own photos ({result['machine']['cores']} cores, {result['settings']['precision']})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -127,16 +131,29 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--detector", choices=sorted(DETECTORS), default="yolos")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="every run's precision (fixed: no run depends on the timing probe)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--mae-steps", type=int, default=400)
     ap.add_argument("--det-steps", type=int, default=400)
-    ap.add_argument("--layer-decay", type=float, default=0.75)
+    ap.add_argument("--layer-decay", type=float, default=0.75, help="YOLOS only")
     ap.add_argument("--flat-lr", action="store_true",
                     help="also the pretrained arm without layer decay (first seed only: a diagnostic)")
     ap.add_argument("--ckpt-every", type=int, default=50, help="a checkpoint (scored on test) every this many steps")
     ap.add_argument("--data-root", type=Path, default=DATA)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "transfer.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default benchmarks/results/transfer.json (YOLOS), transfer_lwdetr.json (LW-DETR)")
     args = ap.parse_args()
+    suffix = "" if args.detector == "yolos" else f"_{args.detector}"
+    args.out = args.out or ROOT / "benchmarks" / "results" / f"transfer{suffix}.json"
+    config = DETECTORS[args.detector]
+    fixed = (f"precision={args.precision}",)
+    layer_decay = args.layer_decay if args.detector == "yolos" else 1.0
+    from components.models import get_spec
+    from components.training.config import load_train_config
+
+    det_cfg = load_train_config(config, [])
 
     import ray
 
@@ -148,15 +165,16 @@ def main() -> int:
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix="bccd-transfer-") as tmp:
             storage = Path(tmp)
-            common = dict(seed=seed, storage=storage, data_root=args.data_root, ckpt_every=args.ckpt_every)
+            common = dict(seed=seed, storage=storage, data_root=args.data_root, ckpt_every=args.ckpt_every,
+                          config=config, fixed=fixed)
             print(f"seed {seed}: MAE {args.mae_steps} steps", flush=True)
-            mae = run_mae(steps=args.mae_steps, seed=seed, storage=storage, data_root=args.data_root)
+            mae = run_mae(steps=args.mae_steps, seed=seed, storage=storage, data_root=args.data_root, fixed=fixed)
             print(f"seed {seed}: MAE {mae}", flush=True)
             arms: dict[str, Any] = {}
             arms["scratch"] = detect("scratch", steps=args.det_steps, **common)
             init = (f"model.init_from={mae['checkpoint']}",)
             arms["pretrained"] = detect("pretrained", steps=args.det_steps, **common,
-                                        extra=(*init, f"optim.layer_decay={args.layer_decay}"))
+                                        extra=(*init, f"optim.layer_decay={layer_decay}"))
             if args.flat_lr and seed == args.seeds[0]:
                 arms["pretrained_flat_lr"] = detect("pretrained_flat_lr", steps=args.det_steps, **common,
                                                     extra=init)
@@ -178,8 +196,9 @@ def main() -> int:
                     "load_average_at_start": [round(v, 2) for v in load_start],
                     "load_average_1m_at_end": round(os.getloadavg()[0], 2), "gpu": None},
         "settings": {"seeds": args.seeds, "mae_steps": args.mae_steps, "det_steps": args.det_steps,
-                     "layer_decay": args.layer_decay, "ckpt_every": args.ckpt_every, "precision": "fp32",
-                     "detector": DETECT.name, "pretraining": MAE.name, "split_scored": "test",
+                     "layer_decay": layer_decay, "ckpt_every": args.ckpt_every, "precision": args.precision,
+                     "detector": config.name, "detector_name": get_spec(det_cfg.model.name).description,
+                     "batch_size": det_cfg.batch_size, "pretraining": MAE.name, "split_scored": "test",
                      "mae_data": "BCCD train + val photographs, labels unused"},
         "seeds": seeds,
         "final_map50": {str(k): v for k, v in final.items()},
