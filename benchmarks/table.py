@@ -324,21 +324,30 @@ def bccd_contest_table(d: dict, image: str = "bench_bccd_contest.png") -> list[s
         verdict = (f"{'met' if goal['met'] else '**not met**'}: vitpipe {goal['vitpipe_map50']} / "
                    f"{goal['best_peer']} {goal['best_peer_map50']} = {goal['ratio']}×")
     rows += ["", f"Goal: {goal['statement']}. {verdict}."]
+    if goal.get("per_seed_ratio"):
+        rows += ["", f"Per seed: {goal['per_seed_ratio']}× the best peer."]
+    if st.get("peers_from"):
+        rows += ["", f"The peers' runs are those of `{st['peers_from']}` (same script and settings, an earlier "
+                     "run on a machine of the same kind); " + st.get("note", "") + "."]
     if (IMG / image).is_file():  # drawn by render()
         rows += ["", f"![test mAP50 against seconds of training, BCCD contest](img/{image})"]
     return rows
 
 
-def transfer_table(d: dict) -> list[str]:
-    """MAE on BCCD's photos -> YOLOS against YOLOS from random weights: final test mAP50 per arm
-    and seed, the two goals, the curves (drawn by the benchmark beside its JSON)."""
+def transfer_table(d: dict, image: str = "transfer.png") -> list[str]:
+    """MAE on BCCD's photos -> a ViT detector against the same detector from random weights:
+    final test mAP50 per arm and seed, the two goals, the curves (drawn by the benchmark
+    beside its JSON, ``image``)."""
     st = d["settings"]
     arms = list(d["seeds"][0]["arms"])
+    decay = (f"layer decay {st['layer_decay']}" if st["layer_decay"] < 1.0 else "one learning rate")
     names = {"scratch": f"random weights, {st['det_steps']} steps",
-             "pretrained": f"from MAE, {st['det_steps']} steps, layer decay {st['layer_decay']}",
+             "pretrained": f"from MAE, {st['det_steps']} steps, {decay}",
              "pretrained_flat_lr": f"from MAE, {st['det_steps']} steps, one learning rate",
              "scratch_equal": "random weights, the MAE's seconds as extra steps"}
-    rows = [f"**Pretraining on the photos themselves** (`bench_transfer.py`; YOLOS-Ti at 320 px, batch 8; MAE "
+    detector = st.get("detector_name", "YOLOS-Ti").split(" (")[0]
+    rows = [f"**Pretraining on the photos themselves** (`bench_transfer.py`; {detector} at 320 px, batch "
+            f"{st.get('batch_size', 8)}; MAE "
             f"{st['mae_steps']} steps of 32 crops on BCCD's train + val photos, labels unused; {st['precision']}; "
             f"scored on the {st['split_scored']} split; {_machine(d['machine'])})", "",
             "| seed | MAE seconds | " + " | ".join(names.get(a, a) for a in arms) + " |",
@@ -357,9 +366,9 @@ def transfer_table(d: dict) -> list[str]:
     for goal in d["goals"].values():
         rows.append(f"Goal: {goal['statement']}: {'met' if goal['met'] else '**not met**'} "
                     f"(per seed {goal['per_seed']}).")
-    if (RESULTS / "transfer.png").is_file():
+    if (RESULTS / image).is_file():
         rows += ["", "![test mAP50 by detection step and by seconds, MAE vs random weights]"
-                     "(../benchmarks/results/transfer.png)"]
+                     f"(../benchmarks/results/{image})"]
     return rows
 
 
@@ -529,6 +538,12 @@ PAGE = [
         ("bccd_contest_bf16", "bench_bccd.py --peer-precision bf16 --ckpt-every 40 "
          "--out benchmarks/results/bccd_contest_bf16.json",
          lambda d: bccd_contest_table(d, "bench_bccd_contest_bf16.png"), "speed"),
+        ("bccd_contest_lwdetr", "bench_bccd.py --config pipelines/configs/detect_bccd_lwdetr.yaml "
+         "--peer-precision bf16 --ckpt-every 40 --peers-from benchmarks/results/bccd_contest_bf16.json "
+         "--out benchmarks/results/bccd_contest_lwdetr.json",
+         lambda d: bccd_contest_table(d, "bench_bccd_contest_lwdetr.png"), "speed"),
+        ("transfer_lwdetr", "bench_transfer.py --detector lwdetr --precision bf16 --det-steps 300 --ckpt-every 100",
+         lambda d: transfer_table(d, "transfer_lwdetr.png"), "speed"),
         ("transfer", "bench_transfer.py", transfer_table, "speed"),
     ]),
     ("Inference", "Offline batch inference, exported models and the model registry.", [
