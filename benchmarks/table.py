@@ -327,8 +327,9 @@ def bccd_contest_table(d: dict, image: str = "bench_bccd_contest.png") -> list[s
     if goal.get("per_seed_ratio"):
         rows += ["", f"Per seed: {goal['per_seed_ratio']}× the best peer."]
     if st.get("peers_from"):
+        note = f"; {st['note']}" if st.get("note") else ""
         rows += ["", f"The peers' runs are those of `{st['peers_from']}` (same script and settings, an earlier "
-                     "run on a machine of the same kind); " + st.get("note", "") + "."]
+                     f"run on a machine of the same kind){note}."]
     if (IMG / image).is_file():  # drawn by render()
         rows += ["", f"![test mAP50 against seconds of training, BCCD contest](img/{image})"]
     return rows
