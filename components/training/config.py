@@ -103,6 +103,10 @@ class OptimSection(StrictModel):
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
+    # With a time budget (run.max_seconds): the cosine also follows the seconds spent, and
+    # reaches min_lr_ratio when the budget or max_steps runs out, whichever comes first.
+    # False: the schedule counts steps only, and a budget that ends early cuts it short.
+    anneal_to_budget: bool = True
     layer_decay: float = Field(1.0, gt=0, le=1)  # 1.0 = off; 0.65-0.75 for fine-tuning
     grad_accum_steps: int = Field(1, ge=1)
     clip_grad_norm: float = Field(1.0, ge=0)  # 0 = off

@@ -19,7 +19,7 @@ next log boundary, then raise ``Preempted``.
 A time budget (``run.max_seconds``) ends training at the first optimizer step after that many
 seconds of fitting, on every rank at the same step; the run then validates, writes its final
 checkpoint and finishes as usual. Each checkpoint records the seconds of fitting so far
-(``train_seconds``).
+(``train_seconds``). The cosine follows that clock too (``optim.anneal_to_budget``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from components.tasks import get_task
 from components.tasks.base import all_reduce_sum
 from components.training.config import TrainConfig, micro_batches_per_step
 from components.training.faults import FaultHooks
-from components.training.optim import build_optimizer, build_scheduler
+from components.training.optim import BudgetClock, build_optimizer, build_scheduler
 from components.training.plan import WorkerPlan
 from components.training.preemption import Preempted, preemption_notice, stop_requested, stop_requests_armed
 from components.training.reporting import CheckpointReporter, restore_from, resumable_checkpoint
@@ -78,7 +78,9 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
     amp = autocast_dtype(device, cfg.precision, base, train=True)
     scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(amp, device) else None
     optimizer = build_optimizer(base, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, plan.steps.total_steps)
+    # The cosine also follows the time budget's clock (run.max_seconds; rank 0's seconds).
+    clock = BudgetClock(cfg.run.max_seconds if cfg.optim.anneal_to_budget else None)
+    scheduler = build_scheduler(optimizer, cfg.optim, plan.steps.total_steps, clock)
     loss_fn = task.loss(cfg, num_classes=len(plan.class_names), model=base)
     # The global batch is fixed (batch_size × grad_accum_steps × max workers): a rank of a
     # smaller (elastic) worker group accumulates more micro-batches per optimizer step.
@@ -101,6 +103,7 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
                      progress.epoch, progress.batch_in_epoch, world,
                      f" (checkpoint written by {resumed_world})" if resumed_world not in (0, world) else "")
     progress.world_size = world
+    clock.update(progress.train_seconds)
 
     logger = MetricLogger(None, None)
     if rank == 0 and plan.tracked:
@@ -167,7 +170,9 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
             progress.train_seconds += now - fit_clock
             fit_clock = now
             if budget is not None:
-                out_of_time = _budget_spent(progress.train_seconds >= budget and rank == 0, world, device)
+                spent = _rank0_seconds(progress.train_seconds, rank, world, device)
+                clock.update(spent)
+                out_of_time = spent >= budget
             last_step = step == total_steps or out_of_time
             hooks.at_step(step)
             if step % cfg.run.log_every_n_steps == 0 or last_step:
@@ -223,12 +228,14 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
     logger.close()  # what the sender still holds (the server away): up to mlflow.drain_timeout_s
 
 
-def _budget_spent(rank0_says: bool, world: int, device: torch.device) -> bool:
-    """Rank 0's verdict on the time budget, the same on every rank: one 1-element all-reduce
-    a step when several ranks train (each rank's own clock could otherwise disagree by a step)."""
+def _rank0_seconds(seconds: float, rank: int, world: int, device: torch.device) -> float:
+    """Rank 0's seconds of fitting, the same on every rank: one 1-element all-reduce a step
+    when several ranks train (each rank's own clock could otherwise disagree on the step the
+    budget ends at, or on the learning rate that follows it)."""
     if world == 1:
-        return rank0_says
-    return bool(all_reduce_sum(torch.tensor([float(rank0_says)], dtype=torch.float64), device)[0] > 0)
+        return seconds
+    mine = torch.tensor([seconds if rank == 0 else 0.0], dtype=torch.float64)
+    return float(all_reduce_sum(mine, device)[0])
 
 
 def resume_position(progress: Progress, cfg: TrainConfig, world_size: int) -> int:

@@ -1,5 +1,6 @@
 """AdamW with parameter groups (no decay on norms/biases/tokens, layer-wise lr decay) and a
-linear-warmup + cosine schedule expressed as a pure function of the step.
+linear-warmup + cosine schedule expressed as a pure function of the step (and, for a run with
+a time budget, of the fraction of the budget spent: :class:`BudgetClock`).
 """
 
 from __future__ import annotations
@@ -88,23 +89,44 @@ def build_optimizer(model: nn.Module, cfg: OptimSection, *, fused: bool | None =
 
 
 def lr_factor(step: int, *, total_steps: int, warmup_steps: int, schedule: str,
-              min_lr_ratio: float) -> float:
-    """Multiplier of the peak lr at optimizer step ``step`` (0-based)."""
+              min_lr_ratio: float, budget_spent: float = 0.0) -> float:
+    """Multiplier of the peak lr at optimizer step ``step`` (0-based).
+
+    After the warmup the cosine's progress is the larger of the steps' share of the planned
+    ones and ``budget_spent`` (the share of a time budget used, 0 without one), so a run
+    boxed by time reaches ``min_lr_ratio`` as its budget runs out on any machine.
+    """
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
     span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, max(0.0, (step - warmup_steps) / span))
+    progress = min(1.0, max(0.0, (step - warmup_steps) / span, budget_spent))
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimSection,
-                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """``LambdaLR`` over every group (the groups' ``lr_scale`` is already in their base lr)."""
+class BudgetClock:
+    """The share of a run's time budget (``run.max_seconds``) spent so far, in [0, 1], that
+    the scheduler reads at each step. The training loop sets it from rank 0's clock, so every
+    rank computes the same learning rate."""
+
+    def __init__(self, budget_s: float | None) -> None:
+        self.budget_s = budget_s
+        self.spent = 0.0
+
+    def update(self, train_seconds: float) -> None:
+        if self.budget_s:
+            self.spent = min(1.0, max(0.0, train_seconds / self.budget_s))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimSection, total_steps: int,
+                    clock: BudgetClock | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """``LambdaLR`` over every group (the groups' ``lr_scale`` is already in their base lr).
+    ``clock``: a time-boxed run's budget, which the cosine also follows (:func:`lr_factor`)."""
 
     def factor(step: int) -> float:
         return lr_factor(step, total_steps=total_steps, warmup_steps=cfg.warmup_steps,
-                         schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio)
+                         schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio,
+                         budget_spent=clock.spent if clock is not None else 0.0)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from components.training.config import OptimSection
-from components.training.optim import build_optimizer, build_scheduler, layer_id, lr_factor, param_groups
+from components.training.optim import (BudgetClock, build_optimizer, build_scheduler, layer_id, lr_factor,
+                                       param_groups)
 from components.training.state import (
     Progress, load_rng, load_train_state, save_rng, save_train_state,
 )
@@ -104,6 +105,36 @@ def test_warmup_then_cosine_to_min():
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[10:], f[11:]))  # monotone decay after warmup
     assert f[100] == pytest.approx(0.1)
+
+
+def test_cosine_follows_a_time_budget_when_it_runs_out_before_the_steps():
+    def f(step: int, spent: float) -> float:
+        return lr_factor(step, total_steps=1000, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1,
+                         budget_spent=spent)
+
+    assert f(100, 0.0) == pytest.approx(f(100, 0.05))  # behind the steps' own progress: no effect
+    assert f(100, 0.5) == pytest.approx(0.55) and f(100, 1.0) == pytest.approx(0.1)
+    assert f(990, 0.5) < 0.11  # the steps run out first: they decide
+    assert f(4, 0.9) == pytest.approx(0.5)  # the warmup is counted in steps
+    assert lr_factor(100, total_steps=1000, warmup_steps=0, schedule="constant", min_lr_ratio=0.1,
+                     budget_spent=0.9) == 1.0
+
+    clock = BudgetClock(200.0)
+    clock.update(50.0)
+    assert clock.spent == 0.25
+    clock.update(500.0)
+    assert clock.spent == 1.0
+    unboxed = BudgetClock(None)
+    unboxed.update(500.0)
+    assert unboxed.spent == 0.0
+
+    model = TinyVit()
+    opt = build_optimizer(model, OptimSection(lr=1e-3, warmup_steps=0, min_lr_ratio=0.0))
+    clock = BudgetClock(10.0)
+    sched = build_scheduler(opt, OptimSection(lr=1e-3, warmup_steps=0, min_lr_ratio=0.0), 1000, clock)
+    clock.update(5.0)
+    sched.step()  # step 1 of 1000, half the budget spent: the cosine's midpoint
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5e-3)
 
 
 def test_layer_decay_and_no_decay_groups():
