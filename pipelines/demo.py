@@ -10,7 +10,7 @@
 4. submits the chain with ``ray job submit --working-dir .``: one job, ``python -m
    pipelines.chain`` (:mod:`pipelines.chain`), runs pretrain (ViT) → fine-tune → YOLOS
    detection, each registering its model, then the promotion gate for each of them, then
-   the BCCD stage (an RT-DETRv2 detector on real microscope photographs at ``bccd_root``:
+   the BCCD stage (an LW-DETR detector on real microscope photographs at ``bccd_root``:
    trained, gated as ``bccd-detector``, scored on BCCD's test list; skipped with one line
    when that folder is missing); the terminal shows one progress line per stage (redrawn in
    place on a TTY) and each stage's result, the rest of the job's output goes to

@@ -249,11 +249,12 @@ def test_chain_bccd_stage_reads_its_own_data_and_is_gated_under_its_own_name(tmp
     yolos = load_config(PromoteConfig, REPO / cfg.promote.config, gate_overrides(cfg, "detection", "coco", "1"))
     assert yolos.registered_name == "vitpipe-detector" and yolos.data.root == str(tmp_path / "synth")
 
-    # The shipped demo: RT-DETRv2-S on BCCD, time-boxed by steps, from random weights.
+    # The shipped demo: LW-DETR on a ViT-Ti on BCCD, time-boxed by seconds, from random weights.
     demo = load_config(ChainConfig, REPO / load_config(DemoConfig, REPO / "pipelines/configs/demo.yaml").chain,
                        [f"bccd_root={root}"])
     shipped = load_stage(demo, "bccd", "t", init_from=None)
-    assert shipped.model.name == "rtdetr_v2_r18" and shipped.data.letterbox and 0 < (shipped.max_steps or 0) <= 200
+    assert shipped.model.name == "lwdetr_vit_ti" and shipped.data.letterbox and shipped.model.init_from is None
+    assert 0 < (shipped.run.max_seconds or 0) <= 240 and shipped.optim.anneal_to_budget
 
 
 def test_chain_result_carries_the_bccd_stage():
@@ -269,7 +270,7 @@ def test_chain_result_carries_the_bccd_stage():
     assert list(skipped.to_dict()) == ["pretrain", "finetune", "detect", "bccd"]
     assert skipped.to_dict()["bccd"] == {"skipped": "no BCCD data at X"}
     gate = PromotionResult("bccd-detector", "3", None, "map", 0.0, 0.2, None, "first", "champion", "run")
-    bccd = BccdResult(trained("bccd", "rtdetr_v2_r18", "3"), gate,
+    bccd = BccdResult(trained("bccd", "lwdetr_vit_ti", "3"), gate,
                       {"map": 0.1, "map50": 0.25, "num_images": 72, "per_class_ap": {"RBC": 0.3, "WBC": None}})
     out = ChainResult(**base, bccd=bccd).to_dict()
     assert list(out)[-2:] == ["bccd", "promote-bccd"]
