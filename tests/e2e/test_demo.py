@@ -249,12 +249,12 @@ def test_chain_bccd_stage_reads_its_own_data_and_is_gated_under_its_own_name(tmp
     yolos = load_config(PromoteConfig, REPO / cfg.promote.config, gate_overrides(cfg, "detection", "coco", "1"))
     assert yolos.registered_name == "vitpipe-detector" and yolos.data.root == str(tmp_path / "synth")
 
-    # The shipped demo: LW-DETR on a ViT-Ti on BCCD, time-boxed by seconds, from random weights.
+    # The shipped demo: LW-DETR on a ViT-Ti on BCCD, 100 steps at a constant lr, from random weights.
     demo = load_config(ChainConfig, REPO / load_config(DemoConfig, REPO / "pipelines/configs/demo.yaml").chain,
                        [f"bccd_root={root}"])
     shipped = load_stage(demo, "bccd", "t", init_from=None)
     assert shipped.model.name == "lwdetr_vit_ti" and shipped.data.letterbox and shipped.model.init_from is None
-    assert 0 < (shipped.run.max_seconds or 0) <= 240 and shipped.optim.anneal_to_budget
+    assert 0 < (shipped.max_steps or 0) <= 200 and shipped.optim.schedule == "constant"
 
 
 def test_chain_result_carries_the_bccd_stage():
