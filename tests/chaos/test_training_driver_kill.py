@@ -48,7 +48,7 @@ def test_killed_driver_resubmitted_resumes_into_the_same_mlflow_run(
     storage = tmp_path / "runs"
     run_dir = storage / name
     args = ["--config", str(REPO / "pipelines" / "configs" / "pretrain_ci.yaml"),
-            f"data.root={synth_dataset}", f"run.storage_path={storage}", f"run.name={name}", "epochs=8",
+            f"data.root={synth_dataset}", f"run.storage_path={storage}", f"run.name={name}", "epochs=3",
             "run.log_every_n_steps=1", "checkpoint.every_n_steps=4", "data.augment.enabled=false",
             "mlflow.enabled=true", f"mlflow.tracking_uri={mlflow_server.uri}",
             f"mlflow.experiment={EXPERIMENT}", "registry.enabled=false"]
