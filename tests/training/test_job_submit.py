@@ -35,8 +35,8 @@ def _stop(proc: subprocess.Popen, temp_dir: str) -> None:
         os.killpg(os.getpgid(proc.pid), signal.SIGTERM)
     except ProcessLookupError:
         pass
-    try:
-        proc.wait(timeout=30)
+    try:  # `ray start --block` outlives a SIGTERM to its group for longer than this
+        proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
     # Ray daemons that left the group still name our unique temp dir on their command line.
