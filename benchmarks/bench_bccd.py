@@ -196,7 +196,9 @@ def run_vitpipe(*, budget: float | None = None, max_steps: int | None = None, se
 
     name = name or f"bccd-contest-s{seed}"
     box = [f"run.max_seconds={budget}"] if budget is not None else [f"max_steps={max_steps}"]
-    cfg = load_train_config(config, [*overrides,
+    # The schedule counts steps, as in every published run (--set optim.anneal_to_budget=true
+    # anneals to the budget instead).
+    cfg = load_train_config(config, ["optim.anneal_to_budget=false", *overrides,
         f"data.root={data_root}", f"run.storage_path={storage}", f"run.name={name}", f"run.seed={seed}",
         "epochs=200", *box, f"checkpoint.every_n_steps={ckpt_every}",
         "checkpoint.keep_best_k=100000", "eval.every_n_epochs=100000",  # validate once, at the end
