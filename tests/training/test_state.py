@@ -133,6 +133,7 @@ def test_cosine_follows_a_time_budget_when_it_runs_out_before_the_steps():
     clock = BudgetClock(10.0)
     sched = build_scheduler(opt, OptimSection(lr=1e-3, warmup_steps=0, min_lr_ratio=0.0), 1000, clock)
     clock.update(5.0)
+    opt.step()  # no gradients: nothing moves
     sched.step()  # step 1 of 1000, half the budget spent: the cosine's midpoint
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5e-3)
 
