@@ -35,6 +35,7 @@ from components.tasks import get_task
 from components.tasks.base import all_reduce_sum
 from components.training.config import TrainConfig, micro_batches_per_step
 from components.training.faults import FaultHooks
+from components.training.fit_clock import FitClock
 from components.training.optim import BudgetClock, build_optimizer, build_scheduler
 from components.training.plan import WorkerPlan
 from components.training.preemption import Preempted, preemption_notice, stop_requested, stop_requests_armed
@@ -103,7 +104,9 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
                      progress.epoch, progress.batch_in_epoch, world,
                      f" (checkpoint written by {resumed_world})" if resumed_world not in (0, world) else "")
     progress.world_size = world
-    clock.update(progress.train_seconds)
+    fit = FitClock(progress, budget_s=cfg.run.max_seconds, schedule_clock=clock, rank=rank, world=world,
+                   device=device)
+    runner.on_optimizer_step = fit.tick  # the next step's lr follows the seconds up to this one
 
     logger = MetricLogger(None, None)
     if rank == 0 and plan.tracked:
@@ -132,11 +135,8 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
     batch_task = plan.batch_task
     hooks = FaultHooks(plan.faults, rank=rank, started_at_step=progress.global_step, world_size=world)
     last_progress = time.monotonic()
-    # The time budget (run.max_seconds): seconds of fitting, counted from the first step's
-    # start and paused while validating and writing checkpoints (``fit_clock`` is reset
-    # after them); rank 0's clock decides, every rank stops after the same step.
-    budget = cfg.run.max_seconds
-    fit_clock: float | None = None  # perf_counter at the last accounted moment; None: not started
+    # The time budget (run.max_seconds): seconds of fitting, paused while validating and
+    # writing checkpoints (``fit.resume()`` after them); see components.training.fit_clock.
     out_of_time = False
 
     while (progress.global_step < total_steps and progress.epoch < plan.steps.epochs
@@ -155,8 +155,7 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
             # a trailing remainder shorter than one optimizer step is not trained on.
             if micro < skip or micro >= micro_per_epoch or progress.global_step >= total_steps:
                 continue
-            if fit_clock is None:
-                fit_clock = time.perf_counter()
+            fit.start()
             out = runner.micro_step(batch, step=progress.global_step)
             progress.batch_in_epoch = micro + 1
             if not bool(out["stepped"]):
@@ -166,13 +165,7 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
             window_loss += float(out["loss"])
             window_n += 1
             step = progress.global_step
-            now = time.perf_counter()
-            progress.train_seconds += now - fit_clock
-            fit_clock = now
-            if budget is not None:
-                spent = _rank0_seconds(progress.train_seconds, rank, world, device)
-                clock.update(spent)
-                out_of_time = spent >= budget
+            out_of_time = fit.out_of_time
             last_step = step == total_steps or out_of_time
             hooks.at_step(step)
             if step % cfg.run.log_every_n_steps == 0 or last_step:
@@ -205,11 +198,11 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
                     and progress.batch_in_epoch < micro_per_epoch):
                 report({}, with_checkpoint=True)
                 last_ckpt_step = step
-                fit_clock = time.perf_counter()
+                fit.resume()
             if out_of_time:
                 if rank == 0:
                     log.info("time budget of %.0f s spent at step %d (%.1f s of fitting): finishing",
-                             budget, step, progress.train_seconds)
+                             cfg.run.max_seconds, step, progress.train_seconds)
                 break
         # End of an epoch (or of the run): validate, checkpoint, go on with the next epoch.
         progress.epoch += 1
@@ -223,19 +216,8 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
             reporter.best_val = dict(val)
             logger.log(val, progress.global_step)
         report(val, with_checkpoint=True, kind=f"epoch{progress.epoch}")
-        if fit_clock is not None:
-            fit_clock = time.perf_counter()
+        fit.resume()
     logger.close()  # what the sender still holds (the server away): up to mlflow.drain_timeout_s
-
-
-def _rank0_seconds(seconds: float, rank: int, world: int, device: torch.device) -> float:
-    """Rank 0's seconds of fitting, the same on every rank: one 1-element all-reduce a step
-    when several ranks train (each rank's own clock could otherwise disagree on the step the
-    budget ends at, or on the learning rate that follows it)."""
-    if world == 1:
-        return seconds
-    mine = torch.tensor([seconds if rank == 0 else 0.0], dtype=torch.float64)
-    return float(all_reduce_sum(mine, device)[0])
 
 
 def resume_position(progress: Progress, cfg: TrainConfig, world_size: int) -> int:

@@ -7,6 +7,7 @@ same :class:`StepRunner`.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,9 @@ class StepRunner:
     clip_grad_norm: float = 0.0
     scaler: torch.amp.GradScaler | None = None
     check_finite: bool = True
+    # Called after each optimizer step, before the scheduler computes the next step's lr
+    # (the training loop's time-budget clock reads that step's seconds there).
+    on_optimizer_step: Callable[[], None] | None = None
     _micro: int = 0
 
     def autocast(self):
@@ -85,6 +89,8 @@ class StepRunner:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         out["lr"] = torch.tensor(self.optimizer.param_groups[-1]["lr"])
+        if self.on_optimizer_step is not None:
+            self.on_optimizer_step()
         self.scheduler.step()
         out["stepped"] = torch.tensor(True)
         return out

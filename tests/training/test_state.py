@@ -138,6 +138,34 @@ def test_cosine_follows_a_time_budget_when_it_runs_out_before_the_steps():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5e-3)
 
 
+def test_the_step_that_spends_the_budget_is_followed_by_the_floor_lr():
+    """The fit clock is read between the optimizer step and the scheduler's: the lr after the
+    step that spends the budget is already the floor, however long that step took."""
+    import time
+
+    from components.training.fit_clock import FitClock
+
+    cfg = OptimSection(lr=1e-3, warmup_steps=0, min_lr_ratio=0.05)
+    model, opt, _, _ = make(cfg)
+    clock = BudgetClock(1.0)
+    sched = build_scheduler(opt, cfg, 1000, clock)
+    progress = Progress()
+    fit = FitClock(progress, budget_s=1.0, schedule_clock=clock, rank=0, world=1, device=torch.device("cpu"))
+    runner = StepRunner(model=model, optimizer=opt, scheduler=sched, loss_fn=classification_loss(),
+                        device=torch.device("cpu"), on_optimizer_step=fit.tick)
+    fit.start()
+    runner.micro_step(batch(0))
+    assert not fit.out_of_time and 0 < progress.train_seconds < 1.0
+    time.sleep(1.2)
+    fit.resume()  # a pause (validation, checkpoint) is not counted
+    runner.micro_step(batch(1))
+    assert not fit.out_of_time and progress.train_seconds < 1.0
+    time.sleep(1.0)  # one long step spends the rest of the budget
+    runner.micro_step(batch(2))
+    assert fit.out_of_time and progress.train_seconds >= 1.0
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05 * 1e-3 * opt.param_groups[0]["lr_scale"])
+
+
 def test_layer_decay_and_no_decay_groups():
     model = TinyVit()
     groups = param_groups(model, OptimSection(layer_decay=0.5, weight_decay=0.05))

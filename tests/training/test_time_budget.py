@@ -1,7 +1,7 @@
 """``run.max_seconds``: a run stops at the first optimizer step after its time budget, with
 fewer steps than its epochs would give, and still finishes: final checkpoint (recording the
 seconds of fitting), final evaluation; its learning rate has followed the budget's clock down
-the cosine."""
+the cosine to its floor."""
 
 from __future__ import annotations
 
@@ -45,9 +45,12 @@ def test_time_budget_stops_early_and_still_writes_the_final_checkpoint(ray_clust
     assert progress.train_seconds < 3.0 + 30  # ...not at the end of the epochs
     assert read_meta(last).extra["train_seconds"] == pytest.approx(progress.train_seconds, abs=1e-2)
     assert "top1" in summary["metrics"]  # the final evaluation ran
-    # The cosine followed the seconds, not the planned steps: near its floor at the end.
+    # The cosine followed the seconds, not the planned steps: the lr after the step that spent
+    # the budget is the floor (the clock is read before the scheduler computes it).
+    assert progress.global_step > cfg.optim.warmup_steps
     sched = json.loads((last / STATE_FILE).read_text())["scheduler"]
     reached = sched["_last_lr"][0] / sched["base_lrs"][0]
     by_steps = lr_factor(progress.global_step, total_steps=planned, warmup_steps=cfg.optim.warmup_steps,
                          schedule="cosine", min_lr_ratio=cfg.optim.min_lr_ratio)
-    assert by_steps > 0.9 and reached < 0.5, (reached, by_steps, progress.global_step)
+    assert by_steps > 0.9, (by_steps, progress.global_step)
+    assert reached == pytest.approx(cfg.optim.min_lr_ratio, abs=1e-6), (reached, progress.global_step)
