@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import contextlib
 import logging
 import os
 import shutil
@@ -42,6 +43,7 @@ from components.training.tracking import (
 
 log = logging.getLogger(__name__)
 
+POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # Ray Train's controller poll (run.poll_interval_s)
 RESOLVED_CONFIG = "config/resolved.yaml"  # the run's config, overrides applied, defaults filled in
 SOURCE_CONFIG = "config/source.yaml"  # the config file as given (``config_text``), when there is one
 
@@ -308,7 +310,8 @@ def fit(run: PreparedRun, *, callbacks: list | None = None):
         ),
     )
     try:
-        result = trainer.fit()
+        with _controller_env(cfg.run.poll_interval_s):
+            result = trainer.fit()
     except Exception as err:
         _end_failed(plan)
         raise TrainingError(f"training run {cfg.run.name!r} failed: {err}") from err
@@ -316,6 +319,21 @@ def fit(run: PreparedRun, *, callbacks: list | None = None):
         _end_failed(plan)
         raise TrainingError(f"training run {cfg.run.name!r} failed: {result.error}")
     return result
+
+
+@contextlib.contextmanager
+def _controller_env(poll_interval_s: float):
+    """Ray Train reads its controller's settings from the driver's environment when ``fit``
+    starts the controller, and hands them on to it and its workers; set only meanwhile."""
+    saved = os.environ.get(POLL_ENV)
+    os.environ[POLL_ENV] = repr(float(poll_interval_s))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(POLL_ENV, None)
+        else:
+            os.environ[POLL_ENV] = saved
 
 
 def _end_failed(plan: WorkerPlan) -> None:

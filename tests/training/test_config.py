@@ -135,3 +135,22 @@ def test_a_registered_init_without_a_registry_is_one_line_and_writes_nothing(tmp
     assert "names a registered model: set mlflow.tracking_uri or MLFLOW_TRACKING_URI" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # no mlflow.db, no mlruns
+
+
+def test_the_controller_poll_interval_is_set_for_the_fit_only(monkeypatch):
+    from components.training.trainer import POLL_ENV, _controller_env
+
+    monkeypatch.delenv(POLL_ENV, raising=False)
+    assert TrainConfig.model_validate(
+        {"data": {"format": "imagefolder", "root": "/x"}}).run.poll_interval_s == 0.5
+    with _controller_env(0.25):
+        assert os.environ[POLL_ENV] == "0.25"  # what Ray Train hands its controller
+    assert POLL_ENV not in os.environ
+    monkeypatch.setenv(POLL_ENV, "7")
+    with pytest.raises(RuntimeError), _controller_env(0.5):
+        assert os.environ[POLL_ENV] == "0.5"
+        raise RuntimeError("fit failed")
+    assert os.environ[POLL_ENV] == "7"  # restored, even after a failure
+    with pytest.raises(ConfigError, match="poll_interval_s"):
+        load_train_config(Path(__file__).resolve().parents[2] / "pipelines" / "configs" / "pretrain_ci.yaml",
+                          ["run.poll_interval_s=0"])
