@@ -10,7 +10,9 @@ workers of a cluster started before the variable was set. Keys:
   restarted worker from killing itself again;
 - ``heartbeat`` (bool): each rank writes ``<run>/heartbeat/rank<r>.json`` (pid, step,
   started_at_step, world_size, stop_requested, time) at every log boundary, so a test can
-  find the training worker's process and the step it has reached.
+  find the training worker's process and the step it has reached;
+- ``step_sleep_s`` (number ≥ 0): each rank sleeps this long after every optimizer step, so a
+  run on a fast machine still lasts long enough for a test's fault to land mid-run.
 
 ``VITPIPE_FAULTS='{"fail_at_step": 9}'``. An unknown key or a wrong type is a
 :class:`components.core.config.ConfigError` naming it, before any worker starts.
@@ -44,6 +46,7 @@ class Faults:
     fail_at_step: int | None = None  # rank 0 kills itself once at this global step
     marker: str | None = None  # the run's record of that kill (set with fail_at_step)
     heartbeat_dir: str | None = None  # where each rank writes rank<r>.json; None: no heartbeat
+    step_sleep_s: float = 0.0  # each rank sleeps this long after every optimizer step
 
     def __post_init__(self) -> None:
         if (self.fail_at_step is None) != (self.marker is None):
@@ -61,19 +64,23 @@ def faults_from_env(run_dir: str, environ: Mapping[str, str] | None = None) -> F
         raise ConfigError(f"${FAULTS_ENV} is not JSON: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"${FAULTS_ENV} must be a JSON object, got {text!r}")
-    unknown = sorted(set(raw) - {"fail_at_step", "heartbeat"})
+    unknown = sorted(set(raw) - {"fail_at_step", "heartbeat", "step_sleep_s"})
     if unknown:
         raise ConfigError(f"${FAULTS_ENV}: unknown key(s) {', '.join(unknown)}; "
-                          "known: fail_at_step, heartbeat")
+                          "known: fail_at_step, heartbeat, step_sleep_s")
     fail = raw.get("fail_at_step")
     if fail is not None and (isinstance(fail, bool) or not isinstance(fail, int) or fail < 1):
         raise ConfigError(f"${FAULTS_ENV}: fail_at_step must be an integer >= 1, got {fail!r}")
     heartbeat = raw.get("heartbeat", False)
     if not isinstance(heartbeat, bool):
         raise ConfigError(f"${FAULTS_ENV}: heartbeat must be true or false, got {heartbeat!r}")
+    sleep = raw.get("step_sleep_s", 0.0)
+    if isinstance(sleep, bool) or not isinstance(sleep, (int, float)) or not 0 <= sleep <= 60:
+        raise ConfigError(f"${FAULTS_ENV}: step_sleep_s must be a number of seconds in [0, 60], got {sleep!r}")
     return Faults(fail_at_step=fail,
                   marker=storage.join(run_dir, FAULT_MARKER) if fail is not None else None,
-                  heartbeat_dir=storage.join(run_dir, HEARTBEAT_DIR) if heartbeat else None)
+                  heartbeat_dir=storage.join(run_dir, HEARTBEAT_DIR) if heartbeat else None,
+                  step_sleep_s=float(sleep))
 
 
 class FaultHooks:
@@ -88,7 +95,10 @@ class FaultHooks:
         self._beat_path = storage.join(faults.heartbeat_dir, f"rank{rank}.json") if faults.heartbeat_dir else None
 
     def at_step(self, step: int) -> None:
-        """SIGKILL this process at the fault step, once per run (the marker says it happened)."""
+        """Sleep, if asked; SIGKILL this process at the fault step, once per run (the marker
+        says it happened)."""
+        if self.faults.step_sleep_s:
+            time.sleep(self.faults.step_sleep_s)
         if step != self._fail_at:
             return
         if storage.read_text(self.faults.marker) is not None:

@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from components.tracking.server import MlflowServer
 from components.training.config import load_train_config
+from components.training.faults import FAULTS_ENV
 from components.training.trainer import run_training
 
 pytestmark = pytest.mark.slow
@@ -33,6 +34,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "pipelines" / "configs"
 # 15 s here; CHAOS_MLFLOW_OUTAGE_S=60 measures a minute's outage by hand (a longer run).
 OUTAGE_S = float(os.environ.get("CHAOS_MLFLOW_OUTAGE_S", "15"))
 EPOCHS = 14 if OUTAGE_S <= 15 else int(14 * OUTAGE_S / 30)
+STEP_SLEEP_S = 0.1  # 210 steps: the 180 after the outage starts outlast it (and its restart)
 EXPERIMENT = "chaos-mlflow-outage"
 
 
@@ -77,7 +79,9 @@ def _outage(server: MlflowServer, run_name: str, after_steps: int, out: dict) ->
 
 
 def test_training_goes_on_while_mlflow_is_away_and_logs_every_step_once(
-        ray_cluster, synth_dataset, tmp_path):
+        ray_cluster, synth_dataset, tmp_path, monkeypatch):
+    # Steps of 0.1 s at least: the run outlasts the outage on a fast machine too.
+    monkeypatch.setenv(FAULTS_ENV, json.dumps({"step_sleep_s": STEP_SLEEP_S}))
     server = MlflowServer(root=tmp_path / "mlflow").start()
     try:
         name = "mlflow-outage"

@@ -47,6 +47,7 @@ def test_no_faults_unless_the_environment_asks(tmp_path):
     faults = faults_from_env(str(tmp_path), {FAULTS_ENV: json.dumps({"fail_at_step": 9, "heartbeat": True})})
     assert faults == Faults(fail_at_step=9, marker=f"{tmp_path}/fault_injected",
                             heartbeat_dir=f"{tmp_path}/heartbeat")
+    assert faults_from_env(str(tmp_path), {FAULTS_ENV: '{"step_sleep_s": 0.25}'}) == Faults(step_sleep_s=0.25)
 
 
 @pytest.mark.parametrize("value, needle", [
@@ -56,6 +57,8 @@ def test_no_faults_unless_the_environment_asks(tmp_path):
     ('{"fail_at_step": "9"}', "fail_at_step must be an integer"),
     ('{"fail_at_step": 0}', "fail_at_step must be an integer >= 1"),
     ('{"heartbeat": "yes"}', "heartbeat must be true or false"),
+    ('{"step_sleep_s": -1}', "step_sleep_s must be a number"),
+    ('{"step_sleep_s": true}', "step_sleep_s must be a number"),
 ])
 def test_a_bad_fault_request_is_named(value, needle, tmp_path):
     with pytest.raises(ConfigError, match=needle):
@@ -76,6 +79,16 @@ def test_heartbeat_writes_pid_and_step_only_when_asked(tmp_path):
     assert (beat["pid"], beat["step"], beat["started_at_step"], beat["world_size"]) == (os.getpid(), 7, 4, 2)
     FaultHooks(Faults(), rank=0, started_at_step=0, world_size=1).beat(7)
     assert not (tmp_path / "heartbeat" / "rank0.json").exists()
+
+
+def test_step_sleep_stretches_each_step_of_every_rank(tmp_path):
+    import time
+
+    hooks = FaultHooks(Faults(step_sleep_s=0.2), rank=1, started_at_step=0, world_size=2)
+    t = time.perf_counter()
+    hooks.at_step(1)
+    hooks.at_step(2)
+    assert time.perf_counter() - t >= 0.4
 
 
 def test_fail_at_step_kills_rank_zero_once(tmp_path):
