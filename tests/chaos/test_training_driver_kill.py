@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from components.training.faults import FAULTS_ENV
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,7 +57,9 @@ def test_killed_driver_resubmitted_resumes_into_the_same_mlflow_run(
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address_info["gcs_address"],
            "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
-    first = _driver(args, env, tmp_path / "first.log")
+    # The first driver's steps take 0.3 s at least: it is still training when the test sees
+    # its first checkpoint committed, however fast the machine.
+    first = _driver(args, {**env, FAULTS_ENV: json.dumps({"step_sleep_s": 0.3})}, tmp_path / "first.log")
     try:
         deadline = time.monotonic() + 420
         # The first checkpoint is committed once its steps' metrics are in MLflow (they are
@@ -81,7 +85,9 @@ def test_killed_driver_resubmitted_resumes_into_the_same_mlflow_run(
     out = (tmp_path / "second.log").read_text()
     assert second.returncode == 0, out[-4000:]
     recovery_s = time.monotonic() - resumed_at
-    summary = json.loads(out.strip().splitlines()[-1])
+    # The summary is the driver's JSON line; Ray's forwarded worker logs may still follow it.
+    summary = next(json.loads(line) for line in reversed(out.splitlines())
+                   if line.startswith("{") and '"mlflow_run_id"' in line)
 
     client = MlflowClient(mlflow_server.uri)
     runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
