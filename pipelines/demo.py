@@ -79,7 +79,7 @@ class RaySection(StrictModel):
 class ServeSection(StrictModel):
     config: str = "pipelines/configs/serve.yaml"
     ready_timeout_s: float = Field(420.0, gt=0)
-    bccd_score_threshold: float = Field(0.15, ge=0, le=1)  # the BCCD detector's lowest box score
+    bccd_score_threshold: float = Field(0.25, ge=0, le=1)  # the BCCD detector's lowest box score
 
 
 class ReportSection(StrictModel):
@@ -254,7 +254,7 @@ def bccd_application(registered_name: str, base: dict, score_threshold: float) -
 
 
 def demo_serve_config(src: Path, *, port: int, grpc_port: int, env_vars: dict[str, str],
-                      bccd_model: str | None = None, bccd_score_threshold: float = 0.15) -> dict:
+                      bccd_model: str | None = None, bccd_score_threshold: float = 0.25) -> dict:
     """serve.yaml as the repository keeps it, bound to 127.0.0.1:port, with the demo's env;
     with ``bccd_model`` (a registered name) also the ``/bccd`` application serving it."""
     config = yaml.safe_load(src.read_text())
