@@ -137,10 +137,9 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
     last_progress = time.monotonic()
     # The time budget (run.max_seconds): seconds of fitting, paused while validating and
     # writing checkpoints (``fit.resume()`` after them); see components.training.fit_clock.
-    out_of_time = False
 
     while (progress.global_step < total_steps and progress.epoch < plan.steps.epochs
-           and not out_of_time):
+           and not fit.out_of_time):
         skip = progress.batch_in_epoch
         last_ckpt_step = progress.global_step
         window_loss, window_n = 0.0, 0
@@ -165,8 +164,7 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
             window_loss += float(out["loss"])
             window_n += 1
             step = progress.global_step
-            out_of_time = fit.out_of_time
-            last_step = step == total_steps or out_of_time
+            last_step = step == total_steps or fit.out_of_time
             hooks.at_step(step)
             if step % cfg.run.log_every_n_steps == 0 or last_step:
                 elapsed = time.perf_counter() - t_window
@@ -199,7 +197,7 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
                 report({}, with_checkpoint=True)
                 last_ckpt_step = step
                 fit.resume()
-            if out_of_time:
+            if fit.out_of_time:
                 if rank == 0:
                     log.info("time budget of %.0f s spent at step %d (%.1f s of fitting): finishing",
                              cfg.run.max_seconds, step, progress.train_seconds)
@@ -209,7 +207,7 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
         progress.batch_in_epoch = 0
         val = {}
         if val_shard is not None and (progress.epoch % cfg.eval.every_n_epochs == 0
-                                      or progress.global_step >= total_steps or out_of_time):
+                                      or progress.global_step >= total_steps or fit.out_of_time):
             val = task.validate(base, iter_batches(val_shard, batch_size=cfg.eval.batch_size, task=batch_task,
                                                    drop_last=False, device=device),
                                 loss_fn=loss_fn, device=device, amp_dtype=amp)

@@ -16,8 +16,8 @@
 
 from __future__ import annotations
 
-import json
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from components.core.config import ConfigError, dump_config, flatten
+from components.core.environ import restored_environ
 from components.data.config import with_boxes
 from components.tasks import get_task
 from components.training import storage
@@ -325,15 +326,9 @@ def fit(run: PreparedRun, *, callbacks: list | None = None):
 def _controller_env(poll_interval_s: float):
     """Ray Train reads its controller's settings from the driver's environment when ``fit``
     starts the controller, and hands them on to it and its workers; set only meanwhile."""
-    saved = os.environ.get(POLL_ENV)
-    os.environ[POLL_ENV] = repr(float(poll_interval_s))
-    try:
+    with restored_environ(POLL_ENV):
+        os.environ[POLL_ENV] = repr(float(poll_interval_s))
         yield
-    finally:
-        if saved is None:
-            os.environ.pop(POLL_ENV, None)
-        else:
-            os.environ[POLL_ENV] = saved
 
 
 def _end_failed(plan: WorkerPlan) -> None:

@@ -25,17 +25,12 @@ def storage_dir(tmp_path) -> Path:
 @contextlib.contextmanager
 def faults_env(**faults):
     """``$VITPIPE_FAULTS`` set to ``faults`` (the run's test hooks) for the block."""
+    from components.core.environ import restored_environ
     from components.training.faults import FAULTS_ENV
 
-    before = os.environ.get(FAULTS_ENV)
-    os.environ[FAULTS_ENV] = json.dumps(faults)
-    try:
+    with restored_environ(FAULTS_ENV):
+        os.environ[FAULTS_ENV] = json.dumps(faults)
         yield
-    finally:
-        if before is None:
-            os.environ.pop(FAULTS_ENV, None)
-        else:
-            os.environ[FAULTS_ENV] = before
 
 
 def read_heartbeat(path: Path) -> dict | None:
