@@ -130,7 +130,8 @@ def ray_train(model_name: str, img: int, batch: int, steps: int, warmup: int, *,
     plan = WorkerPlan(config=cfg, steps=StepPlan(steps_per_epoch=total, total_steps=total, epochs=1),
                       class_names=tuple(str(i) for i in range(NUM_CLASSES)), image_size=img,
                       fingerprint="", batch_task="classification", has_val=True, tracking_uri=None,
-                      mlflow_run_id=None, init_state_ref=None, init_meta=None, faults=Faults())
+                      mlflow_run_id=None, init_state_ref=None, init_meta=None, faults=Faults(),
+                      train_rows=None)
     name = f"bench-{model_name}-{workers}w-{int(time.time())}"
     log = Path(storage) / f"{name}.jsonl"
     trainer = TorchTrainer(

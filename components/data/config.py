@@ -67,6 +67,25 @@ class AugmentConfig(StrictModel):
     min_visibility: float = Field(0.3, ge=0, le=1)  # boxes keeping less of their area are dropped
     min_box_pixels: float = Field(2.0, ge=0)  # ... and boxes narrower than this (model pixels)
 
+    def without_flips(self) -> "AugmentConfig":
+        """This augmentation less its flips and quarter turns (``data.cache`` applies those
+        to batches)."""
+        return self.model_copy(update={"hflip": 0.0, "vflip": 0.0, "rotate90": 0.0})
+
+    def batch_unready(self) -> list[str]:
+        """What keeps this augmentation from running on batches (``data.cache``): only the
+        flips and quarter turns can; random crops and colour jitter need the decoded image."""
+        if not self.enabled:
+            return []
+        wrong = []
+        if tuple(self.scale) != (1.0, 1.0):
+            wrong.append(f"augment.scale {list(self.scale)} (needs [1, 1])")
+        if tuple(self.ratio) != (1.0, 1.0):
+            wrong.append(f"augment.ratio {list(self.ratio)} (needs [1, 1])")
+        if self.color_p > 0:
+            wrong.append(f"augment.color_p {self.color_p} (needs 0)")
+        return wrong
+
     @model_validator(mode="after")
     def _ranges(self) -> "AugmentConfig":
         lo, hi = self.scale
@@ -101,6 +120,13 @@ class DataConfig(StrictModel):
     shuffle: bool = True  # shuffle the row order of training splits (seeded)
     preserve_order: bool = True  # deliver rows in the (seeded) order: reproducible batches
     validate_images: bool = True  # decode every image once up front (exact skip report)
+    # Decode once: both splits' rows are made once, without flips and turns, and kept in
+    # Ray's object store (Dataset.materialize); each rank reads its share of the training
+    # rows from there (components/data/cached.py), draws a new row order every epoch and
+    # flips and turns each batch itself (components/data/batch_augment.py). After the first
+    # pass no data task competes with training for the CPUs. Flips and quarter turns only;
+    # not with letterbox; the rows must fit the object store (Ray spills the rest to disk).
+    cache: bool = False
     # Large JPEGs decode at 1/2, 1/4 or 1/8 scale, never below the size the transforms use.
     reduced_decode: bool = True
     # Rows per Ray Data block / map task. None: as many as fit BLOCK_TARGET_BYTES of patches,
@@ -123,6 +149,14 @@ class DataConfig(StrictModel):
                 raise ValueError("data.multiscale needs data.letterbox: true")
             if not self.multiscale or min(self.multiscale) < self.patch_size:
                 raise ValueError(f"data.multiscale must list sizes >= patch_size {self.patch_size}")
+        if self.cache:
+            if self.letterbox:
+                raise ValueError("data.cache does not combine with data.letterbox (the batch "
+                                 "augmentation flips square canvases only)")
+            wrong = self.augment.batch_unready()
+            if wrong:
+                raise ValueError("data.cache augments batches in the worker, which can flip and "
+                                 "turn but not crop or colour: " + "; ".join(wrong))
         if self.root is None and not self.splits:
             raise ValueError("give data.root or data.splits")
         if self.format == "coco":

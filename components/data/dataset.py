@@ -12,7 +12,9 @@ asks for (``ImageTransform.min_decode_size``, ``data.reduced_decode``), boxes sc
 them; ``orig_size`` stays the full image's size.
 
 Only metadata lives on the driver; image bytes are read inside the map tasks and leave
-them as ``image_size²`` uint8 patches, so the dataset streams and never sits in memory.
+them as ``image_size²`` uint8 patches, so the dataset streams and never sits in memory
+(unless ``data.cache`` keeps the rows, made once without flips and turns, in the object
+store for the training workers to reorder, flip and turn batch by batch each epoch).
 The tasks ask for ``num_cpus_per_task`` CPUs and no GPU (plus an optional node label
 selector), so Ray can place them on CPU-only nodes while GPU nodes train. This module
 imports albumentations (and with it torch, ~2.5 s) only when a task first transforms an
@@ -245,7 +247,11 @@ class DataBundle:
         """The same split with epoch ``epoch``'s row order and augmentation (no re-validation).
 
         Iterating ``dataset`` again already gives new augmentation per pass (see
-        ``components.data.passes``); ``for_epoch`` also reshuffles the row order."""
+        ``components.data.passes``); ``for_epoch`` also reshuffles the row order. Cached
+        rows (``data.cache``) are the same rows every epoch: the training loop reorders and
+        augments their batches."""
+        if self.config.cache:
+            return self.dataset
         return _make_dataset(self.records, self.config, self.spec.training, epoch, self.spec)
 
 
@@ -324,7 +330,8 @@ def _make_dataset(records: list[dict], cfg: DataConfig, training: bool, epoch: i
     from dataclasses import replace
 
     passes = None
-    if training and cfg.augment.enabled and cfg.augment_per_pass and cfg.seed is not None:
+    if (spec.training and cfg.augment.enabled and cfg.augment_per_pass and cfg.seed is not None
+            and not cfg.cache):
         from components.data.passes import PassCounter
 
         passes = PassCounter.remote()
@@ -342,6 +349,17 @@ def _make_dataset(records: list[dict], cfg: DataConfig, training: bool, epoch: i
     # into Ray Train's split coordinator.
     ds.context.op_resource_reservation_enabled = False
     return ds
+
+
+def _materialize(dataset, what: str):
+    """Run ``dataset`` once and keep its rows in the object store (``data.cache``)."""
+    import time
+
+    started = time.perf_counter()
+    dataset = dataset.materialize()
+    log.info("%s: %d rows cached in the object store (%.0f MB) in %.1f s", what,
+             dataset.count(), dataset.size_bytes() / 1e6, time.perf_counter() - started)
+    return dataset
 
 
 def build_dataset(cfg: DataConfig, split: str, *, training: bool, epoch: int = 0) -> DataBundle:
@@ -363,13 +381,18 @@ def build_dataset(cfg: DataConfig, split: str, *, training: bool, epoch: int = 0
     task = task_of(cfg)
     if with_boxes(task):
         report.counts["annotations_accepted"] = sum(len(r["classes"]) for r in source.records)
+    # Cached training rows (data.cache) go through the training transform without its flips
+    # and turns (what is left of it is deterministic); the worker flips and turns batches.
+    augment = cfg.augment.without_flips() if training and cfg.cache else cfg.augment
     spec = RowSpec(images=source.images, task=task, training=training,
                    image_size=cfg.image_size, patch_size=cfg.patch_size,
                    max_boxes=cfg.max_boxes, max_pixels=cfg.max_pixels,
-                   augment=cfg.augment, seed=cfg.seed, epoch=epoch,
+                   augment=augment, seed=cfg.seed, epoch=epoch,
                    reduced_decode=cfg.reduced_decode,
                    letterbox=cfg.letterbox and with_boxes(task))
     dataset = _make_dataset(source.records, cfg, training, epoch, spec)
+    if cfg.cache:
+        dataset = _materialize(dataset, f"{cfg.format}/{split}")
     if report.skipped:
         log.warning("%s/%s: skipped %d records (%s)", cfg.format, split, len(report.skipped),
                     dict(report.reasons()))

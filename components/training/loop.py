@@ -126,7 +126,9 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
                                   scaler=scaler, rank=rank, progress=progress, logger=logger, best_val=best_val)
     report = reporter.report
 
-    train_shard = ray.train.get_dataset_shard("train")
+    # Cached rows (data.cache) come straight from the object store (components.data.cached).
+    train_rows = plan.train_rows.shard(rank, world) if plan.train_rows is not None else None
+    train_shard = ray.train.get_dataset_shard("train") if train_rows is None else None
     val_shard = ray.train.get_dataset_shard("val") if plan.has_val else None
     steps_per_epoch, total_steps = plan.steps.steps_per_epoch, plan.steps.total_steps
     micro_per_epoch = steps_per_epoch * accum
@@ -144,12 +146,9 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
         last_ckpt_step = progress.global_step
         window_loss, window_n = 0.0, 0
         t_window = time.perf_counter()
-        seed = cfg.data.seed
-        scales = {"multiscale": cfg.data.multiscale, "patch_size": cfg.data.patch_size,
-                  "multiscale_seed": None if seed is None else [seed, progress.epoch, rank]}
-        for micro, batch in enumerate(iter_batches(train_shard, batch_size=cfg.batch_size,
-                                                   task=batch_task, drop_last=True, device=device,
-                                                   **scales)):
+        for micro, batch in enumerate(train_batches(cfg, shard=train_shard, rows=train_rows,
+                                                    epoch=progress.epoch, rank=rank, device=device,
+                                                    task=batch_task)):
             # Resumed mid-epoch: batches this rank consumed before the checkpoint are skipped;
             # a trailing remainder shorter than one optimizer step is not trained on.
             if micro < skip or micro >= micro_per_epoch or progress.global_step >= total_steps:
@@ -216,6 +215,27 @@ def _train(cfg: TrainConfig, plan: WorkerPlan) -> None:
         report(val, with_checkpoint=True, kind=f"epoch{progress.epoch}")
         fit.resume()
     logger.close()  # what the sender still holds (the server away): up to mlflow.drain_timeout_s
+
+
+def train_batches(cfg: TrainConfig, *, shard: Any, rows: dict[str, Any] | None, epoch: int,
+                  rank: int, device: torch.device, task: str):
+    """This epoch's training batches on ``rank``: from its cached rows (``data.cache``:
+    a seeded permutation, each batch augmented here) or from its Ray Data shard."""
+    from components.data.loader import iter_batches
+
+    data = cfg.data
+    seed = None if data.seed is None else [data.seed, epoch, rank]
+    if rows is None:
+        return iter_batches(shard, batch_size=cfg.batch_size, task=task, drop_last=True,
+                            device=device, multiscale=data.multiscale, multiscale_seed=seed,
+                            patch_size=data.patch_size)
+    from components.data.batch_augment import BatchAugment, generator_seed
+    from components.data.cached import iter_cached_batches
+
+    seed = generator_seed(seed)
+    return iter_cached_batches(rows, batch_size=cfg.batch_size, task=task, seed=seed,
+                               shuffle=data.shuffle, drop_last=True, device=device,
+                               augment=BatchAugment(data.augment, patch_size=data.patch_size, seed=seed))
 
 
 def resume_position(progress: Progress, cfg: TrainConfig, world_size: int) -> int:

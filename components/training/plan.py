@@ -64,6 +64,9 @@ class WorkerPlan:
     init_state_ref: Any | None  # ``ray.ObjectRef`` of a pretrained state dict; None: fresh weights
     init_meta: dict[str, Any] | None  # that checkpoint's metadata (its model_config)
     faults: Faults  # test hooks (components.training.faults); off unless $VITPIPE_FAULTS
+    # data.cache: the training split's cached blocks (components.data.cached.CachedRows),
+    # read by each rank instead of a Ray Data shard; None: the split streams
+    train_rows: Any | None
 
     def __post_init__(self) -> None:
         if self.steps.total_steps < 1 or self.steps.steps_per_epoch < 1:

@@ -197,6 +197,7 @@ def prepare(cfg: TrainConfig, *, config_text: str | None = None,
     import ray
     import ray.data
 
+    from components.data.cached import CachedRows
     from components.data.dataset import build_dataset
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # progress: ours, per report
@@ -241,7 +242,7 @@ def prepare(cfg: TrainConfig, *, config_text: str | None = None,
         config=cfg, steps=steps, class_names=tuple(train.class_names), image_size=cfg.data.image_size,
         fingerprint=train.fingerprint, batch_task=task.loader_kind(cfg.data.format), has_val=True,
         tracking_uri=uri, mlflow_run_id=run_id, init_state_ref=init_ref, init_meta=init_meta,
-        faults=faults,
+        faults=faults, train_rows=CachedRows.of(train.dataset) if cfg.data.cache else None,
     )
     return PreparedRun(plan=plan, storage_path=storage_path, run_dir=run_dir, train=train, val=val,
                        started=started)
@@ -296,7 +297,9 @@ def fit(run: PreparedRun, *, callbacks: list | None = None):
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"plan": plan},
-        datasets={"train": run.train.dataset, "val": run.val.dataset},
+        # Cached training rows reach the workers through the plan (components.data.cached).
+        datasets={"val": run.val.dataset} if plan.train_rows is not None else
+        {"train": run.train.dataset, "val": run.val.dataset},
         dataset_config=DataConfig(execution_options=ingest_options(cfg.data.preserve_order)),
         scaling_config=scaling_config(cfg, resources),
         run_config=RunConfig(

@@ -24,7 +24,7 @@ def _plan(**changes) -> WorkerPlan:
                   steps=StepPlan(steps_per_epoch=3, total_steps=6, epochs=2), class_names=("a", "b"),
                   image_size=64, fingerprint="f", batch_task="classification", has_val=True,
                   tracking_uri=None, mlflow_run_id=None, init_state_ref=None, init_meta=None,
-                  faults=Faults())
+                  faults=Faults(), train_rows=None)
     return WorkerPlan(**{**fields, **changes})
 
 

@@ -1,6 +1,9 @@
 """A real 2-worker DDP run on the local Ray cluster, logging to a real MLflow server, with a
 worker killed mid-run (fault injection: rank 0 SIGKILLs its own process once at step 9).
 
+The rows are cached (``data.cache``): decoded once into the object store, each rank
+reading its half straight from there (the streamed path is the other tests' subject).
+
 One run, several guarantees checked:
 - it learns: top-1 far above chance (5 classes → 0.2). Measured on the TRAINING images
   (the run's "val" split points at them): on the 48-image synthetic set no model here
@@ -41,7 +44,7 @@ def test_ddp_run_learns_survives_a_killed_worker_and_logs_each_step_once(
     overrides = [f"data.root={synth_dataset}", f"run.storage_path={storage_dir}"] + [f"{k}={v}" for k, v in {
         "scaling.num_workers": 2, "epochs": 10, "optim.lr": 2e-3, "optim.warmup_steps": 4,
         "model.name": "resnet_demo", "data.splits.val.images": synth_dataset / "imagefolder" / "train",
-           "data.augment.enabled": "false", "checkpoint.every_n_steps": 4,
+           "data.augment.enabled": "false", "data.cache": "true", "checkpoint.every_n_steps": 4,
            "run.log_every_n_steps": 1, "run.name": "ddp-fault", "run.max_failures": 2,
            "mlflow.experiment": "training-tests", "registry.enabled": "true",
            "registry.registered_name": "training-test-classifier"}.items()]
