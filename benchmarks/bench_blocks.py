@@ -40,8 +40,7 @@ def pretrain_data(root: str):
     """The demo pretraining stage's data section (its crops, size and augmentation) on ``root``."""
     from components.training.config import load_train_config
 
-    # streamed: the blocks' cost is the subject (the stage itself caches its rows)
-    return load_train_config(PRETRAIN_CONFIG, [f"data.root={root}", "data.cache=false"]).data
+    return load_train_config(PRETRAIN_CONFIG, [f"data.root={root}"]).data
 
 
 def measure(data_cfg, rows_per_block: int | None, *, batch_size: int) -> dict:

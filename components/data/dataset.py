@@ -250,7 +250,7 @@ class DataBundle:
         ``components.data.passes``); ``for_epoch`` also reshuffles the row order. Cached
         rows (``data.cache``) are the same rows every epoch: the training loop reorders and
         augments their batches."""
-        if self.config.cache:
+        if self.config is not None and self.config.cache:
             return self.dataset
         return _make_dataset(self.records, self.config, self.spec.training, epoch, self.spec)
 
