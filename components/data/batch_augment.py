@@ -84,8 +84,7 @@ class BatchAugment:
         images = unpatchify(patches, (gh, gw), self.patch_size)  # [B, H, W, 3]
         images = torch.where(hflip.view(-1, 1, 1, 1), images.flip(2), images)
         images = torch.where(vflip.view(-1, 1, 1, 1), images.flip(1), images)
-        if k.any():
-            images = images.clone()
+        if k.any():  # images is torch.where's new tensor: written in place, the batch is not
             for turns in (1, 2, 3):
                 sel = k == turns
                 if sel.any():
